@@ -1,0 +1,69 @@
+"""FreeU's backbone scaling: amplify the first half of the channels of the decoder's backbone feature.
+
+Version 1 (arXiv v1, the first code release, diffusers) multiplies channels ``[0, C/2)`` by a constant ``b``.
+Version 2 (CVPR paper Eq. 2-4, the authors' README code since 2023-10-18, ComfyUI ``FreeU_V2``, Forge) multiplies them
+by ``alpha = (b - 1) * m + 1``, where ``m`` is the channel mean of the sample min-max normalised over its positions to
+``[0, 1]``: the factor runs from 1 (least active position) to ``b`` (most active).
+
+The authors' version 2 divides by ``max - min`` with no epsilon, so a constant mean map (a ``1 x 1`` feature, say)
+gives NaN there. Here such a sample counts as all at its maximum and gets the full ``b`` (as in version 1); every
+other input gives the reference numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+__all__ = ["scale_backbone", "scaled_half", "structure_factor"]
+
+Version = Literal[1, 2]
+
+
+def _per_sample(value: float | torch.Tensor, batch: int, like: torch.Tensor) -> float | torch.Tensor:
+    """A python float as is, or a per-sample tensor reshaped to ``(B, 1, 1, 1)`` in ``like``'s dtype and device."""
+    if not isinstance(value, torch.Tensor):
+        return float(value)
+    if value.dim() == 0:
+        return value.to(device=like.device, dtype=like.dtype)
+    if value.shape != (batch,):
+        raise ValueError(f"a per-sample factor must have shape ({batch},), got {tuple(value.shape)}")
+    return value.to(device=like.device, dtype=like.dtype).view(batch, 1, 1, 1)
+
+
+def structure_factor(x: torch.Tensor, b: float | torch.Tensor) -> torch.Tensor:
+    """The version-2 factor map ``(b - 1) * normalised_channel_mean + 1``, shape ``(B, 1, H, W)``, float32 or wider."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    mean = x.to(acc).mean(dim=1, keepdim=True)
+    flat = mean.flatten(1)
+    low = flat.amin(dim=1).view(-1, 1, 1, 1)
+    high = flat.amax(dim=1).view(-1, 1, 1, 1)
+    span = high - low
+    flat_map = span == 0
+    normalised = torch.where(flat_map, torch.ones_like(mean), (mean - low) / torch.where(flat_map, 1.0, span))
+    return (_per_sample(b, x.shape[0], normalised) - 1) * normalised + 1
+
+
+def scaled_half(x: torch.Tensor, b: float | torch.Tensor, version: Version = 2) -> torch.Tensor:
+    """The first ``C // 2`` channels of ``x`` (``(B, C, H, W)``) times FreeU's backbone factor, as a new tensor.
+
+    Version 2 reads the channel mean over *all* ``C`` channels, so it needs the whole backbone feature.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
+    if isinstance(version, bool) or version not in (1, 2):
+        raise ValueError(f"version must be 1 or 2, got {version!r}")
+    half = x[:, : x.shape[1] // 2]
+    if version == 1:
+        return half * _per_sample(b, x.shape[0], x)
+    return (half * structure_factor(x, b)).to(x.dtype)
+
+
+def scale_backbone(x: torch.Tensor, b: float | torch.Tensor, version: Version = 2) -> torch.Tensor:
+    """A new ``(B, C, H, W)`` tensor: ``x`` with its first ``C // 2`` channels scaled by FreeU's backbone factor.
+
+    ``b`` is a number or a tensor of shape ``(B,)`` (one factor per sample). ``x`` is not modified.
+    """
+    first = scaled_half(x, b, version)
+    return torch.cat([first, x[:, first.shape[1] :]], dim=1)

@@ -1,0 +1,187 @@
+"""FreeU's skip filter: scale the lowest Fourier frequencies of a feature map, exactly, without an FFT.
+
+Every reference implementation (the authors' code, diffusers, ComfyUI, sd-webui-freeu, Forge) computes
+``fftshift(fft2(x))``, multiplies it by a mask that is ``scale`` on the half-open square
+``[H//2 - t, H//2 + t) x [W//2 - t, W//2 + t)`` and 1 elsewhere, and keeps the real part of the inverse FFT.
+
+Only ``(2t)^2`` frequency bins change, so that result equals ``x + (scale - 1) * P x``, where ``P x`` is the real
+part of the sum of the changed bins' Fourier components. ``P`` has a rank of at most ``2 (2t)^2`` (7 for ``t = 1``
+and ``H, W >= 3``), so it is applied here as a projection onto a few real cosine and sine modes: two skinny matrix
+products in float32 (float64 for float64 input), no complex dtype and no ``torch.fft``. That works in every float
+dtype, on every device that has a matrix product, and costs little more than a copy.
+
+Square and spectrum: bins of the square that fall outside the spectrum (``t > H//2``) are dropped, so a large ``t``
+covers the whole spectrum. The reference code slices with ``H//2 - t`` directly, which for ``t > H//2`` wraps around
+as a negative Python index and selects other rows (sometimes none); for every ``t <= H//2``, and for ``t = 1`` at
+every size, the two agree.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Literal
+
+import torch
+
+__all__ = ["fourier_filter", "filtered_frequencies"]
+
+FilterMethod = Literal["auto", "projection", "fft"]
+_METHODS = ("auto", "projection", "fft")
+# Above this many real modes the dense projection costs more than an FFT; "auto" switches over.
+_MAX_PROJECTION_MODES = 64
+
+
+def _axis_frequencies(n: int, threshold: int) -> range:
+    """Signed frequencies on one axis covered by the mask: shifted indices ``[n//2 - t, n//2 + t)`` within ``[0, n)``."""
+    return range(max(-threshold, -(n // 2)), min(threshold, n - n // 2))
+
+
+def filtered_frequencies(height: int, width: int, threshold: int = 1) -> list[tuple[int, int]]:
+    """The (row, column) frequencies, in ``[-n//2, n - n//2)``, that the mask scales for an ``height x width`` map."""
+    return [(k, m) for k in _axis_frequencies(height, threshold) for m in _axis_frequencies(width, threshold)]
+
+
+@functools.lru_cache(maxsize=128)
+def _mode_basis(
+    height: int, width: int, threshold: int, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real modes spanning the masked bins: ``(project, reconstruct)``, each ``(modes, height * width)``.
+
+    ``x_flat @ project.T @ reconstruct`` equals ``Re(ifft2(ifftshift(indicator * fftshift(fft2(x)))))`` for real ``x``.
+    A bin ``(k, m)`` contributes ``(x . c) c + (x . s) s`` over ``H W``, with ``c, s`` the cosine and sine of
+    ``2 pi (k n / H + m w / W)``; a bin and its mirror ``(-k, -m)`` contribute the same, so they share one pair of modes
+    with double weight, and a self-mirrored bin (DC, Nyquist) has no sine part.
+    """
+    weights: dict[tuple[int, int], int] = {}
+    for k, m in filtered_frequencies(height, width, threshold):
+        key = (k % height, m % width)
+        mirror = ((-k) % height, (-m) % width)
+        canonical = min(key, mirror)
+        weights[canonical] = weights.get(canonical, 0) + 1
+
+    rows = torch.arange(height, dtype=torch.int64)
+    cols = torch.arange(width, dtype=torch.int64)
+    modes: list[torch.Tensor] = []
+    scales: list[float] = []
+    for (k, m), weight in sorted(weights.items()):
+        # Reduce the phase modulo one period in integers before going to floats, so large sizes stay accurate.
+        phase = ((k * rows) % height).double()[:, None] / height + ((m * cols) % width).double()[None, :] / width
+        angle = (2.0 * math.pi) * phase.flatten()
+        modes.append(torch.cos(angle))
+        scales.append(weight / (height * width))
+        self_mirrored = (2 * k) % height == 0 and (2 * m) % width == 0
+        if not self_mirrored:
+            modes.append(torch.sin(angle))
+            scales.append(weight / (height * width))
+    project = torch.stack(modes)
+    reconstruct = project * torch.tensor(scales, dtype=torch.float64)[:, None]
+    return project.to(device=device, dtype=dtype), reconstruct.to(device=device, dtype=dtype)
+
+
+def _num_modes(height: int, width: int, threshold: int) -> int:
+    return _mode_basis(height, width, threshold, torch.device("cpu"), torch.float64)[0].shape[0]
+
+
+def _check_scale(scale: float | torch.Tensor) -> None:
+    if isinstance(scale, torch.Tensor):
+        if not scale.is_floating_point():
+            raise TypeError(f"fourier_filter: scale tensor must be floating point, got dtype {scale.dtype}")
+        return
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"fourier_filter: scale must be a real number or a tensor, got {type(scale).__name__}")
+    if not math.isfinite(scale) or scale < 0:
+        raise ValueError(f"fourier_filter: scale must be a finite number >= 0, got {scale!r}")
+
+
+def _check_threshold(threshold: int) -> None:
+    if isinstance(threshold, bool) or not isinstance(threshold, int):
+        raise TypeError(f"fourier_filter: threshold must be an int >= 1, got {threshold!r}")
+    if threshold < 1:
+        raise ValueError(f"fourier_filter: threshold must be an int >= 1, got {threshold}")
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _per_row_scale(scale: float | torch.Tensor, lead: torch.Size, dtype: torch.dtype) -> float | torch.Tensor:
+    """``scale - 1`` as a python float, or as a ``(rows, 1)`` tensor for a tensor scale broadcast over ``lead``."""
+    if not isinstance(scale, torch.Tensor):
+        return float(scale) - 1.0
+    try:
+        expanded = torch.broadcast_to(scale.to(dtype), lead)
+    except RuntimeError as error:
+        raise ValueError(
+            f"fourier_filter: a scale tensor must broadcast to the input's leading dims {tuple(lead)}, "
+            f"got shape {tuple(scale.shape)}"
+        ) from error
+    return expanded.reshape(-1, 1) - 1.0
+
+
+def _filter_projection(x: torch.Tensor, threshold: int, scale: float | torch.Tensor) -> torch.Tensor:
+    height, width = x.shape[-2:]
+    acc = _accumulation_dtype(x.dtype)
+    project, reconstruct = _mode_basis(height, width, threshold, x.device, acc)
+    flat = x.reshape(-1, height * width)
+    if flat.dtype != acc:
+        flat = flat.to(acc)
+    coefficients = flat @ project.T
+    coefficients = coefficients * _per_row_scale(scale, x.shape[:-2], acc)
+    out = torch.addmm(flat, coefficients, reconstruct)
+    return out.view(x.shape).to(x.dtype)
+
+
+def _filter_fft(x: torch.Tensor, threshold: int, scale: float | torch.Tensor) -> torch.Tensor:
+    height, width = x.shape[-2:]
+    acc = _accumulation_dtype(x.dtype)
+    spectrum = torch.fft.fftshift(torch.fft.fft2(x.to(acc)), dim=(-2, -1))
+    inside = torch.zeros(height, width, dtype=acc, device=x.device)
+    r0, r1 = max(height // 2 - threshold, 0), min(height // 2 + threshold, height)
+    c0, c1 = max(width // 2 - threshold, 0), min(width // 2 + threshold, width)
+    inside[r0:r1, c0:c1] = 1.0
+    gain = _per_row_scale(scale, x.shape[:-2], acc)
+    if isinstance(gain, torch.Tensor):
+        gain = gain.view(*x.shape[:-2], 1, 1)
+    mask = 1.0 + gain * inside
+    filtered = torch.fft.ifft2(torch.fft.ifftshift(spectrum * mask, dim=(-2, -1))).real
+    return filtered.to(x.dtype)
+
+
+def fourier_filter(
+    x: torch.Tensor,
+    threshold: int = 1,
+    scale: float | torch.Tensor = 1.0,
+    *,
+    method: FilterMethod = "auto",
+) -> torch.Tensor:
+    """FreeU's skip filter: scale the lowest frequencies of each ``H x W`` map of ``x`` by ``scale``.
+
+    Same numbers as the reference ``Fourier_filter`` (see the module docstring), for any ``H x W``, float16,
+    bfloat16, float32 or float64, on any device; the result has ``x``'s dtype and shape. ``x`` has shape
+    ``(..., H, W)`` and is never modified. ``scale`` is a number ``>= 0`` or a tensor that broadcasts to
+    ``x.shape[:-2]`` (e.g. shape ``(B, 1)`` for one value per sample). ``scale == 1`` returns ``x`` itself.
+
+    ``method``: ``"projection"`` (real arithmetic, no FFT), ``"fft"`` (the reference algorithm, in float32/64), or
+    ``"auto"``: projection unless the threshold is so large that an FFT is cheaper.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"fourier_filter: x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"fourier_filter: x must be a floating point tensor (float16/bfloat16/32/64), got {x.dtype}")
+    if x.dim() < 2:
+        raise ValueError(f"fourier_filter: x must have at least 2 dims (..., H, W), got shape {tuple(x.shape)}")
+    _check_threshold(threshold)
+    _check_scale(scale)
+    if method not in _METHODS:
+        raise ValueError(f"fourier_filter: method must be one of {_METHODS}, got {method!r}")
+    if not isinstance(scale, torch.Tensor) and scale == 1:
+        return x
+    if x.numel() == 0:
+        return x.clone()
+    if method == "auto":
+        height, width = x.shape[-2:]
+        method = "projection" if _num_modes(height, width, threshold) <= _MAX_PROJECTION_MODES else "fft"
+    if method == "fft":
+        return _filter_fft(x, threshold, scale)
+    return _filter_projection(x, threshold, scale)

@@ -1,0 +1,43 @@
+"""What every model family answers: where the skip joins are, how wide each side is, and which block holds them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from torch import nn
+
+__all__ = ["SkipJoin", "UNetLayout", "UnsupportedModelError"]
+
+
+class UnsupportedModelError(TypeError):
+    """The model (or one of its blocks) is not a U-Net this library knows how to patch."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SkipJoin:
+    """One place where the decoder feeds ``cat([backbone, skip], dim=1)`` to a module.
+
+    ``name`` is the consumer's qualified name in the U-Net (``"up_blocks.1.resnets.0"``); ``module`` receives the
+    concatenated tensor as its first input; ``block`` and ``position`` are the up-block index and the join's index
+    inside that block.
+    """
+
+    name: str
+    module: nn.Module = dataclasses.field(repr=False, compare=False)
+    backbone_channels: int
+    skip_channels: int
+    block: int
+    position: int
+
+    @property
+    def in_channels(self) -> int:
+        return self.backbone_channels + self.skip_channels
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetLayout:
+    """A U-Net's skip joins in decoder order, and its base width (the channels of its first convolution)."""
+
+    family: str
+    base_channels: int
+    joins: tuple[SkipJoin, ...]
