@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-diffusers = pytest.importorskip("diffusers")
-
 
 def rerandomise_zeros(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Give zero-initialised weights random values, so no output is zero by construction."""
@@ -20,6 +18,7 @@ def rerandomise_zeros(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 def sd15_unet(seed: int = 0) -> torch.nn.Module:
     """SD-1.5-shaped: four levels, widths 1x 2x 4x 4x the base, cross-attention in the first three."""
+    diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(seed)
     unet = diffusers.UNet2DConditionModel(
         sample_size=16,
@@ -38,6 +37,7 @@ def sd15_unet(seed: int = 0) -> torch.nn.Module:
 
 def sdxl_unet(seed: int = 0) -> torch.nn.Module:
     """SDXL-shaped: three levels, no attention at the top level, text_time added conditioning."""
+    diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(seed)
     unet = diffusers.UNet2DConditionModel(
         sample_size=16,

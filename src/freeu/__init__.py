@@ -1,8 +1,8 @@
 """FreeU (Si et al., CVPR 2024) for diffusion U-Nets: exact, both versions, both stage conventions, no FFT needed.
 
-    import freeu
-    handle = freeu.apply(pipe, preset="sd15")   # or b1=..., b2=..., s1=..., s2=...
-    handle.remove()
+import freeu
+handle = freeu.apply(pipe, preset="sd15")   # or b1=..., b2=..., s1=..., s2=...
+handle.remove()
 """
 
 from .backbone import scale_backbone, structure_factor

@@ -33,7 +33,7 @@ _MAX_PROJECTION_MODES = 64
 
 
 def _axis_frequencies(n: int, threshold: int) -> range:
-    """Signed frequencies on one axis covered by the mask: shifted indices ``[n//2 - t, n//2 + t)`` within ``[0, n)``."""
+    """Signed frequencies on one axis that the mask covers: shifted indices ``[n//2 - t, n//2 + t)`` in ``[0, n)``."""
     return range(max(-threshold, -(n // 2)), min(threshold, n - n // 2))
 
 

@@ -148,9 +148,7 @@ class FreeUHandle:
         )
 
 
-def _resolve_config(
-    config: FreeUConfig | None, preset: str | None, overrides: dict[str, Any]
-) -> FreeUConfig:
+def _resolve_config(config: FreeUConfig | None, preset: str | None, overrides: dict[str, Any]) -> FreeUConfig:
     if config is not None and preset is not None:
         raise TypeError("give either config or preset, not both")
     if config is not None and not isinstance(config, FreeUConfig):

@@ -1,0 +1,90 @@
+"""Backbone scaling (versions 1 and 2) against a reference written from FREEU.md section 1."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from freeu import scale_backbone, structure_factor
+
+
+def reference_v2(x: torch.Tensor, b: float) -> torch.Tensor:
+    """Per sample: channel mean, min-max normalised over positions to [0, 1], alpha = (b - 1) * m + 1 on [0, C/2)."""
+    out = x.double().clone()
+    half = x.shape[1] // 2
+    for i in range(x.shape[0]):
+        mean = x[i].double().mean(dim=0)
+        norm = (mean - mean.min()) / (mean.max() - mean.min())
+        out[i, :half] = out[i, :half] * ((b - 1) * norm + 1)
+    return out
+
+
+@pytest.mark.parametrize("channels", [4, 5, 64])
+def test_version1_scales_first_half_only(channels: int) -> None:
+    x = torch.randn(2, channels, 6, 7)
+    out = scale_backbone(x, 1.4, version=1)
+    half = channels // 2
+    assert torch.equal(out[:, :half], x[:, :half] * 1.4)
+    assert torch.equal(out[:, half:], x[:, half:])
+
+
+@pytest.mark.parametrize("size", [(8, 8), (3, 5), (1, 2)])
+def test_version2_matches_reference(size: tuple[int, int]) -> None:
+    x = torch.randn(3, 10, *size)
+    out = scale_backbone(x, 1.6, version=2)
+    assert out.dtype == x.dtype
+    assert (out.double() - reference_v2(x, 1.6)).abs().max().item() < 1e-5
+
+
+def test_version2_factor_runs_from_one_to_b() -> None:
+    x = torch.randn(2, 8, 9, 9)
+    factor = structure_factor(x, 1.5)
+    assert factor.shape == (2, 1, 9, 9)
+    for i in range(2):
+        assert factor[i].min().item() == pytest.approx(1.0, abs=1e-6)
+        assert factor[i].max().item() == pytest.approx(1.5, abs=1e-6)
+        mean = x[i].mean(dim=0)
+        assert factor[i, 0].flatten()[mean.flatten().argmax()].item() == pytest.approx(1.5, abs=1e-6)
+
+
+def test_version2_constant_mean_map_gets_full_b_not_nan() -> None:
+    x = torch.randn(2, 6, 1, 1)  # a 1x1 map: the authors' code divides 0 by 0 here
+    out = scale_backbone(x, 1.3, version=2)
+    assert torch.isfinite(out).all()
+    assert torch.allclose(out, scale_backbone(x, 1.3, version=1))
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_per_sample_factor_equals_scalar_runs(version: int) -> None:
+    x = torch.randn(3, 6, 5, 5)
+    bs = [1.0, 1.3, 1.8]
+    out = scale_backbone(x, torch.tensor(bs), version=version)
+    for i, b in enumerate(bs):
+        assert torch.allclose(out[i], scale_backbone(x[i : i + 1], b, version=version)[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_keeps_dtype(dtype: torch.dtype) -> None:
+    x = torch.randn(2, 8, 6, 6).to(dtype)
+    for version in (1, 2):
+        out = scale_backbone(x, 1.4, version=version)
+        assert out.dtype == dtype
+    ref = reference_v2(x, 1.4)
+    assert ((scale_backbone(x, 1.4, version=2).double() - ref).abs() <= 2 * torch.finfo(dtype).eps * ref.abs()).all()
+
+
+def test_input_is_not_modified() -> None:
+    x = torch.randn(2, 8, 4, 4)
+    before = x.clone()
+    for version in (1, 2):
+        scale_backbone(x, 1.5, version=version)
+    assert torch.equal(x, before)
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="version must be 1 or 2"):
+        scale_backbone(torch.randn(1, 4, 2, 2), 1.2, version=3)
+    with pytest.raises(ValueError, match=r"shape \(B, C, H, W\)"):
+        scale_backbone(torch.randn(4, 2, 2), 1.2)
+    with pytest.raises(ValueError, match="per-sample factor must have shape"):
+        scale_backbone(torch.randn(2, 4, 2, 2), torch.tensor([1.0, 1.1, 1.2]))

@@ -1,0 +1,454 @@
+"""freeu.apply on tiny random diffusers U-Nets, against diffusers' own FreeU and an independent reference."""
+
+from __future__ import annotations
+
+import inspect
+import types
+import warnings
+
+import pytest
+import torch
+from conftest import rerandomise_zeros, run, sd15_unet, sdxl_unet, unet_inputs
+
+import freeu
+from freeu import FreeUConfig, UnsupportedModelError
+
+diffusers = pytest.importorskip("diffusers")
+from diffusers.models.unets import unet_2d_blocks  # noqa: E402
+
+FACTORS = dict(b1=1.5, b2=1.6, s1=0.9, s2=0.2)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# An independent reference, written from FREEU.md: intercept the `torch.cat([hidden_states, res_hidden_states],
+# dim=1)` inside each diffusers up block (where the authors' code acts) and re-weight the pair there.
+
+
+def reference_fourier(x: torch.Tensor, threshold: int, scale: float) -> torch.Tensor:
+    dtype = x.dtype
+    x = x.float()
+    height, width = x.shape[-2:]
+    spectrum = torch.fft.fftshift(torch.fft.fftn(x, dim=(-2, -1)), dim=(-2, -1))
+    mask = torch.ones_like(spectrum.real)
+    crow, ccol = height // 2, width // 2
+    mask[..., crow - threshold : crow + threshold, ccol - threshold : ccol + threshold] = scale
+    out = torch.fft.ifftn(torch.fft.ifftshift(spectrum * mask, dim=(-2, -1)), dim=(-2, -1)).real
+    return out.to(dtype)
+
+
+def reference_backbone(x: torch.Tensor, b: float, version: int) -> torch.Tensor:
+    x = x.clone()
+    half = x.shape[1] // 2
+    if version == 1:
+        x[:, :half] = x[:, :half] * b
+        return x
+    mean = x.mean(1).unsqueeze(1)
+    batch = mean.shape[0]
+    high = mean.view(batch, -1).max(dim=-1, keepdim=True).values[..., None, None]
+    low = mean.view(batch, -1).min(dim=-1, keepdim=True).values[..., None, None]
+    mean = (mean - low) / (high - low)
+    x[:, :half] = x[:, :half] * ((b - 1) * mean + 1)
+    return x
+
+
+class _TorchWithReferenceCat:
+    """Stands in for `torch` inside diffusers' block module; only `cat` of a decoder skip pair differs."""
+
+    def __init__(self, unet: torch.nn.Module, config: FreeUConfig):
+        self._unet, self._config = unet, config
+        self._base = unet.config.block_out_channels[0]
+
+    def __getattr__(self, name: str):
+        return getattr(torch, name)
+
+    def cat(self, tensors, dim=0, **kwargs):
+        block = inspect.currentframe().f_back.f_locals.get("self")
+        is_join = any(block is b for b in self._unet.up_blocks) and dim == 1 and len(tensors) == 2
+        if is_join:
+            x, h = tensors
+            if self._config.convention == "official":
+                stage = {4 * self._base: 1, 2 * self._base: 2}.get(x.shape[1])
+            else:
+                stage = {0: 1, 1: 2}.get(list(self._unet.up_blocks).index(block))
+            if stage is not None:
+                b, s = self._config.stage_factors(stage)
+                x = reference_backbone(x, b, self._config.version)
+                h = reference_fourier(h, self._config.threshold, s)
+            tensors = [x, h]
+        return torch.cat(tensors, dim=dim, **kwargs)
+
+
+def reference_output(monkeypatch, unet, inputs, config: FreeUConfig) -> torch.Tensor:
+    with monkeypatch.context() as m:
+        m.setattr(unet_2d_blocks, "torch", _TorchWithReferenceCat(unet, config))
+        return run(unet, inputs)
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.double() - b.double()).abs().max().item()
+
+
+MODELS = {"sd15": sd15_unet, "sdxl": sdxl_unet}
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def unet(request) -> torch.nn.Module:
+    return MODELS[request.param]()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("factors", [FACTORS, dict(b1=1.1, b2=1.2, s1=0.6, s2=0.4)])
+def test_diffusers_convention_v1_equals_enable_freeu(unet, factors) -> None:
+    inputs = unet_inputs(unet)
+    base = run(unet, inputs)
+    unet.enable_freeu(**factors)
+    try:
+        expected = run(unet, inputs)
+    finally:
+        unet.disable_freeu()
+    with freeu.apply(unet, **factors, version=1, convention="diffusers"):
+        ours = run(unet, inputs)
+    assert max_diff(expected, base) > 1e-2  # FreeU does something on this model
+    assert max_diff(ours, expected) < 1e-5
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("convention", ["official", "diffusers"])
+@pytest.mark.parametrize("size", [16, 24])
+def test_matches_independent_reference(monkeypatch, unet, version, convention, size) -> None:
+    config = FreeUConfig(**FACTORS, version=version, convention=convention)
+    inputs = unet_inputs(unet, size=size)
+    base = run(unet, inputs)
+    expected = reference_output(monkeypatch, unet, inputs, config)
+    with freeu.apply(unet, config):
+        ours = run(unet, inputs)
+    assert max_diff(expected, base) > 1e-2
+    assert max_diff(ours, expected) < 1e-5
+
+
+def test_conventions_differ_on_sd15(sd15) -> None:
+    inputs = unet_inputs(sd15)
+    with freeu.apply(sd15, **FACTORS, version=1, convention="official"):
+        official = run(sd15, inputs)
+    with freeu.apply(sd15, **FACTORS, version=1, convention="diffusers"):
+        diffusers_like = run(sd15, inputs)
+    assert max_diff(official, diffusers_like) > 1e-2
+
+
+def test_remove_restores_bit_exact(unet) -> None:
+    inputs = unet_inputs(unet)
+    before = run(unet, inputs)
+    handle = freeu.apply(unet, preset="sd15")
+    patched = run(unet, inputs)
+    assert handle.remove() is True
+    assert torch.equal(run(unet, inputs), before)
+    assert not torch.equal(patched, before)
+    assert handle.remove() is False  # idempotent
+    assert all(not m._forward_pre_hooks for m in unet.modules())
+
+
+def test_apply_twice_replaces_instead_of_stacking(sd15) -> None:
+    inputs = unet_inputs(sd15)
+    before = run(sd15, inputs)
+    with freeu.apply(sd15, preset="sdxl"):
+        only_sdxl = run(sd15, inputs)
+    first = freeu.apply(sd15, preset="sd15")
+    second = freeu.apply(sd15, preset="sdxl")
+    assert not first.active and second.active
+    assert freeu.active_config(sd15) == freeu.get_preset("sdxl").config
+    assert torch.equal(run(sd15, inputs), only_sdxl)
+    assert first.remove() is False  # a replaced handle no longer owns the model
+    assert freeu.remove(sd15) is True  # works without the handle
+    assert torch.equal(run(sd15, inputs), before)
+    assert freeu.active_config(sd15) is None
+
+
+def test_context_manager_restores_previous_settings(sd15) -> None:
+    inputs = unet_inputs(sd15)
+    before = run(sd15, inputs)
+    outer = freeu.apply(sd15, preset="sd15")
+    with_outer = run(sd15, inputs)
+    with freeu.apply(sd15, preset="sdxl-sweep") as inner:
+        assert inner.active
+        assert not torch.equal(run(sd15, inputs), with_outer)
+    assert freeu.active_config(sd15) == outer.config
+    assert torch.equal(run(sd15, inputs), with_outer)
+    freeu.remove(sd15)
+    assert torch.equal(run(sd15, inputs), before)
+
+
+def test_pipeline_and_compiled_wrapper_are_accepted(sd15) -> None:
+    inputs = unet_inputs(sd15)
+    pipe = types.SimpleNamespace(unet=sd15)
+    with freeu.apply(pipe, preset="sd15") as handle:
+        assert handle.unet is sd15
+        via_pipe = run(sd15, inputs)
+    with freeu.apply(sd15, preset="sd15"):
+        direct = run(sd15, inputs)
+    assert torch.equal(via_pipe, direct)
+
+
+def test_hooks_do_not_write_into_host_tensors(sd15) -> None:
+    seen: list[tuple[torch.Tensor, int]] = []
+
+    def spy(module, args):
+        seen.append((args[0], args[0]._version))
+
+    spies = [r.register_forward_pre_hook(spy) for block in sd15.up_blocks for r in block.resnets]
+    try:
+        with freeu.apply(sd15, preset="sd15", version=2):
+            run(sd15, unet_inputs(sd15))
+    finally:
+        for s in spies:
+            s.remove()
+    assert len(seen) == 12
+    assert all(t._version == v for t, v in seen)
+
+
+def test_bfloat16_model_keeps_dtype(sdxl) -> None:
+    model = sdxl_unet().to(torch.bfloat16)
+    inputs = unet_inputs(model)
+    base = run(model, inputs)
+    with freeu.apply(model, preset="sdxl"):
+        out = run(model, inputs)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    assert max_diff(out, base) > 1e-2
+
+
+def test_join_input_by_keyword(sd15) -> None:
+    """Hosts that call the resnet with input_tensor=... get the same result."""
+    resnet = sd15.up_blocks[1].resnets[0]
+    x = torch.randn(2, resnet.in_channels, 4, 4)
+    temb = torch.randn(2, 128)
+    with freeu.apply(sd15, preset="sd15"), torch.no_grad():
+        positional = resnet(x, temb)
+        keyword = resnet(input_tensor=x, temb=temb)
+    assert torch.equal(positional, keyword)
+
+
+# ---- which join gets which stage: the full-size layouts of FREEU.md section 2, built on the meta device ----------
+
+
+def _stages(config: dict, convention: str) -> list:
+    with torch.device("meta"):
+        unet = diffusers.UNet2DConditionModel(**config)
+    return [p.stage for p in freeu.plan(unet, convention)]
+
+
+SD15 = dict(cross_attention_dim=768)
+SDXL = dict(
+    block_out_channels=(320, 640, 1280),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2, 10),
+    attention_head_dim=(5, 10, 20),
+    cross_attention_dim=2048,
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+)
+
+
+def test_stage_table_sd15() -> None:
+    #                 up_blocks.0   up_blocks.1   2.0 2.1 2.2 3.0   3.1 3.2
+    assert _stages(SD15, "official") == [1, 1, 1] + [1, 1, 1] + [1, 2, 2] + [2, None, None]
+    assert _stages(SD15, "diffusers") == [1, 1, 1] + [2, 2, 2] + [None] * 3 + [None] * 3
+
+
+def test_stage_table_sdxl() -> None:
+    assert _stages(SDXL, "official") == [1, 1, 1] + [1, 2, 2] + [2, None, None]
+    assert _stages(SDXL, "diffusers") == [1, 1, 1] + [2, 2, 2] + [None] * 3
+
+
+def test_plan_reports_widths() -> None:
+    with torch.device("meta"):
+        unet = diffusers.UNet2DConditionModel(**SD15)
+    plans = freeu.plan(unet)
+    widths = [(p.join.name, p.join.backbone_channels, p.join.skip_channels) for p in plans]
+    assert widths[5] == ("up_blocks.1.resnets.2", 1280, 640)
+    assert widths[6] == ("up_blocks.2.resnets.0", 1280, 640)
+    assert widths[9] == ("up_blocks.3.resnets.0", 640, 320)
+
+
+# ---- every up-block type that concatenates skips ----------------------------------------------------------------
+
+
+def _other_unets() -> dict:
+    common = dict(sample_size=16, norm_num_groups=8, layers_per_block=1)
+    return {
+        "attn-2d": lambda: diffusers.UNet2DModel(
+            **common,
+            in_channels=3,
+            out_channels=3,
+            block_out_channels=(16, 32, 64),
+            down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+            up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=8,
+        ),
+        "skip-2d": lambda: diffusers.UNet2DModel(
+            sample_size=16,
+            in_channels=3,
+            out_channels=3,
+            block_out_channels=(32, 64, 128),
+            layers_per_block=1,
+            down_block_types=("SkipDownBlock2D", "AttnSkipDownBlock2D", "SkipDownBlock2D"),
+            up_block_types=("SkipUpBlock2D", "AttnSkipUpBlock2D", "SkipUpBlock2D"),
+            attention_head_dim=8,
+            norm_num_groups=8,
+            resnet_time_scale_shift="scale_shift",
+        ),
+        "simple-cross": lambda: diffusers.UNet2DConditionModel(
+            **common,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(16, 32, 64),
+            cross_attention_dim=16,
+            down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D", "SimpleCrossAttnDownBlock2D"),
+            up_block_types=("SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+            mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+            attention_head_dim=8,
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", ["attn-2d", "skip-2d", "simple-cross"])
+@pytest.mark.parametrize("version", [1, 2])
+def test_every_concatenating_up_block(monkeypatch, name, version) -> None:
+    torch.manual_seed(0)
+    model = rerandomise_zeros(_other_unets()[name]())
+    inputs = unet_inputs(model)
+    before = run(model, inputs)
+    config = FreeUConfig(**FACTORS, version=version)
+    # stage 1 at backbone width 4x the base width, stage 2 at 2x
+    assert {p.stage for p in freeu.plan(model)} == {1, 2, None}
+    expected = reference_output(monkeypatch, model, inputs, config)
+    handle = freeu.apply(model, config)
+    ours = run(model, inputs)
+    handle.remove()
+    assert max_diff(ours, before) > 1e-3
+    assert max_diff(ours, expected) < 1e-5
+    assert torch.equal(run(model, inputs), before)
+
+
+# ---- bad input: clear errors, model left as it was -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (dict(FACTORS, b1=float("nan")), ValueError, "b1 must be a finite number >= 0"),
+        (dict(FACTORS, b2=float("inf")), ValueError, "b2 must be a finite number >= 0"),
+        (dict(FACTORS, s1=-0.1), ValueError, "s1 must be a finite number >= 0"),
+        (dict(FACTORS, s2="0.2"), TypeError, "s2 must be a real number"),
+        (dict(FACTORS, version=3), ValueError, r"version must be one of \(1, 2\)"),
+        (dict(FACTORS, convention="comfy"), ValueError, r"convention must be one of \('official', 'diffusers'\)"),
+        (dict(FACTORS, threshold=0), ValueError, "threshold must be an int >= 1"),
+        (dict(preset="sd16"), ValueError, r"preset must be one of \['modelscope', 'sd14', .*'sdxl-sweep'\]"),
+        (dict(b1=1.2, s1=0.9), TypeError, "missing: b2, s2"),
+    ],
+)
+def test_bad_settings_leave_model_as_it_was(sd15, kwargs, error, match) -> None:
+    inputs = unet_inputs(sd15)
+    before = run(sd15, inputs)
+    with pytest.raises(error, match=match):
+        freeu.apply(sd15, **kwargs)
+    assert freeu.active_config(sd15) is None
+    assert torch.equal(run(sd15, inputs), before)
+    # and a patched model keeps its settings
+    with freeu.apply(sd15, preset="sd15"):
+        patched = run(sd15, inputs)
+        with pytest.raises(error, match=match):
+            freeu.apply(sd15, **kwargs)
+        assert freeu.active_config(sd15) == freeu.get_preset("sd15").config
+        assert torch.equal(run(sd15, inputs), patched)
+
+
+def test_unsupported_models_name_what_is_supported() -> None:
+    for model in (torch.nn.Linear(2, 2), types.SimpleNamespace(unet="not a module"), object()):
+        with pytest.raises(UnsupportedModelError, match="Supported: diffusers UNet2DConditionModel and UNet2DModel"):
+            freeu.apply(model, preset="sd15")
+
+
+def test_unsupported_up_block_is_named() -> None:
+    model = _other_unets()["attn-2d"]()
+    model.up_blocks[1] = diffusers.models.unets.unet_2d_blocks.UpDecoderBlock2D(64, 32, num_layers=1, resnet_groups=8)
+    with pytest.raises(UnsupportedModelError, match=r"up_blocks\.1 is a UpDecoderBlock2D.*supported up blocks"):
+        freeu.apply(model, preset="sd15")
+    assert all(not m._forward_pre_hooks for m in model.modules())
+
+
+def test_width_mismatch_is_named() -> None:
+    model = sd15_unet()
+    model.up_blocks[2].resnets[1].in_channels = 999
+    with pytest.raises(UnsupportedModelError, match=r"up_blocks\.2\.resnets\.1: backbone width 64 \+ skip width"):
+        freeu.apply(model, preset="sd15")
+    assert all(not m._forward_pre_hooks for m in model.modules())
+
+
+def test_runtime_shape_check_names_the_join(sd15) -> None:
+    resnet = sd15.up_blocks[1].resnets[0]
+    with freeu.apply(sd15, preset="sd15"), pytest.raises(RuntimeError, match=r"up_blocks\.1\.resnets\.0"):
+        resnet(torch.randn(1, 7, 4, 4), torch.randn(1, 128))
+
+
+def test_diffusers_freeu_already_enabled_is_refused(sd15) -> None:
+    sd15.enable_freeu(**FACTORS)
+    try:
+        with pytest.raises(ValueError, match="disable_freeu"):
+            freeu.apply(sd15, preset="sd15")
+    finally:
+        sd15.disable_freeu()
+    assert freeu.active_config(sd15) is None
+
+
+def test_zero_factor_is_applied_not_ignored(sd15) -> None:
+    """diffusers tests factors for truthiness, so s2=0.0 switches its FreeU off; here 0 means 0."""
+    inputs = unet_inputs(sd15)
+    with freeu.apply(sd15, **dict(FACTORS, s2=0.0), version=1, convention="diffusers"):
+        zero = run(sd15, inputs)
+    with freeu.apply(sd15, **dict(FACTORS, s2=0.01), version=1, convention="diffusers"):
+        near_zero = run(sd15, inputs)
+    assert max_diff(zero, near_zero) < 1e-2
+    with freeu.apply(sd15, **dict(FACTORS, s2=1.0), version=1, convention="diffusers"):
+        assert max_diff(run(sd15, inputs), zero) > 1e-3
+
+
+def test_official_convention_without_matching_widths() -> None:
+    torch.manual_seed(0)
+    model = diffusers.UNet2DModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(16, 24),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+    )
+    with pytest.raises(ValueError, match=r"assigns no skip join.*backbone widths \[16, 24\]"):
+        freeu.apply(model, preset="sd15")
+    assert freeu.apply(model, preset="sd15", convention="diffusers").active
+    freeu.remove(model)
+
+
+def test_stage_without_joins_warns() -> None:
+    torch.manual_seed(0)
+    model = diffusers.UNet2DModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+    )
+    with pytest.warns(UserWarning, match="stage 1 matches no skip join"), freeu.apply(model, preset="sd15"):
+        pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with freeu.apply(model, b1=1.0, s1=1.0, b2=1.4, s2=0.5):
+            pass

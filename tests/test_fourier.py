@@ -1,0 +1,221 @@
+"""The skip filter against an independent float64 FFT reference, closed-form modes, and its contracts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from freeu import filtered_frequencies, fourier_filter
+
+
+def reference(x: torch.Tensor, threshold: int, scale: float) -> torch.Tensor:
+    """FREEU.md section 1, literally: fftshift(fft2), half-open square around (H//2, W//2), ifft, real part."""
+    x = x.double()
+    height, width = x.shape[-2:]
+    spectrum = torch.fft.fftshift(torch.fft.fftn(x, dim=(-2, -1)), dim=(-2, -1))
+    mask = torch.ones(height, width, dtype=torch.float64)
+    crow, ccol = height // 2, width // 2
+    mask[crow - threshold : crow + threshold, ccol - threshold : ccol + threshold] = scale
+    return torch.fft.ifftn(torch.fft.ifftshift(spectrum * mask, dim=(-2, -1)), dim=(-2, -1)).real
+
+
+AWKWARD = [
+    (1, 1),
+    (1, 7),
+    (7, 1),
+    (1, 2),
+    (2, 1),
+    (2, 2),
+    (2, 5),
+    (3, 3),
+    (5, 7),
+    (6, 10),
+    (8, 8),
+    (13, 64),
+    (33, 17),
+    (64, 64),
+    (96, 80),
+]
+
+
+@pytest.mark.parametrize("size", AWKWARD, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("scale", [0.0, 0.2, 0.9, 1.6])
+def test_matches_fft_reference_float32(size: tuple[int, int], scale: float) -> None:
+    gen = torch.Generator().manual_seed(hash(size) % 1000)
+    x = torch.randn(2, 3, *size, generator=gen) * 3 + 1
+    for threshold in (1, 2, 3):
+        # the literal slice is only a square around the centre while threshold <= n // 2 (or n == 1)
+        if any(n > 1 and threshold > n // 2 for n in size):
+            continue
+        out = fourier_filter(x, threshold, scale)
+        assert out.dtype == torch.float32 and out.shape == x.shape
+        err = (out.double() - reference(x, threshold, scale)).abs().max().item()
+        assert err < 1e-5, (size, threshold, scale, err)
+
+
+def mode(height: int, width: int, k: int, m: int, phase: float = 0.3) -> torch.Tensor:
+    n = torch.arange(height, dtype=torch.float64)[:, None]
+    w = torch.arange(width, dtype=torch.float64)[None, :]
+    return torch.cos(2 * math.pi * (k * n / height + m * w / width) + phase)
+
+
+@pytest.mark.parametrize(
+    ("k", "m", "gain"),
+    [
+        ((0), (0), "s"),
+        (0, 1, "half"),
+        (0, -1, "half"),
+        (1, 0, "half"),
+        (-1, 0, "half"),
+        (1, 1, "half"),
+        (-1, -1, "half"),
+        (1, -1, "one"),
+        (-1, 1, "one"),
+        (2, 0, "one"),
+        (0, 3, "one"),
+        (2, 2, "one"),
+    ],
+)
+def test_effective_gain_per_mode(k: int, m: int, gain: str) -> None:
+    """FREEU.md: DC gets s; (0,+-1), (+-1,0), (1,1), (-1,-1) get (1+s)/2; (1,-1), (-1,1) and the rest get 1."""
+    s = 0.3
+    x = mode(12, 10, k, m)
+    expected = {"s": s, "half": (1 + s) / 2, "one": 1.0}[gain] * x
+    out = fourier_filter(x.float(), 1, s).double()
+    assert (out - expected).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 2), (3, 3), (4, 6), (5, 8), (7, 7)])
+def test_threshold_covering_spectrum_scales_everything(size: tuple[int, int]) -> None:
+    """A square that covers every bin scales the whole map: out == s * x (the reference's slice would wrap)."""
+    x = torch.randn(2, 4, *size, dtype=torch.float64)
+    for threshold in (max(size), max(size) + 3):
+        for method in ("projection", "fft"):
+            out = fourier_filter(x, threshold, 0.25, method=method)
+            assert torch.allclose(out, 0.25 * x, atol=1e-12), (size, threshold, method)
+
+
+def test_filtered_frequencies() -> None:
+    assert filtered_frequencies(8, 8) == [(-1, -1), (-1, 0), (0, -1), (0, 0)]
+    assert filtered_frequencies(1, 5) == [(0, -1), (0, 0)]
+    assert filtered_frequencies(1, 1) == [(0, 0)]
+    assert len(filtered_frequencies(5, 4, threshold=9)) == 20
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("size", [(8, 8), (12, 20), (7, 5), (1, 9)])
+def test_keeps_dtype_and_rounds_like_reference(dtype: torch.dtype, size: tuple[int, int]) -> None:
+    x = (torch.randn(2, 5, *size) * 4).to(dtype)
+    out = fourier_filter(x, 1, 0.4)
+    assert out.dtype == dtype and out.shape == x.shape
+    exact = reference(x, 1, 0.4)
+    # accumulation in float32 (float64 for float64), then one rounding to the dtype: within one unit in the last
+    # place of the exact value, plus the accumulation's own error (it matters where the output nearly cancels)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    ulp = torch.finfo(dtype).eps * exact.abs().clamp_min(torch.finfo(dtype).tiny)
+    accumulation = 8 * torch.finfo(acc).eps * x.double().abs().max()
+    assert ((out.double() - exact).abs() <= ulp + accumulation).all()
+
+
+def test_scale_one_is_exact_identity() -> None:
+    x = torch.randn(2, 3, 9, 11).to(torch.bfloat16)
+    for scale in (1, 1.0):
+        out = fourier_filter(x, 1, scale)
+        assert torch.equal(out, x) and out.dtype == x.dtype
+
+
+def test_scale_zero_removes_dc() -> None:
+    x = torch.randn(3, 4, 16, 16) + 5.0
+    out = fourier_filter(x, 1, 0.0)
+    assert out.mean(dim=(-2, -1)).abs().max().item() < 1e-5
+
+
+def test_default_path_uses_no_fft_and_no_complex_dtype() -> None:
+    seen: list[str] = []
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            results = out if isinstance(out, (tuple, list)) else [out]
+            for r in results:
+                if isinstance(r, torch.Tensor) and r.is_complex():
+                    seen.append(f"complex result from {func}")
+            if "fft" in str(func):
+                seen.append(str(func))
+            return out
+
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        x = torch.randn(2, 6, 13, 24).to(dtype)
+        with Recorder():
+            fourier_filter(x, 1, 0.5)
+            fourier_filter(x, 2, 0.5)
+    assert seen == []
+    # and the oracle path does go through the FFT, so the recorder can see it
+    with Recorder():
+        fourier_filter(torch.randn(1, 1, 8, 8), 1, 0.5, method="fft")
+    assert seen
+
+
+def test_methods_agree_and_large_threshold_uses_fft() -> None:
+    x = torch.randn(2, 3, 40, 40)
+    for threshold in (1, 2, 4, 8, 15):
+        a = fourier_filter(x, threshold, 0.3, method="projection")
+        b = fourier_filter(x, threshold, 0.3, method="fft")
+        assert (a - b).abs().max().item() < 1e-4
+        assert (fourier_filter(x, threshold, 0.3) - b).abs().max().item() < 1e-4
+
+
+def test_input_untouched_and_non_contiguous_input() -> None:
+    full = torch.randn(2, 10, 12, 12)
+    before = full.clone()
+    skip = full[:, 4:]  # a channel slice, as the hooks pass it
+    out = fourier_filter(skip, 1, 0.2)
+    assert torch.equal(full, before)
+    assert (out.double() - reference(skip, 1, 0.2)).abs().max().item() < 1e-5
+    transposed = full.transpose(-1, -2)
+    assert (fourier_filter(transposed, 1, 0.2).double() - reference(transposed, 1, 0.2)).abs().max() < 1e-5
+
+
+def test_per_sample_scale_tensor() -> None:
+    x = torch.randn(3, 4, 10, 10)
+    scales = torch.tensor([0.2, 1.0, 0.7])
+    out = fourier_filter(x, 1, scales.view(3, 1))
+    for i, s in enumerate(scales.tolist()):
+        assert torch.allclose(out[i], fourier_filter(x[i : i + 1], 1, s)[0], atol=1e-6)
+    with pytest.raises(ValueError, match="broadcast"):
+        fourier_filter(x, 1, torch.tensor([0.1, 0.2]))
+
+
+def test_autograd_matches_fft_gradient() -> None:
+    x = torch.randn(1, 2, 6, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: fourier_filter(t, 1, 0.3), (x,))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"scale": float("nan")}, ValueError, "scale must be a finite number >= 0"),
+        ({"scale": float("inf")}, ValueError, "scale must be a finite number >= 0"),
+        ({"scale": -0.5}, ValueError, "scale must be a finite number >= 0"),
+        ({"scale": True}, TypeError, "scale must be a real number"),
+        ({"threshold": 0}, ValueError, "threshold must be an int >= 1"),
+        ({"threshold": 1.5}, TypeError, "threshold must be an int >= 1"),
+        ({"method": "dct"}, ValueError, "method must be one of"),
+    ],
+)
+def test_bad_arguments(kwargs: dict, error: type, match: str) -> None:
+    args = {"threshold": 1, "scale": 0.5, **kwargs}
+    with pytest.raises(error, match=match):
+        fourier_filter(torch.randn(1, 1, 4, 4), **args)
+
+
+def test_bad_inputs() -> None:
+    with pytest.raises(TypeError, match="floating point"):
+        fourier_filter(torch.ones(1, 1, 4, 4, dtype=torch.int64), 1, 0.5)
+    with pytest.raises(ValueError, match="at least 2 dims"):
+        fourier_filter(torch.ones(4), 1, 0.5)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        fourier_filter([[1.0]], 1, 0.5)
