@@ -1,0 +1,45 @@
+"""The command line, run in-process the way a user runs it."""
+
+from __future__ import annotations
+
+import pytest
+
+from freeu.cli import main
+
+pytest.importorskip("diffusers")
+
+
+def _rows(text: str) -> dict[str, tuple[str, ...]]:
+    return {line.split()[0]: tuple(line.split()[1:]) for line in text.splitlines() if line.startswith("up_blocks")}
+
+
+def test_plan_prints_the_sd15_table(capsys) -> None:
+    assert main(["plan", "sd15"]) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert len(rows) == 12
+    assert rows["up_blocks.1.resnets.0"] == ("1280", "1280", "16", "b1,s1", "b2,s2")
+    assert rows["up_blocks.2.resnets.0"] == ("1280", "640", "32", "b1,s1", "-")
+    assert rows["up_blocks.3.resnets.0"] == ("640", "320", "64", "b2,s2", "-")
+    assert rows["up_blocks.3.resnets.1"] == ("320", "320", "64", "-", "-")
+
+
+def test_plan_prints_the_sdxl_table(capsys) -> None:
+    assert main(["plan", "sdxl"]) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert rows["up_blocks.1.resnets.0"] == ("1280", "640", "64", "b1,s1", "b2,s2")
+    assert rows["up_blocks.2.resnets.0"] == ("640", "320", "128", "b2,s2", "-")
+
+
+def test_demo_runs_offline_and_restores(capsys) -> None:
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "bit-identical to the unpatched model: True" in out
+    changes = [float(line.rsplit(" ", 1)[1]) for line in out.splitlines() if "relative change" in line]
+    assert len(changes) == 4 and all(c > 0.01 for c in changes)
+
+
+def test_unknown_command_exits_with_usage(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["plan", "sd3"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'sd3'" in capsys.readouterr().err
