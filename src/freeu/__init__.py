@@ -8,14 +8,15 @@ handle.remove()
 from .backbone import scale_backbone, structure_factor
 from .config import PRESETS, FreeUConfig, Preset, get_preset
 from .fourier import filtered_frequencies, fourier_filter
-from .hooks import FreeUHandle, JoinPlan, active_config, apply, plan, remove
-from .models import SUPPORTED, SkipJoin, UnsupportedModelError
+from .hooks import FreeUHandle, JoinPlan, active_config, apply, plan, remove, window_weight
+from .models import SUPPORTED, CustomUNet, SkipJoin, UnsupportedModelError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PRESETS",
     "SUPPORTED",
+    "CustomUNet",
     "FreeUConfig",
     "FreeUHandle",
     "JoinPlan",
@@ -31,4 +32,5 @@ __all__ = [
     "remove",
     "scale_backbone",
     "structure_factor",
+    "window_weight",
 ]

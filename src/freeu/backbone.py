@@ -21,15 +21,17 @@ __all__ = ["scale_backbone", "scaled_half", "structure_factor"]
 Version = Literal[1, 2]
 
 
-def _per_sample(value: float | torch.Tensor, batch: int, like: torch.Tensor) -> float | torch.Tensor:
-    """A python float as is, or a per-sample tensor reshaped to ``(B, 1, 1, 1)`` in ``like``'s dtype and device."""
+def _per_sample(value: float | torch.Tensor, batch: int, device: torch.device) -> float | torch.Tensor:
+    """A python float as is, or a per-sample tensor as ``(B, 1, 1, 1)`` float32 (float64 stays float64)."""
     if not isinstance(value, torch.Tensor):
         return float(value)
+    acc = torch.float64 if value.dtype == torch.float64 else torch.float32
+    value = value.to(device=device, dtype=acc)
     if value.dim() == 0:
-        return value.to(device=like.device, dtype=like.dtype)
+        return value
     if value.shape != (batch,):
         raise ValueError(f"a per-sample factor must have shape ({batch},), got {tuple(value.shape)}")
-    return value.to(device=like.device, dtype=like.dtype).view(batch, 1, 1, 1)
+    return value.view(batch, 1, 1, 1)
 
 
 def structure_factor(x: torch.Tensor, b: float | torch.Tensor) -> torch.Tensor:
@@ -42,7 +44,7 @@ def structure_factor(x: torch.Tensor, b: float | torch.Tensor) -> torch.Tensor:
     span = high - low
     flat_map = span == 0
     normalised = torch.where(flat_map, torch.ones_like(mean), (mean - low) / torch.where(flat_map, 1.0, span))
-    return (_per_sample(b, x.shape[0], normalised) - 1) * normalised + 1
+    return (_per_sample(b, x.shape[0], x.device) - 1) * normalised + 1
 
 
 def scaled_half(x: torch.Tensor, b: float | torch.Tensor, version: Version = 2) -> torch.Tensor:
@@ -56,7 +58,9 @@ def scaled_half(x: torch.Tensor, b: float | torch.Tensor, version: Version = 2) 
         raise ValueError(f"version must be 1 or 2, got {version!r}")
     half = x[:, : x.shape[1] // 2]
     if version == 1:
-        return half * _per_sample(b, x.shape[0], x)
+        factor = _per_sample(b, x.shape[0], x.device)
+        # a python float multiplies in the op's own math; a tensor factor is applied in float32, rounded once
+        return half * factor if isinstance(factor, float) else (half * factor).to(x.dtype)
     return (half * structure_factor(x, b)).to(x.dtype)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -19,11 +20,11 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .backbone import scaled_half
-from .config import Convention, FreeUConfig, Version, get_preset
+from .config import Convention, Factor, FreeUConfig, Version, get_preset
 from .fourier import fourier_filter
-from .models import SkipJoin, UNetLayout, describe, find_unet
+from .models import CustomUNet, SkipJoin, UNetLayout, describe, find_unet
 
-__all__ = ["FreeUHandle", "JoinPlan", "active_config", "apply", "plan", "remove"]
+__all__ = ["FreeUHandle", "JoinPlan", "active_config", "apply", "plan", "remove", "window_weight"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,44 +54,58 @@ def _stage(join: SkipJoin, layout: UNetLayout, convention: Convention) -> int | 
     return {4 * layout.base_channels: 1, 2 * layout.base_channels: 2}.get(join.backbone_channels)
 
 
-def plan(model: object, convention: Convention = "official") -> list[JoinPlan]:
+def _layout(model: object, layout: CustomUNet | None) -> tuple[nn.Module, UNetLayout]:
+    if layout is None:
+        unet = find_unet(model)
+        return unet, describe(unet)
+    if not isinstance(layout, CustomUNet):
+        raise TypeError(f"layout must be a freeu.CustomUNet, got {type(layout).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"with layout=..., model must be the U-Net module itself, got {type(model).__name__}")
+    return model, layout.resolve(model)
+
+
+def _plans(layout: UNetLayout, convention: Convention) -> list[JoinPlan]:
+    if convention == "diffusers" and any(j.block < 0 for j in layout.joins):
+        raise ValueError("convention='diffusers' picks stages by decoder level: give CustomUNet(levels=...)")
+    return [JoinPlan(join, _stage(join, layout, convention)) for join in layout.joins]
+
+
+def plan(model: object, convention: Convention = "official", *, layout: CustomUNet | None = None) -> list[JoinPlan]:
     """Every skip join of ``model``'s U-Net in decoder order, with the stage ``convention`` gives it."""
     FreeUConfig(1.0, 1.0, 1.0, 1.0, convention=convention)  # validates the convention
-    layout = describe(find_unet(model))
-    return [JoinPlan(join, _stage(join, layout, convention)) for join in layout.joins]
+    return _plans(_layout(model, layout)[1], convention)
+
+
+def _parameter_names(module: nn.Module) -> list[str]:
+    return list(inspect.signature(module.forward).parameters)
 
 
 def _input_name(module: nn.Module) -> str:
     """Name of the forward's first parameter, for hosts that pass the concatenated tensor by keyword."""
-    parameters = list(inspect.signature(module.forward).parameters)
-    return parameters[0] if parameters else "input"
+    names = _parameter_names(module)
+    return names[0] if names else "input"
 
 
-def _join_hook(join: SkipJoin, b: float, s: float, version: Version, threshold: int) -> Callable[..., Any]:
-    backbone_channels = join.backbone_channels
-    in_channels = join.in_channels
-    half = backbone_channels // 2
-    keyword = _input_name(join.module)
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
 
-    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
-        from_args = bool(args)
-        x = args[0] if from_args else kwargs.get(keyword)
-        if not isinstance(x, torch.Tensor):
-            raise RuntimeError(f"FreeU hook on {join.name}: expected the concatenated features as first input")
-        if x.dim() != 4 or x.shape[1] != in_channels:
-            raise RuntimeError(
-                f"FreeU hook on {join.name}: expected (B, {in_channels}, H, W) = backbone {backbone_channels} + "
-                f"skip {join.skip_channels} channels, got shape {tuple(x.shape)}"
-            )
-        backbone = x[:, :backbone_channels]
-        first = scaled_half(backbone, b, version) if b != 1 else backbone[:, :half]
-        skip = fourier_filter(x[:, backbone_channels:], threshold, s)
-        out = torch.cat([first, x[:, half:backbone_channels], skip], dim=1)
-        if from_args:
-            return (out, *args[1:]), kwargs
-        return args, {**kwargs, keyword: out}
 
-    return hook
+def window_weight(progress: torch.Tensor, start: float, stop: float, ramp: float) -> torch.Tensor:
+    """FreeU's strength in ``[0, 1]`` at each trajectory position: 1 on ``[start, stop]``, linear fades of width
+    ``ramp`` inside both ends, 0 outside."""
+    if ramp > 0:
+        rise = ((progress - start) / ramp).clamp(0.0, 1.0)
+        fall = ((stop - progress) / ramp).clamp(0.0, 1.0)
+        return rise * fall
+    return ((progress >= start) & (progress <= stop)).to(progress.dtype)
+
+
+class _CallState(threading.local):
+    """What the U-Net's own forward received, for the join hooks of this thread's current call."""
+
+    batch: int | None = None
+    timesteps: Any = None
 
 
 class FreeUHandle:
@@ -102,20 +117,30 @@ class FreeUHandle:
         self.plans = plans
         self._previous = previous
         self._hooks: list[RemovableHandle] = []
+        self._call = _CallState()
+        self._needs_call_state = config.windowed or config.batch_size is not None
+        self._tensors: dict[tuple[str, torch.device], torch.Tensor] = {}
 
     @property
     def active(self) -> bool:
         """Whether these settings are the ones installed on the U-Net now."""
         return getattr(self.unet, _HANDLE_ATTR, None) is self
 
+    # -- installation ---------------------------------------------------------------------------------------------
+
     def _install(self) -> None:
+        if self._needs_call_state:
+            names = _parameter_names(self.unet)  # (sample, timestep, ...) in diffusers, (x, timesteps, ...) in LDM
+            sample_name = names[0] if names else "sample"
+            timestep_name = names[1] if len(names) > 1 else "timestep"
+            self._hooks.append(
+                self.unet.register_forward_pre_hook(self._call_hook(sample_name, timestep_name), with_kwargs=True)
+            )
+            self._hooks.append(self.unet.register_forward_hook(self._end_call_hook, always_call=True))
         for p in self.plans:
-            if p.stage is None:
+            if p.stage is None or self.config.is_identity(p.stage):
                 continue
-            b, s = self.config.stage_factors(p.stage)
-            if b == 1 and s == 1:
-                continue
-            hook = _join_hook(p.join, b, s, self.config.version, self.config.threshold)
+            hook = self._join_hook(p.join, p.stage)
             self._hooks.append(p.join.module.register_forward_pre_hook(hook, with_kwargs=True))
         setattr(self.unet, _HANDLE_ATTR, self)
 
@@ -125,6 +150,114 @@ class FreeUHandle:
         self._hooks.clear()
         if self.active:
             delattr(self.unet, _HANDLE_ATTR)
+
+    # -- hooks ----------------------------------------------------------------------------------------------------
+
+    def _call_hook(self, sample_name: str, timestep_name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            sample = args[0] if args else kwargs.get(sample_name)
+            timesteps = args[1] if len(args) > 1 else kwargs.get(timestep_name)
+            if not isinstance(sample, torch.Tensor):
+                raise RuntimeError(f"FreeU: could not read the U-Net's input {sample_name!r} from its forward call")
+            if timesteps is None and self.config.windowed:
+                raise RuntimeError(
+                    f"FreeU: a step window needs the timestep, but the U-Net's forward got no {timestep_name!r}"
+                )
+            self._call.batch = sample.shape[0]
+            self._call.timesteps = timesteps
+
+        return hook
+
+    def _end_call_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        self._call.batch = None
+        self._call.timesteps = None
+
+    def _per_sample_tensor(self, name: str, values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+        key = (name, device)
+        if key not in self._tensors:
+            self._tensors[key] = torch.tensor(values, dtype=torch.float32, device=device)
+        return self._tensors[key]
+
+    def _row_factors(self, stage: int, rows: int, device: torch.device, where: str) -> tuple[Any, Any] | None:
+        """``(b, s)`` for this call: python floats, or float32 tensors with one value per row; ``None`` to skip."""
+        b, s = self.config.stage_factors(stage)
+        if not self._needs_call_state:
+            return b, s
+        batch = self._call.batch
+        if batch is None:
+            raise RuntimeError(
+                f"FreeU hook on {where} ran outside the U-Net's forward; a step window and per-sample factors read "
+                "the U-Net's own inputs, so call the U-Net, not its blocks"
+            )
+        if rows % batch:
+            raise RuntimeError(f"FreeU hook on {where}: {rows} rows is not a multiple of the U-Net batch {batch}")
+        frames = rows // batch
+        weight = None
+        if self.config.windowed:
+            t = torch.as_tensor(self._call.timesteps, device=device).to(torch.float32).reshape(-1)
+            if t.numel() not in (1, batch):
+                raise RuntimeError(f"FreeU: {t.numel()} timesteps for a U-Net batch of {batch}")
+            progress = 1.0 - t.expand(batch) / self.config.num_train_timesteps
+            weight = window_weight(progress, self.config.start, self.config.stop, self.config.ramp)
+            if not _compiling():
+                if not bool((weight > 0).any()):
+                    return None  # outside the window: the join is left exactly as the host built it
+                if bool((weight == 1).all()):
+                    weight = None
+            if weight is not None:
+                weight = weight.repeat_interleave(frames)
+
+        def expand(name: str, value: Any) -> Any:
+            if isinstance(value, tuple):
+                n = len(value)
+                if batch % n:
+                    raise ValueError(
+                        f"per-sample {name} has {n} values, but the U-Net batch is {batch}: it must be a multiple "
+                        f"of {n} (classifier-free guidance doubles the pipeline's batch)"
+                    )
+                value = self._per_sample_tensor(name, value, device).repeat(batch // n).repeat_interleave(frames)
+            if weight is None:
+                return value
+            return 1.0 + weight * (value - 1.0)
+
+        return expand(f"b{stage}", b), expand(f"s{stage}", s)
+
+    def _join_hook(self, join: SkipJoin, stage: int) -> Callable[..., Any]:
+        backbone_channels = join.backbone_channels
+        in_channels = join.in_channels if join.skip_channels > 0 else None
+        half = backbone_channels // 2
+        keyword = _input_name(join.module)
+        version, threshold = self.config.version, self.config.threshold
+
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
+            from_args = bool(args)
+            x = args[0] if from_args else kwargs.get(keyword)
+            if not isinstance(x, torch.Tensor):
+                raise RuntimeError(f"FreeU hook on {join.name}: expected the concatenated features as first input")
+            width_ok = x.shape[1] == in_channels if in_channels is not None else x.shape[1] > backbone_channels
+            if x.dim() != 4 or not width_ok:
+                expected = in_channels if in_channels is not None else f"more than {backbone_channels}"
+                raise RuntimeError(
+                    f"FreeU hook on {join.name}: expected (B, {expected}, H, W) = backbone {backbone_channels} + "
+                    f"skip channels, got shape {tuple(x.shape)}"
+                )
+            factors = self._row_factors(stage, x.shape[0], x.device, join.name)
+            if factors is None:
+                return None
+            b, s = factors
+            backbone = x[:, :backbone_channels]
+            unit_b = isinstance(b, float) and b == 1.0
+            first = backbone[:, :half] if unit_b else scaled_half(backbone, b, version)
+            skip = x[:, backbone_channels:]
+            skip = fourier_filter(skip, threshold, s if isinstance(s, float) else s.view(-1, 1))
+            out = torch.cat([first, x[:, half:backbone_channels], skip], dim=1)
+            if from_args:
+                return (out, *args[1:]), kwargs
+            return args, {**kwargs, keyword: out}
+
+        return hook
+
+    # -- user API -------------------------------------------------------------------------------------------------
 
     def remove(self) -> bool:
         """Take FreeU off the U-Net if these settings are still installed; ``False`` if they were already replaced."""
@@ -179,35 +312,43 @@ def apply(
     config: FreeUConfig | None = None,
     *,
     preset: str | None = None,
-    b1: float | None = None,
-    b2: float | None = None,
-    s1: float | None = None,
-    s2: float | None = None,
+    b1: Factor | None = None,
+    b2: Factor | None = None,
+    s1: Factor | None = None,
+    s2: Factor | None = None,
     version: Version | None = None,
     convention: Convention | None = None,
     threshold: int | None = None,
+    start: float | None = None,
+    stop: float | None = None,
+    ramp: float | None = None,
+    num_train_timesteps: int | None = None,
+    layout: CustomUNet | None = None,
 ) -> FreeUHandle:
-    """Apply FreeU to a U-Net or to a pipeline's ``.unet``; returns a handle (also a context manager).
+    """Apply FreeU to a U-Net, or to the U-Net a pipeline or wrapper holds; returns a handle (also a context manager).
 
     Settings come from ``config``, or ``preset`` (see ``freeu.PRESETS``), or the four factors; keywords given next
-    to a config or preset override its fields. Applying to a patched U-Net replaces the settings. Everything is
+    to a config or preset override its fields (see :class:`FreeUConfig` for each). ``layout`` describes a U-Net this
+    library does not know (:class:`CustomUNet`). Applying to a patched U-Net replaces the settings. Everything is
     validated before the model is touched: on any error the model is left as it was.
     """
-    overrides = dict(b1=b1, b2=b2, s1=s1, s2=s2, version=version, convention=convention, threshold=threshold)
+    overrides = dict(
+        b1=b1, b2=b2, s1=s1, s2=s2, version=version, convention=convention, threshold=threshold,
+        start=start, stop=stop, ramp=ramp, num_train_timesteps=num_train_timesteps,
+    )  # fmt: skip
     resolved = _resolve_config(config, preset, overrides)
-    unet = find_unet(model)
+    unet, unet_layout = _layout(model, layout)
     _check_no_diffusers_freeu(unet)
-    layout = describe(unet)
-    plans = [JoinPlan(join, _stage(join, layout, resolved.convention)) for join in layout.joins]
+    plans = _plans(unet_layout, resolved.convention)
     found = {p.stage for p in plans}
     if found == {None}:
         raise ValueError(
             f"convention={resolved.convention!r} assigns no skip join of this U-Net to a FreeU stage: backbone widths "
-            f"{sorted({j.backbone_channels for j in layout.joins})}, base width {layout.base_channels} (the official "
-            "convention wants 4x and 2x the base width). Try convention='diffusers'."
+            f"{sorted({j.backbone_channels for j in unet_layout.joins})}, base width {unet_layout.base_channels} (the "
+            "official convention wants 4x and 2x the base width). Try convention='diffusers'."
         )
     for stage in (1, 2):
-        if stage not in found and resolved.stage_factors(stage) != (1.0, 1.0):
+        if stage not in found and not resolved.is_identity(stage):
             warnings.warn(
                 f"FreeU stage {stage} matches no skip join of this U-Net under convention={resolved.convention!r}; "
                 f"b{stage} and s{stage} have no effect",

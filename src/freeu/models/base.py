@@ -6,7 +6,12 @@ import dataclasses
 
 from torch import nn
 
-__all__ = ["SkipJoin", "UNetLayout", "UnsupportedModelError"]
+__all__ = ["SkipJoin", "UNetLayout", "UnsupportedModelError", "class_names"]
+
+
+def class_names(obj: object) -> set[str]:
+    """Names of the classes along ``obj``'s MRO: families are detected by structure, never by checkpoint name."""
+    return {cls.__name__ for cls in type(obj).__mro__}
 
 
 class UnsupportedModelError(TypeError):

@@ -1,4 +1,4 @@
-"""diffusers image U-Nets (``UNet2DConditionModel``, ``UNet2DModel``): find the skip joins by structure.
+"""diffusers U-Nets, image and video: find the skip joins by structure.
 
 The encoder pushes one skip feature per resnet and per downsampler (after ``conv_in``); each up block pops one per
 resnet and concatenates ``[backbone, skip]`` right before that resnet. The widths are read from the modules and
@@ -10,11 +10,18 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import SkipJoin, UNetLayout, UnsupportedModelError
+from .base import SkipJoin, UNetLayout, UnsupportedModelError, class_names
 
 __all__ = ["MODEL_CLASSES", "UP_BLOCK_CLASSES", "describe", "is_diffusers_unet"]
 
-MODEL_CLASSES: tuple[str, ...] = ("UNet2DConditionModel", "UNet2DModel")
+MODEL_CLASSES: tuple[str, ...] = (
+    "UNet2DConditionModel",
+    "UNet2DModel",
+    "UNet3DConditionModel",
+    "UNetMotionModel",
+    "I2VGenXLUNet",
+    "UNetSpatioTemporalConditionModel",
+)
 # Up blocks that concatenate one skip feature in front of each of their resnets.
 UP_BLOCK_CLASSES: tuple[str, ...] = (
     "UpBlock2D",
@@ -24,20 +31,32 @@ UP_BLOCK_CLASSES: tuple[str, ...] = (
     "ResnetUpsampleBlock2D",
     "SkipUpBlock2D",
     "AttnSkipUpBlock2D",
+    "UpBlock3D",
+    "CrossAttnUpBlock3D",
+    "UpBlockMotion",
+    "CrossAttnUpBlockMotion",
+    "UpBlockSpatioTemporal",
+    "CrossAttnUpBlockSpatioTemporal",
 )
 
 
-def _class_names(module: object) -> set[str]:
-    return {cls.__name__ for cls in type(module).__mro__}
-
-
 def is_diffusers_unet(module: object) -> bool:
-    return bool(_class_names(module) & set(MODEL_CLASSES))
+    return bool(class_names(module) & set(MODEL_CLASSES))
 
 
 def _out_channels(module: nn.Module, default: int) -> int:
     out = getattr(module, "out_channels", None)
     return int(out) if out else default
+
+
+def _in_channels(resnet: nn.Module) -> int:
+    """Input width of a join's consumer: a resnet, or the spatial resnet inside a spatio-temporal one (SVD)."""
+    inner = getattr(resnet, "spatial_res_block", resnet)
+    return int(inner.in_channels)
+
+
+def _resnet_out_channels(resnet: nn.Module, default: int) -> int:
+    return _out_channels(getattr(resnet, "spatial_res_block", resnet), default)
 
 
 def _encoder_widths(unet: nn.Module) -> list[int]:
@@ -51,24 +70,24 @@ def _encoder_widths(unet: nn.Module) -> list[int]:
                 "feature per resnet and per downsampler"
             )
         for resnet in resnets:
-            widths.append(_out_channels(resnet, widths[-1]))
+            widths.append(_resnet_out_channels(resnet, widths[-1]))
         for downsampler in getattr(block, "downsamplers", None) or []:
             widths.append(_out_channels(downsampler, widths[-1]))
     return widths
 
 
 def describe(unet: nn.Module) -> UNetLayout:
-    """The skip joins of a diffusers ``UNet2DConditionModel`` or ``UNet2DModel`` (or a subclass)."""
+    """The skip joins of a diffusers U-Net of one of :data:`MODEL_CLASSES` (or a subclass)."""
     skips = _encoder_widths(unet)
     backbone = skips[-1]
     mid = getattr(unet, "mid_block", None)
     if mid is not None and getattr(mid, "resnets", None):
-        backbone = _out_channels(mid.resnets[-1], backbone)
+        backbone = _resnet_out_channels(mid.resnets[-1], backbone)
 
     joins: list[SkipJoin] = []
     for i, block in enumerate(unet.up_blocks):
         prefix = f"up_blocks.{i}"
-        if not _class_names(block) & set(UP_BLOCK_CLASSES):
+        if not class_names(block) & set(UP_BLOCK_CLASSES):
             raise UnsupportedModelError(
                 f"{prefix} is a {type(block).__name__}, which does not concatenate a skip feature before each "
                 f"resnet; supported up blocks: {', '.join(UP_BLOCK_CLASSES)}"
@@ -78,14 +97,14 @@ def describe(unet: nn.Module) -> UNetLayout:
             if not skips:
                 raise UnsupportedModelError(f"{name}: the encoder has no skip feature left for this join")
             skip = skips.pop()
-            in_channels = int(resnet.in_channels)
+            in_channels = _in_channels(resnet)
             if backbone + skip != in_channels:
                 raise UnsupportedModelError(
                     f"{name}: backbone width {backbone} + skip width {skip} != the resnet's in_channels "
                     f"{in_channels}; this U-Net's skip joins do not follow the diffusers layout"
                 )
             joins.append(SkipJoin(name, resnet, backbone, skip, block=i, position=j))
-            backbone = _out_channels(resnet, in_channels)
+            backbone = _resnet_out_channels(resnet, in_channels)
         for upsampler in getattr(block, "upsamplers", None) or []:
             backbone = _out_channels(upsampler, backbone)
     if skips:
