@@ -10,6 +10,8 @@ $(STAMP): pyproject.toml requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
+	# test-only: the original LDM UNetModel; its pinned requirements are heavy and old, and einops suffices
+	$(PY) -m pip install --quiet --no-deps stable-diffusion-sdkit==2.1.5
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 

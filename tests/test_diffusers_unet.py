@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
 import types
 import warnings
 
 import pytest
 import torch
 from conftest import rerandomise_zeros, run, sd15_unet, sdxl_unet, unet_inputs
+from reference import TorchWithReferenceCat, official_stage
 
 import freeu
 from freeu import FreeUConfig, UnsupportedModelError
@@ -19,68 +19,19 @@ from diffusers.models.unets import unet_2d_blocks  # noqa: E402
 FACTORS = dict(b1=1.5, b2=1.6, s1=0.9, s2=0.2)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# An independent reference, written from FREEU.md: intercept the `torch.cat([hidden_states, res_hidden_states],
-# dim=1)` inside each diffusers up block (where the authors' code acts) and re-weight the pair there.
-
-
-def reference_fourier(x: torch.Tensor, threshold: int, scale: float) -> torch.Tensor:
-    dtype = x.dtype
-    x = x.float()
-    height, width = x.shape[-2:]
-    spectrum = torch.fft.fftshift(torch.fft.fftn(x, dim=(-2, -1)), dim=(-2, -1))
-    mask = torch.ones_like(spectrum.real)
-    crow, ccol = height // 2, width // 2
-    mask[..., crow - threshold : crow + threshold, ccol - threshold : ccol + threshold] = scale
-    out = torch.fft.ifftn(torch.fft.ifftshift(spectrum * mask, dim=(-2, -1)), dim=(-2, -1)).real
-    return out.to(dtype)
-
-
-def reference_backbone(x: torch.Tensor, b: float, version: int) -> torch.Tensor:
-    x = x.clone()
-    half = x.shape[1] // 2
-    if version == 1:
-        x[:, :half] = x[:, :half] * b
-        return x
-    mean = x.mean(1).unsqueeze(1)
-    batch = mean.shape[0]
-    high = mean.view(batch, -1).max(dim=-1, keepdim=True).values[..., None, None]
-    low = mean.view(batch, -1).min(dim=-1, keepdim=True).values[..., None, None]
-    mean = (mean - low) / (high - low)
-    x[:, :half] = x[:, :half] * ((b - 1) * mean + 1)
-    return x
-
-
-class _TorchWithReferenceCat:
-    """Stands in for `torch` inside diffusers' block module; only `cat` of a decoder skip pair differs."""
-
-    def __init__(self, unet: torch.nn.Module, config: FreeUConfig):
-        self._unet, self._config = unet, config
-        self._base = unet.config.block_out_channels[0]
-
-    def __getattr__(self, name: str):
-        return getattr(torch, name)
-
-    def cat(self, tensors, dim=0, **kwargs):
-        block = inspect.currentframe().f_back.f_locals.get("self")
-        is_join = any(block is b for b in self._unet.up_blocks) and dim == 1 and len(tensors) == 2
-        if is_join:
-            x, h = tensors
-            if self._config.convention == "official":
-                stage = {4 * self._base: 1, 2 * self._base: 2}.get(x.shape[1])
-            else:
-                stage = {0: 1, 1: 2}.get(list(self._unet.up_blocks).index(block))
-            if stage is not None:
-                b, s = self._config.stage_factors(stage)
-                x = reference_backbone(x, b, self._config.version)
-                h = reference_fourier(h, self._config.threshold, s)
-            tensors = [x, h]
-        return torch.cat(tensors, dim=dim, **kwargs)
-
-
 def reference_output(monkeypatch, unet, inputs, config: FreeUConfig) -> torch.Tensor:
+    """The model run with the authors' rule applied at each up block's ``torch.cat([hidden, res_hidden], dim=1)``."""
+    base = unet.config.block_out_channels[0]
+    blocks = list(unet.up_blocks)
+
+    def stage_of(x, block, index):
+        if config.convention == "official":
+            return official_stage(base)(x, block, index)
+        return {0: 1, 1: 2}.get(next(i for i, b in enumerate(blocks) if b is block))
+
+    proxy = TorchWithReferenceCat(torch, config, lambda caller: any(caller is b for b in blocks), stage_of)
     with monkeypatch.context() as m:
-        m.setattr(unet_2d_blocks, "torch", _TorchWithReferenceCat(unet, config))
+        m.setattr(unet_2d_blocks, "torch", proxy)
         return run(unet, inputs)
 
 

@@ -1,0 +1,83 @@
+"""Independent references for FreeU, written from FREEU.md (not from the library): the authors' filter and backbone
+scaling, applied where the authors' code applies them, at the decoder's ``cat([backbone, skip], dim=1)``."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import torch
+
+from freeu import FreeUConfig
+
+
+def reference_fourier(x: torch.Tensor, threshold: int, scale: float) -> torch.Tensor:
+    """fftshift(fftn) in float32, the half-open square around (H//2, W//2) set to ``scale``, ifft, real part."""
+    dtype = x.dtype
+    x = x.float()
+    height, width = x.shape[-2:]
+    spectrum = torch.fft.fftshift(torch.fft.fftn(x, dim=(-2, -1)), dim=(-2, -1))
+    mask = torch.ones_like(spectrum.real)
+    crow, ccol = height // 2, width // 2
+    mask[..., crow - threshold : crow + threshold, ccol - threshold : ccol + threshold] = scale
+    out = torch.fft.ifftn(torch.fft.ifftshift(spectrum * mask, dim=(-2, -1)), dim=(-2, -1)).real
+    return out.to(dtype)
+
+
+def reference_backbone(x: torch.Tensor, b: float, version: int) -> torch.Tensor:
+    """Version 1: first half of the channels times b. Version 2: times (b - 1) * min-max-normalised mean + 1."""
+    x = x.clone()
+    half = x.shape[1] // 2
+    if version == 1:
+        x[:, :half] = x[:, :half] * b
+        return x
+    mean = x.mean(1).unsqueeze(1)
+    batch = mean.shape[0]
+    high = mean.view(batch, -1).max(dim=-1, keepdim=True).values[..., None, None]
+    low = mean.view(batch, -1).min(dim=-1, keepdim=True).values[..., None, None]
+    mean = (mean - low) / (high - low)
+    x[:, :half] = x[:, :half] * ((b - 1) * mean + 1)
+    return x
+
+
+class TorchWithReferenceCat:
+    """Stands in for the ``torch`` module inside a host's model code; only ``cat`` of a decoder skip pair differs.
+
+    ``is_join(caller_self)`` says whether a 2-tensor ``cat(dim=1)`` made by that object is a skip join;
+    ``stage_of(backbone, caller_self, index)`` gives its stage (1, 2 or None), ``index`` counting the joins of the
+    current forward pass (reset by :meth:`reset`).
+    """
+
+    def __init__(
+        self,
+        torch_module,
+        config: FreeUConfig,
+        is_join: Callable[[object], bool],
+        stage_of: Callable[[torch.Tensor, object, int], int | None],
+    ):
+        self._torch, self._config, self._is_join, self._stage_of = torch_module, config, is_join, stage_of
+        self.index = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self._torch, name)
+
+    def reset(self) -> None:
+        self.index = 0
+
+    def cat(self, tensors, dim=0, **kwargs):
+        caller = inspect.currentframe().f_back.f_locals.get("self")
+        if dim == 1 and len(tensors) == 2 and self._is_join(caller):
+            x, h = tensors
+            stage = self._stage_of(x, caller, self.index)
+            self.index += 1
+            if stage is not None:
+                b, s = self._config.stage_factors(stage)
+                x = reference_backbone(x, b, self._config.version)
+                h = reference_fourier(h, self._config.threshold, s)
+            tensors = [x, h]
+        return self._torch.cat(tensors, dim=dim, **kwargs)
+
+
+def official_stage(base_channels: int) -> Callable[[torch.Tensor, object, int], int | None]:
+    """The authors' rule: 1280 (4x the base width of 320) is stage 1, 640 (2x) is stage 2."""
+    return lambda x, caller, index: {4 * base_channels: 1, 2 * base_channels: 2}.get(x.shape[1])
