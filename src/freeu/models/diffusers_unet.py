@@ -21,6 +21,7 @@ MODEL_CLASSES: tuple[str, ...] = (
     "UNetMotionModel",
     "I2VGenXLUNet",
     "UNetSpatioTemporalConditionModel",
+    "UNetControlNetXSModel",
 )
 # Up blocks that concatenate one skip feature in front of each of their resnets.
 UP_BLOCK_CLASSES: tuple[str, ...] = (
@@ -37,6 +38,7 @@ UP_BLOCK_CLASSES: tuple[str, ...] = (
     "CrossAttnUpBlockMotion",
     "UpBlockSpatioTemporal",
     "CrossAttnUpBlockSpatioTemporal",
+    "ControlNetXSCrossAttnUpBlock2D",
 )
 
 
@@ -59,11 +61,22 @@ def _resnet_out_channels(resnet: nn.Module, default: int) -> int:
     return _out_channels(getattr(resnet, "spatial_res_block", resnet), default)
 
 
+def _as_list(modules: nn.Module | None) -> list[nn.Module]:
+    """Samplers come as ``None``, a ``ModuleList``, or a single module (ControlNet-XS)."""
+    if modules is None:
+        return []
+    return list(modules) if isinstance(modules, nn.ModuleList) else [modules]
+
+
+def _conv_in(unet: nn.Module) -> nn.Module:
+    return unet.base_conv_in if hasattr(unet, "base_conv_in") else unet.conv_in  # ControlNet-XS: the base U-Net's
+
+
 def _encoder_widths(unet: nn.Module) -> list[int]:
     """Widths of the skip features in the order the encoder pushes them."""
-    widths = [int(unet.conv_in.out_channels)]
+    widths = [int(_conv_in(unet).out_channels)]
     for i, block in enumerate(unet.down_blocks):
-        resnets = getattr(block, "resnets", None)
+        resnets = getattr(block, "base_resnets", None) or getattr(block, "resnets", None)  # ControlNet-XS: base_*
         if resnets is None:
             raise UnsupportedModelError(
                 f"down_blocks.{i} ({type(block).__name__}) has no resnets; supported down blocks push one skip "
@@ -71,18 +84,25 @@ def _encoder_widths(unet: nn.Module) -> list[int]:
             )
         for resnet in resnets:
             widths.append(_resnet_out_channels(resnet, widths[-1]))
-        for downsampler in getattr(block, "downsamplers", None) or []:
+        downsamplers = getattr(block, "downsamplers", None) or getattr(block, "base_downsamplers", None)
+        for downsampler in _as_list(downsamplers):
             widths.append(_out_channels(downsampler, widths[-1]))
     return widths
+
+
+def _mid_resnets(unet: nn.Module) -> list[nn.Module]:
+    mid = getattr(unet, "mid_block", None)
+    mid = getattr(mid, "base_midblock", mid)  # ControlNet-XS
+    return list(getattr(mid, "resnets", None) or [])
 
 
 def describe(unet: nn.Module) -> UNetLayout:
     """The skip joins of a diffusers U-Net of one of :data:`MODEL_CLASSES` (or a subclass)."""
     skips = _encoder_widths(unet)
     backbone = skips[-1]
-    mid = getattr(unet, "mid_block", None)
-    if mid is not None and getattr(mid, "resnets", None):
-        backbone = _resnet_out_channels(mid.resnets[-1], backbone)
+    mid_resnets = _mid_resnets(unet)
+    if mid_resnets:
+        backbone = _resnet_out_channels(mid_resnets[-1], backbone)
 
     joins: list[SkipJoin] = []
     for i, block in enumerate(unet.up_blocks):
@@ -105,10 +125,10 @@ def describe(unet: nn.Module) -> UNetLayout:
                 )
             joins.append(SkipJoin(name, resnet, backbone, skip, block=i, position=j))
             backbone = _resnet_out_channels(resnet, in_channels)
-        for upsampler in getattr(block, "upsamplers", None) or []:
+        for upsampler in _as_list(getattr(block, "upsamplers", None)):
             backbone = _out_channels(upsampler, backbone)
     if skips:
         raise UnsupportedModelError(f"{len(skips)} encoder skip feature(s) are never consumed by the up blocks")
     return UNetLayout(
-        family=f"diffusers {type(unet).__name__}", base_channels=int(unet.conv_in.out_channels), joins=tuple(joins)
+        family=f"diffusers {type(unet).__name__}", base_channels=int(_conv_in(unet).out_channels), joins=tuple(joins)
     )
