@@ -24,8 +24,8 @@ def build(name: str, seed: int = 0) -> torch.nn.Module:
         )  # fmt: skip
     elif name == "motion":
         model = diffusers.UNetMotionModel(
-            **_common(), norm_num_groups=8, cross_attention_dim=32, num_attention_heads=(2, 4, 8), motion_num_attention_heads=2,
-            motion_max_seq_length=8,
+            **_common(), norm_num_groups=8, cross_attention_dim=32, num_attention_heads=(2, 4, 8),
+            motion_num_attention_heads=2, motion_max_seq_length=8,
             down_block_types=("CrossAttnDownBlockMotion", "CrossAttnDownBlockMotion", "DownBlockMotion"),
             up_block_types=("UpBlockMotion", "CrossAttnUpBlockMotion", "CrossAttnUpBlockMotion"),
         )  # fmt: skip
