@@ -79,8 +79,22 @@ def _mode_basis(
     return project.to(device=device, dtype=dtype), reconstruct.to(device=device, dtype=dtype)
 
 
+def _basis(
+    height: int, width: int, threshold: int, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cached basis in eager mode; under torch.compile the builder is traced (shapes only: it constant-folds)."""
+    if torch.compiler.is_compiling():
+        return _mode_basis.__wrapped__(height, width, threshold, device, dtype)
+    return _mode_basis(height, width, threshold, device, dtype)
+
+
 def _num_modes(height: int, width: int, threshold: int) -> int:
-    return _mode_basis(height, width, threshold, torch.device("cpu"), torch.float64)[0].shape[0]
+    """How many real modes the projection uses (7 for ``threshold = 1`` and ``H, W >= 3``)."""
+    weights = {}
+    for k, m in filtered_frequencies(height, width, threshold):
+        key, mirror = (k % height, m % width), ((-k) % height, (-m) % width)
+        weights[min(key, mirror)] = (2 * k) % height == 0 and (2 * m) % width == 0
+    return sum(1 if self_mirrored else 2 for self_mirrored in weights.values())
 
 
 def _check_scale(scale: float | torch.Tensor) -> None:
@@ -122,7 +136,7 @@ def _per_row_scale(scale: float | torch.Tensor, lead: torch.Size, dtype: torch.d
 def _filter_projection(x: torch.Tensor, threshold: int, scale: float | torch.Tensor) -> torch.Tensor:
     height, width = x.shape[-2:]
     acc = _accumulation_dtype(x.dtype)
-    project, reconstruct = _mode_basis(height, width, threshold, x.device, acc)
+    project, reconstruct = _basis(height, width, threshold, x.device, acc)
     flat = x.reshape(-1, height * width)
     if flat.dtype != acc:
         flat = flat.to(acc)
