@@ -101,11 +101,15 @@ def window_weight(progress: torch.Tensor, start: float, stop: float, ramp: float
     return ((progress >= start) & (progress <= stop)).to(progress.dtype)
 
 
-class _CallState(threading.local):
-    """What the U-Net's own forward received, for the join hooks of this thread's current call."""
+class _CallState:
+    """What the U-Net's own forward received, for the join hooks of the current call."""
 
     batch: int | None = None
     timesteps: Any = None
+
+
+class _ThreadCallState(_CallState, threading.local):
+    """One per thread: two threads running the same patched U-Net each see their own call."""
 
 
 class FreeUHandle:
@@ -117,7 +121,8 @@ class FreeUHandle:
         self.plans = plans
         self._previous = previous
         self._hooks: list[RemovableHandle] = []
-        self._call = _CallState()
+        self._thread_call = _ThreadCallState()
+        self._traced_call = _CallState()  # under torch.compile, which does not trace thread-local state
         self._needs_call_state = config.windowed or config.batch_size is not None
         self._tensors: dict[tuple[str, torch.device], torch.Tensor] = {}
 
@@ -167,6 +172,10 @@ class FreeUHandle:
             self._call.timesteps = timesteps
 
         return hook
+
+    @property
+    def _call(self) -> _CallState:
+        return self._traced_call if _compiling() else self._thread_call
 
     def _end_call_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         self._call.batch = None

@@ -1,0 +1,84 @@
+"""torch.compile(fullgraph=True), autograd and gradient checkpointing through a patched U-Net."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import rerandomise_zeros, sd15_unet, unet_inputs
+
+import freeu
+from freeu import scale_backbone
+
+diffusers = pytest.importorskip("diffusers")
+
+
+def small_unet() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = diffusers.UNet2DModel(
+        sample_size=16, in_channels=3, out_channels=3, block_out_channels=(16, 32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3, norm_num_groups=8,
+    )  # fmt: skip
+    return rerandomise_zeros(model)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_inductor_fullgraph_equals_eager(dtype) -> None:
+    model = small_unet().to(dtype)
+    x = torch.randn(2, 3, 16, 16).to(dtype)
+    t = torch.tensor([10, 900])
+    with freeu.apply(model, preset="sd15"), torch.no_grad():
+        eager = model(x, t).sample
+        torch._dynamo.reset()
+        compiled = torch.compile(model, fullgraph=True)(x, t).sample
+    with torch.no_grad():
+        base = model(x, t).sample
+    assert compiled.dtype == dtype
+    tolerance = 1e-5 if dtype == torch.float32 else 3e-2
+    assert (compiled.float() - eager.float()).abs().max().item() < tolerance
+    assert (eager.float() - base.float()).abs().max().item() > 10 * tolerance
+
+
+def test_fullgraph_with_window_and_per_sample_factors() -> None:
+    """The U-Net-level hook that reads the timestep and batch is traced too: no graph break, same numbers."""
+    model = sd15_unet()
+    inputs = unet_inputs(model)
+    inputs["timestep"] = torch.tensor([999, 100])
+    with freeu.apply(model, b1=[1.2, 1.5], b2=[1.3, 1.6], s1=0.9, s2=0.2, start=0.3), torch.no_grad():
+        eager = model(**inputs).sample
+        torch._dynamo.reset()
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+        assert (compiled(**inputs).sample - eager).abs().max().item() < 1e-5
+        swapped = dict(inputs, timestep=torch.tensor([100, 999]))
+        assert (compiled(**swapped).sample - model(**swapped).sample).abs().max().item() < 1e-5
+
+
+def test_gradients_and_checkpointing() -> None:
+    model = small_unet().train()
+    x = torch.randn(2, 3, 16, 16)
+    t = torch.tensor([10, 900])
+
+    def grads() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        out = model(x, t).sample
+        out.square().mean().backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    base_out, base_grads = grads()
+    with freeu.apply(model, preset="sd15"):
+        out, plain = grads()
+        model.enable_gradient_checkpointing()
+        try:
+            ckpt_out, checkpointed = grads()
+        finally:
+            model.disable_gradient_checkpointing()
+    assert (out - base_out).abs().max().item() > 1e-3
+    assert all(torch.isfinite(g).all() for g in plain)
+    assert max((a - b).abs().max().item() for a, b in zip(plain, base_grads, strict=True)) > 1e-6
+    assert (ckpt_out - out).abs().max().item() < 1e-5
+    assert max((a - b).abs().max().item() for a, b in zip(checkpointed, plain, strict=True)) < 1e-5
+
+
+def test_backbone_gradcheck() -> None:
+    x = torch.randn(2, 4, 3, 5, dtype=torch.float64, requires_grad=True)
+    for version in (1, 2):
+        assert torch.autograd.gradcheck(lambda t, v=version: scale_backbone(t, 1.4, version=v), (x,))
