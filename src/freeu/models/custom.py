@@ -16,6 +16,7 @@ it when the layout is resolved; the hook always checks the width of what it rece
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from collections.abc import Mapping
 
 from torch import nn
@@ -69,7 +70,7 @@ class CustomUNet:
         positions: dict[int, int] = {}
         for name, backbone in self.joins.items():
             if name not in modules:
-                near = [n for n in modules if n and name.split(".")[-1] in n][:5]
+                near = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.5)
                 raise UnsupportedModelError(f"CustomUNet: no module named {name!r} in the model (similar: {near})")
             module = modules[name]
             in_channels = _declared_in_channels(module)
