@@ -173,3 +173,27 @@ def test_per_sample_and_window_together(unet) -> None:
         full = run(unet, inputs)
     assert torch.equal(out[0], base[0])
     assert (out[1] - full[1]).abs().max().item() < 1e-5
+
+
+def test_threads_sharing_a_patched_unet_see_their_own_timesteps(unet) -> None:
+    """Each thread's forward reads its own timestep: the call state is per thread."""
+    import threading
+
+    inputs = unet_inputs(unet)
+    early, late = with_timesteps(inputs, torch.tensor([999, 999])), with_timesteps(inputs, torch.tensor([100, 100]))
+    with freeu.apply(unet, preset="sd15", start=0.5):
+        expected = {"early": run(unet, early), "late": run(unet, late)}
+        results: dict[str, list[torch.Tensor]] = {"early": [], "late": []}
+
+        def work(name: str, kwargs: dict) -> None:
+            for _ in range(3):
+                results[name].append(run(unet, kwargs))
+
+        threads = [threading.Thread(target=work, args=a) for a in (("early", early), ("late", late))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for name, outs in results.items():
+        # the two settings differ by > 1e-2 (test_outside_the_window_is_bit_identical); allow thread-order rounding
+        assert len(outs) == 3 and all((o - expected[name]).abs().max().item() < 1e-5 for o in outs), name
