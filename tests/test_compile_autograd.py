@@ -82,3 +82,21 @@ def test_backbone_gradcheck() -> None:
     x = torch.randn(2, 4, 3, 5, dtype=torch.float64, requires_grad=True)
     for version in (1, 2):
         assert torch.autograd.gradcheck(lambda t, v=version: scale_backbone(t, 1.4, version=v), (x,))
+
+
+def test_applying_through_a_compiled_wrapper_is_never_silently_dropped() -> None:
+    """Compiled graphs do not see hooks added later; FreeU resets them when it is given the compiled module."""
+    model = small_unet()
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 900])
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    holder = type("Pipe", (), {})()
+    holder.unet = compiled
+    with torch.no_grad():
+        base = compiled(x, t).sample
+        for settings in (dict(preset="sd15"), dict(preset="sd15", b1=1.1), dict(preset="sdxl", version=1)):
+            handle = freeu.apply(holder, **settings)
+            expected = model(x, t).sample
+            assert (compiled(x, t).sample - expected).abs().max().item() < 1e-5
+            assert (expected - base).abs().max().item() > 1e-2
+        handle.remove()
+        assert (compiled(x, t).sample - base).abs().max().item() < 1e-5

@@ -22,7 +22,7 @@ from torch.utils.hooks import RemovableHandle
 from .backbone import scaled_half
 from .config import Convention, Factor, FreeUConfig, Version, get_preset
 from .fourier import fourier_filter
-from .models import CustomUNet, SkipJoin, UNetLayout, describe, find_unet
+from .models import CustomUNet, SkipJoin, UNetLayout, describe, find_unet, holds_compiled_unet
 
 __all__ = ["FreeUHandle", "JoinPlan", "active_config", "apply", "plan", "remove", "window_weight"]
 
@@ -115,8 +115,16 @@ class _ThreadCallState(_CallState, threading.local):
 class FreeUHandle:
     """FreeU applied to one U-Net. ``remove()`` undoes it; as a context manager, leaving restores what was before."""
 
-    def __init__(self, unet: nn.Module, config: FreeUConfig, plans: list[JoinPlan], previous: FreeUConfig | None):
+    def __init__(
+        self,
+        unet: nn.Module,
+        config: FreeUConfig,
+        plans: list[JoinPlan],
+        previous: FreeUConfig | None,
+        compiled: bool = False,
+    ):
         self.unet = unet
+        self._compiled = compiled
         self.config = config
         self.plans = plans
         self._previous = previous
@@ -148,6 +156,7 @@ class FreeUHandle:
             hook = self._join_hook(p.join, p.stage)
             self._hooks.append(p.join.module.register_forward_pre_hook(hook, with_kwargs=True))
         setattr(self.unet, _HANDLE_ATTR, self)
+        self._reset_compiled_graphs()
 
     def _uninstall(self) -> None:
         for h in self._hooks:
@@ -155,6 +164,13 @@ class FreeUHandle:
         self._hooks.clear()
         if self.active:
             delattr(self.unet, _HANDLE_ATTR)
+        self._reset_compiled_graphs()
+
+    def _reset_compiled_graphs(self) -> None:
+        """Graphs compiled before the hooks changed would keep the old behaviour silently: drop them."""
+        if self._compiled:
+            logger.info("FreeU changed on a torch.compile'd U-Net: resetting compiled graphs (they recompile)")
+            torch.compiler.reset()
 
     # -- hooks ----------------------------------------------------------------------------------------------------
 
@@ -280,7 +296,7 @@ class FreeUHandle:
 
     def __exit__(self, *exc: object) -> None:
         if self.remove() and self._previous is not None:
-            apply(self.unet, self._previous)
+            apply(self.unet, self._previous, _compiled=self._compiled)
 
     def __repr__(self) -> str:
         stages = [p.stage for p in self.plans]
@@ -333,6 +349,7 @@ def apply(
     ramp: float | None = None,
     num_train_timesteps: int | None = None,
     layout: CustomUNet | None = None,
+    _compiled: bool = False,
 ) -> FreeUHandle:
     """Apply FreeU to a U-Net, or to the U-Net a pipeline or wrapper holds; returns a handle (also a context manager).
 
@@ -368,7 +385,8 @@ def apply(
     previous = old.config if old is not None else None
     if old is not None:
         old.remove()
-    handle = FreeUHandle(unet, resolved, plans, previous)
+    compiled = _compiled or holds_compiled_unet(model) or (old is not None and old._compiled)
+    handle = FreeUHandle(unet, resolved, plans, previous, compiled)
     handle._install()
     logger.debug("FreeU applied: %r", handle)
     return handle
@@ -377,7 +395,10 @@ def apply(
 def remove(model: object) -> bool:
     """Take FreeU off ``model``'s U-Net, whoever applied it; ``False`` if it was not applied."""
     handle: FreeUHandle | None = getattr(find_unet(model), _HANDLE_ATTR, None)
-    return handle.remove() if handle is not None else False
+    if handle is None:
+        return False
+    handle._compiled = handle._compiled or holds_compiled_unet(model)
+    return handle.remove()
 
 
 def active_config(model: object) -> FreeUConfig | None:

@@ -55,6 +55,28 @@ def _unwrap(model: object) -> object:
     return model
 
 
+def holds_compiled_unet(model: object) -> bool:
+    """Whether the U-Net is reached through a ``torch.compile`` wrapper (``pipe.unet = torch.compile(pipe.unet)``)."""
+    for _ in range(5):
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            return True
+        nxt = _unwrap_once(model)
+        if nxt is None:
+            return False
+        model = nxt
+    return False
+
+
+def _unwrap_once(model: object) -> object | None:
+    if _family(model) is not None:
+        return None
+    for attr in ("unet", "diffusion_model", "model"):
+        inner = getattr(model, attr, None)
+        if inner is not None and inner is not model and (attr == "model" or isinstance(inner, nn.Module)):
+            return inner
+    return None
+
+
 def find_unet(model: object) -> nn.Module:
     """The U-Net itself, found by structure in ``model`` or the wrappers that usually hold it."""
     candidate = _unwrap(model)
