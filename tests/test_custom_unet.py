@@ -81,6 +81,20 @@ def test_custom_unet_matches_reference(version, convention) -> None:
     assert (ours - expected).abs().max().item() < 1e-5
 
 
+def test_context_manager_restores_a_custom_layout() -> None:
+    model = TinyUNet().eval()
+    x = torch.randn(1, 3, 16, 16)
+    outer = freeu.apply(model, preset="sd15", layout=LAYOUT)
+    with torch.no_grad():
+        expected = model(x)
+        with freeu.apply(model, preset="sdxl", layout=LAYOUT):
+            assert not torch.equal(model(x), expected)
+        assert freeu.active_config(model) == outer.config
+        assert torch.equal(model(x), expected)
+    assert freeu.remove(model) is True
+    assert freeu.remove(model) is False and freeu.active_config(model) is None
+
+
 def test_plan_reads_widths_from_the_modules() -> None:
     plans = freeu.plan(TinyUNet(), layout=LAYOUT)
     assert [(p.join.name, p.join.backbone_channels, p.join.skip_channels) for p in plans] == [

@@ -22,7 +22,7 @@ from torch.utils.hooks import RemovableHandle
 from .backbone import scaled_half
 from .config import Convention, Factor, FreeUConfig, Version, get_preset
 from .fourier import fourier_filter
-from .models import CustomUNet, SkipJoin, UNetLayout, describe, find_unet, holds_compiled_unet
+from .models import CustomUNet, SkipJoin, UNetLayout, UnsupportedModelError, describe, find_unet, holds_compiled_unet
 
 __all__ = ["FreeUHandle", "JoinPlan", "active_config", "apply", "plan", "remove", "window_weight"]
 
@@ -120,11 +120,13 @@ class FreeUHandle:
         unet: nn.Module,
         config: FreeUConfig,
         plans: list[JoinPlan],
-        previous: FreeUConfig | None,
+        previous: tuple[FreeUConfig, CustomUNet | None] | None,
         compiled: bool = False,
+        layout: CustomUNet | None = None,
     ):
         self.unet = unet
         self._compiled = compiled
+        self._layout = layout
         self.config = config
         self.plans = plans
         self._previous = previous
@@ -296,7 +298,8 @@ class FreeUHandle:
 
     def __exit__(self, *exc: object) -> None:
         if self.remove() and self._previous is not None:
-            apply(self.unet, self._previous, _compiled=self._compiled)
+            config, layout = self._previous
+            apply(self.unet, config, layout=layout, _compiled=self._compiled)
 
     def __repr__(self) -> str:
         stages = [p.stage for p in self.plans]
@@ -382,19 +385,32 @@ def apply(
             )
 
     old: FreeUHandle | None = getattr(unet, _HANDLE_ATTR, None)
-    previous = old.config if old is not None else None
+    previous = (old.config, old._layout) if old is not None else None
     if old is not None:
         old.remove()
     compiled = _compiled or holds_compiled_unet(model) or (old is not None and old._compiled)
-    handle = FreeUHandle(unet, resolved, plans, previous, compiled)
+    handle = FreeUHandle(unet, resolved, plans, previous, compiled, layout)
     handle._install()
     logger.debug("FreeU applied: %r", handle)
     return handle
 
 
+def _installed(model: object) -> FreeUHandle | None:
+    """The active handle on ``model`` (a U-Net described with CustomUNet, say) or on the U-Net it holds."""
+    if isinstance(model, nn.Module):
+        handle = getattr(model, _HANDLE_ATTR, None)
+        if handle is not None:
+            return handle
+        try:
+            return getattr(find_unet(model), _HANDLE_ATTR, None)
+        except UnsupportedModelError:
+            return None  # a module of no known family: nothing can be installed on it without a layout
+    return getattr(find_unet(model), _HANDLE_ATTR, None)
+
+
 def remove(model: object) -> bool:
     """Take FreeU off ``model``'s U-Net, whoever applied it; ``False`` if it was not applied."""
-    handle: FreeUHandle | None = getattr(find_unet(model), _HANDLE_ATTR, None)
+    handle = _installed(model)
     if handle is None:
         return False
     handle._compiled = handle._compiled or holds_compiled_unet(model)
@@ -403,5 +419,5 @@ def remove(model: object) -> bool:
 
 def active_config(model: object) -> FreeUConfig | None:
     """The FreeU settings installed on ``model``'s U-Net, or ``None``."""
-    handle: FreeUHandle | None = getattr(find_unet(model), _HANDLE_ATTR, None)
+    handle = _installed(model)
     return handle.config if handle is not None else None
