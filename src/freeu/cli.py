@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 import freeu
+from freeu.config import PRESETS
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +113,165 @@ def demo() -> int:
     return 0 if torch.equal(restored, base) else 1
 
 
+def _size_arg(text: str) -> tuple[int, int]:
+    """``512`` or ``768x512`` (width x height), positive multiples of 8."""
+    try:
+        parts = [int(v) for v in text.lower().split("x")]
+        width, height = (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+        if len(parts) > 2 or width <= 0 or height <= 0:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be SIZE or WIDTHxHEIGHT in pixels, got {text!r}") from None
+    if width % 8 or height % 8:
+        raise argparse.ArgumentTypeError(
+            f"width and height must be multiples of 8 (the VAE's downsampling), got {text}"
+        )
+    return width, height
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def _guidance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+FACTOR_HELP = {
+    "b1": "backbone factor, stage 1 (deepest): amplifies the first half of the backbone channels; 1 = off",
+    "b2": "backbone factor, stage 2",
+    "s1": "skip factor, stage 1: gain of the skip feature's lowest frequencies; 1 = off, 0 removes them",
+    "s2": "skip factor, stage 2",
+}
+
+
+def _add_sampling(p: argparse.ArgumentParser, required_model: bool = True) -> None:
+    from .commands import default_device
+
+    g = p.add_argument_group("sampling")
+    g.add_argument("--model", required=required_model, help="a local diffusers pipeline folder or a cached hub id")
+    g.add_argument("--prompt", help="the text prompt")
+    g.add_argument("--negative-prompt", default=None, help="the negative prompt")
+    g.add_argument("--seed", type=int, default=None, help="noise seed, the same for every setting (default 0)")
+    g.add_argument("--steps", type=_positive_int, default=None, help="denoising steps (default 25)")
+    g.add_argument("--guidance", type=_guidance, default=None, help="classifier-free guidance scale (default 7.5)")
+    g.add_argument("--size", type=_size_arg, default=None, help="SIZE or WIDTHxHEIGHT (default: the model's own)")
+    g.add_argument("--frames", type=_positive_int, default=None, help="frames per clip, video pipelines (default 8)")
+    g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None, help="default float32")
+    g.add_argument("--device", default=None, help=f"torch device (default here: {default_device()})")
+    g.add_argument("--out", default="freeu-out", help="output folder (default freeu-out)")
+    g.add_argument("--name", default=None, help="file name stem (default from the seed)")
+
+
+def _add_freeu(p: argparse.ArgumentParser, sweep: bool = False) -> None:
+    g = p.add_argument_group("FreeU")
+    g.add_argument(
+        "--preset", default=None, help=f"auto (from the U-Net's layout) or one of: {', '.join(sorted(PRESETS))}"
+    )
+    for name, text in FACTOR_HELP.items():
+        g.add_argument(
+            f"--{name}", default=None, help=text + ("; a list a,b,c or range start:stop:step" if sweep else "")
+        )
+    g.add_argument(
+        "--version", type=int, choices=[1, 2], default=None, help="1: constant b; 2: structure map (default)"
+    )
+    g.add_argument(
+        "--convention",
+        choices=["official", "diffusers"],
+        default=None,
+        help="stage by backbone width (authors, ComfyUI, A1111; default) or by up-block (diffusers)",
+    )
+    g.add_argument("--threshold", type=_positive_int, default=None, help="half-width of the damped square (default 1)")
+    g.add_argument("--start", type=float, default=None, help="FreeU from this fraction of the trajectory (default 0)")
+    g.add_argument("--stop", type=float, default=None, help="FreeU until this fraction (default 1)")
+    g.add_argument("--ramp", type=float, default=None, help="linear fade at both window ends (default 0)")
+
+
+SAMPLING_DEFAULTS = {"seed": 0, "steps": 25, "guidance": 7.5, "frames": 8, "dtype": "float32"}
+
+
+def _fill_defaults(args: argparse.Namespace, settings: dict | None) -> None:
+    """Explicit flags win, then the settings of ``--from IMAGE``, then the defaults."""
+    from .commands import default_device
+
+    settings = settings or {}
+    for key in ("model", "prompt", "negative_prompt", "seed", "steps", "guidance", "frames", "dtype"):
+        if getattr(args, key, None) is None and settings.get(key) is not None:
+            setattr(args, key, settings[key])
+    if args.size is None and settings.get("width"):
+        args.size = (settings["width"], settings["height"])
+    for key, value in SAMPLING_DEFAULTS.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if args.device is None:
+        args.device = default_device()
+
+
+def _freeu_overrides(args: argparse.Namespace, settings: dict | None, parser, sweep: bool = False) -> dict:
+    """FreeU fields from the command line, on top of those ``--from IMAGE`` carries (unless a --preset is given),
+    validated before any model is loaded."""
+    from .commands import FACTORS, FREEU_FIELDS, parse_values
+
+    carried = dict((settings or {}).get("freeu") or {}) if args.preset is None else {}
+    overrides: dict = {k: v for k, v in carried.items() if k in FACTORS + FREEU_FIELDS}
+    for key in FACTORS:
+        text = getattr(args, key)
+        if text is None:
+            continue
+        try:
+            values = parse_values(key, text)
+        except ValueError as error:
+            parser.error(str(error))
+        if not sweep and len(values) != 1:
+            parser.error(f"--{key} takes one number here (lists and ranges are for freeu sweep), got {text!r}")
+        overrides[key] = values if sweep else values[0]
+    for key in FREEU_FIELDS:
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    first = {k: (v[0] if isinstance(v, list) else v) for k, v in overrides.items()}
+    try:
+        if args.preset is None:
+            missing = [f"--{k}" for k in FACTORS if k not in first]
+            if missing:
+                parser.error(f"give --preset (auto or a name) or all four factors; missing: {', '.join(missing)}")
+            freeu.FreeUConfig(**first)
+        elif args.preset != "auto":
+            freeu.get_preset(args.preset).config.replace(**first)
+        else:
+            freeu.FreeUConfig(**{"b1": 1, "b2": 1, "s1": 1, "s2": 1, **first})
+        for key, values in overrides.items():
+            for value in values if isinstance(values, list) else []:
+                freeu.FreeUConfig(1, 1, 1, 1).replace(**{key: value})
+    except (ValueError, TypeError) as error:
+        parser.error(str(error))
+    return overrides
+
+
+def _run(fn, *args):
+    from .pipelines import ModelLoadError
+
+    try:
+        return fn(*args), 0
+    except ModelLoadError as error:
+        print(f"freeu: {error}", file=sys.stderr)
+        return None, 1
+    except ValueError as error:
+        print(f"freeu: error: {error}", file=sys.stderr)
+        return None, 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="freeu", description="FreeU for diffusion U-Nets.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
@@ -119,9 +279,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("plan", help="show which skip join gets which FreeU stage under each convention")
     p.add_argument("layout", choices=sorted(LAYOUTS), help="a full-size U-Net layout (built without weights)")
     sub.add_parser("demo", help="an offline example on a tiny random U-Net")
+
+    gen = sub.add_parser("generate", help="the same seed with FreeU off and on, and a side-by-side")
+    _add_sampling(gen, required_model=False)
+    _add_freeu(gen)
+    gen.add_argument("--from", dest="from_image", default=None, help="re-run the settings stored in this image")
+
+    sw = sub.add_parser("sweep", help="a grid over two FreeU factors from one seed (the paper's Fig. 5)")
+    _add_sampling(sw)
+    _add_freeu(sw, sweep=True)
+    sw.add_argument("--batch-size", type=_positive_int, default=None, help="cells per batch (default: all)")
+    sw.add_argument("--measure-speedup", action="store_true", help="also run one cell at a time and compare")
+
+    inf = sub.add_parser("info", help="print the settings stored in an image written by freeu")
+    inf.add_argument("image")
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
     if args.command == "plan":
         print(plan_table(args.layout))
         return 0
-    return demo()
+    if args.command == "demo":
+        return demo()
+    from . import commands
+
+    if args.command == "info":
+        return _run(commands.info, args.image)[1]
+    if args.command == "generate":
+        settings = None
+        if args.from_image:
+            try:
+                settings = commands.read_settings(args.from_image)
+            except (OSError, ValueError) as error:
+                parser.error(f"--from: {error}")
+        overrides = _freeu_overrides(args, settings, gen)
+        _fill_defaults(args, settings)
+        if args.model is None or args.prompt is None:
+            gen.error("--model and --prompt are required (or --from IMAGE)")
+        written, code = _run(commands.generate, args, overrides)
+        for path in written or []:
+            print(f"wrote {path}")
+        return code
+    overrides = _freeu_overrides(args, None, sw, sweep=True)
+    swept = [k for k in commands.FACTORS if isinstance(overrides.get(k), list) and len(overrides[k]) > 1]
+    if len(swept) != 2:
+        sw.error(f"freeu sweep needs exactly two factors with several values (rows, columns); got {swept or 'none'}")
+    _fill_defaults(args, None)
+    if args.prompt is None:
+        sw.error("--prompt is required")
+    fixed = {k: (v[0] if isinstance(v, list) else v) for k, v in overrides.items() if k not in swept}
+    rows, cols = (commands.SweepAxis(k, overrides[k]) for k in swept)
+    result, code = _run(commands.sweep, args, fixed, rows, cols)
+    if result is not None:
+        print(f"wrote {result[0]}")
+    return code

@@ -1,0 +1,75 @@
+"""Tiny random diffusers pipelines saved to a folder, for the command line's end-to-end tests (nothing downloaded):
+a CLIP text encoder and tokenizer built from configs and a 27-token vocabulary, a tiny VAE, tiny U-Nets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+
+def _tokenizer(folder: Path):
+    transformers = pytest.importorskip("transformers")
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}
+    for c in "abcdefghijklmnopqrstuvwxyz":
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
+
+
+def _text_encoder():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.CLIPTextConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=16, projection_dim=32, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    )  # fmt: skip
+    return transformers.CLIPTextModel(config).eval()
+
+
+def _vae():
+    diffusers = pytest.importorskip("diffusers")
+    return diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8,
+        sample_size=32,
+    )  # fmt: skip
+
+
+def sd_pipeline(folder: Path) -> Path:
+    """An SD-1.5-shaped text-to-image pipeline: 32x32 images, 16x16 latents."""
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=16, block_out_channels=(32, 64, 128, 128), layers_per_block=1, cross_attention_dim=32,
+        attention_head_dim=8, norm_num_groups=8,
+    )  # fmt: skip
+    pipe = diffusers.StableDiffusionPipeline(
+        vae=_vae(), text_encoder=_text_encoder(), tokenizer=_tokenizer(folder / "_tok"), unet=unet,
+        scheduler=diffusers.DDIMScheduler(), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )  # fmt: skip
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def video_pipeline(folder: Path) -> Path:
+    """A ModelScope-shaped text-to-video pipeline (UNet3DConditionModel): 32x32 frames."""
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    unet = diffusers.UNet3DConditionModel(
+        sample_size=16, block_out_channels=(32, 64, 128), layers_per_block=1, cross_attention_dim=32,
+        attention_head_dim=8, norm_num_groups=8,
+        down_block_types=("CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"),
+    )  # fmt: skip
+    pipe = diffusers.TextToVideoSDPipeline(
+        vae=_vae(), text_encoder=_text_encoder(), tokenizer=_tokenizer(folder / "_tok"), unet=unet,
+        scheduler=diffusers.DDIMScheduler(),
+    )  # fmt: skip
+    pipe.save_pretrained(folder)
+    return folder
