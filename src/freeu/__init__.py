@@ -8,7 +8,7 @@ handle.remove()
 from .backbone import scale_backbone, structure_factor
 from .config import PRESETS, FreeUConfig, Preset, get_preset
 from .fourier import filtered_frequencies, fourier_filter
-from .hooks import FreeUHandle, JoinPlan, active_config, apply, plan, remove, window_weight
+from .hooks import FreeUHandle, JoinObservation, JoinPlan, active_config, apply, plan, remove, window_weight
 from .models import SUPPORTED, CustomUNet, SkipJoin, UnsupportedModelError
 
 __version__ = "0.1.0"
@@ -19,6 +19,7 @@ __all__ = [
     "CustomUNet",
     "FreeUConfig",
     "FreeUHandle",
+    "JoinObservation",
     "JoinPlan",
     "Preset",
     "SkipJoin",

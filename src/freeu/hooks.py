@@ -8,6 +8,7 @@ written to. The handle of the active application lives on the U-Net (attribute `
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import threading
@@ -24,12 +25,28 @@ from .config import Convention, Factor, FreeUConfig, Version, get_preset
 from .fourier import fourier_filter
 from .models import CustomUNet, SkipJoin, UNetLayout, UnsupportedModelError, describe, find_unet, holds_compiled_unet
 
-__all__ = ["FreeUHandle", "JoinPlan", "active_config", "apply", "plan", "remove", "window_weight"]
+__all__ = ["FreeUHandle", "JoinObservation", "JoinPlan", "active_config", "apply", "plan", "remove", "window_weight"]
 
 logger = logging.getLogger(__name__)
 
 _HANDLE_ATTR = "_freeu_handle"
 _DIFFUSERS_FREEU_KEYS = ("s1", "s2", "b1", "b2")
+
+
+@dataclasses.dataclass(frozen=True)
+class JoinObservation:
+    """What one skip join saw in one forward call, for ``apply(..., observer=fn)`` (the paper's Fig. 7).
+
+    ``backbone``/``skip`` are the host's features going into the join, ``backbone_out``/``skip_out`` what FreeU
+    made of them (the same tensors where the join is left alone). They are the live tensors: read, do not modify.
+    """
+
+    join: SkipJoin
+    stage: int | None
+    backbone: torch.Tensor
+    skip: torch.Tensor
+    backbone_out: torch.Tensor
+    skip_out: torch.Tensor
 
 
 class JoinPlan:
@@ -120,11 +137,13 @@ class FreeUHandle:
         unet: nn.Module,
         config: FreeUConfig,
         plans: list[JoinPlan],
-        previous: tuple[FreeUConfig, CustomUNet | None] | None,
+        previous: tuple[FreeUConfig, CustomUNet | None, Callable | None] | None,
         compiled: bool = False,
         layout: CustomUNet | None = None,
+        observer: Callable[[JoinObservation], None] | None = None,
     ):
         self.unet = unet
+        self._observer = observer
         self._compiled = compiled
         self._layout = layout
         self.config = config
@@ -153,9 +172,10 @@ class FreeUHandle:
             )
             self._hooks.append(self.unet.register_forward_hook(self._end_call_hook, always_call=True))
         for p in self.plans:
-            if p.stage is None or self.config.is_identity(p.stage):
+            untouched = p.stage is None or self.config.is_identity(p.stage)
+            if untouched and self._observer is None:
                 continue
-            hook = self._join_hook(p.join, p.stage)
+            hook = self._join_hook(p.join, None if untouched else p.stage)
             self._hooks.append(p.join.module.register_forward_pre_hook(hook, with_kwargs=True))
         setattr(self.unet, _HANDLE_ATTR, self)
         self._reset_compiled_graphs()
@@ -249,12 +269,13 @@ class FreeUHandle:
 
         return expand(f"b{stage}", b), expand(f"s{stage}", s)
 
-    def _join_hook(self, join: SkipJoin, stage: int) -> Callable[..., Any]:
+    def _join_hook(self, join: SkipJoin, stage: int | None) -> Callable[..., Any]:
         backbone_channels = join.backbone_channels
         in_channels = join.in_channels if join.skip_channels > 0 else None
         half = backbone_channels // 2
         keyword = _input_name(join.module)
         version, threshold = self.config.version, self.config.threshold
+        observer = self._observer
 
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
             from_args = bool(args)
@@ -268,16 +289,21 @@ class FreeUHandle:
                     f"FreeU hook on {join.name}: expected (B, {expected}, H, W) = backbone {backbone_channels} + "
                     f"skip channels, got shape {tuple(x.shape)}"
                 )
-            factors = self._row_factors(stage, x.shape[0], x.device, join.name)
+            factors = None if stage is None else self._row_factors(stage, x.shape[0], x.device, join.name)
             if factors is None:
+                if observer is not None:
+                    backbone, skip = x[:, :backbone_channels], x[:, backbone_channels:]
+                    observer(JoinObservation(join, stage, backbone, skip, backbone, skip))
                 return None
             b, s = factors
             backbone = x[:, :backbone_channels]
             unit_b = isinstance(b, float) and b == 1.0
             first = backbone[:, :half] if unit_b else scaled_half(backbone, b, version)
-            skip = x[:, backbone_channels:]
-            skip = fourier_filter(skip, threshold, s if isinstance(s, float) else s.view(-1, 1))
+            skip_in = x[:, backbone_channels:]
+            skip = fourier_filter(skip_in, threshold, s if isinstance(s, float) else s.view(-1, 1))
             out = torch.cat([first, x[:, half:backbone_channels], skip], dim=1)
+            if observer is not None:
+                observer(JoinObservation(join, stage, backbone, skip_in, out[:, :backbone_channels], skip))
             if from_args:
                 return (out, *args[1:]), kwargs
             return args, {**kwargs, keyword: out}
@@ -298,8 +324,8 @@ class FreeUHandle:
 
     def __exit__(self, *exc: object) -> None:
         if self.remove() and self._previous is not None:
-            config, layout = self._previous
-            apply(self.unet, config, layout=layout, _compiled=self._compiled)
+            config, layout, observer = self._previous
+            apply(self.unet, config, layout=layout, observer=observer, _compiled=self._compiled)
 
     def __repr__(self) -> str:
         stages = [p.stage for p in self.plans]
@@ -352,14 +378,17 @@ def apply(
     ramp: float | None = None,
     num_train_timesteps: int | None = None,
     layout: CustomUNet | None = None,
+    observer: Callable[[JoinObservation], None] | None = None,
     _compiled: bool = False,
 ) -> FreeUHandle:
     """Apply FreeU to a U-Net, or to the U-Net a pipeline or wrapper holds; returns a handle (also a context manager).
 
     Settings come from ``config``, or ``preset`` (see ``freeu.PRESETS``), or the four factors; keywords given next
     to a config or preset override its fields (see :class:`FreeUConfig` for each). ``layout`` describes a U-Net this
-    library does not know (:class:`CustomUNet`). Applying to a patched U-Net replaces the settings. Everything is
-    validated before the model is touched: on any error the model is left as it was.
+    library does not know (:class:`CustomUNet`). ``observer`` is called at every skip join of every forward with a
+    :class:`JoinObservation` (joins FreeU leaves alone included), for analyses. Applying to a patched U-Net
+    replaces the settings. Everything is validated before the model is touched: on any error the model is left as
+    it was.
     """
     overrides = dict(
         b1=b1, b2=b2, s1=s1, s2=s2, version=version, convention=convention, threshold=threshold,
@@ -385,11 +414,11 @@ def apply(
             )
 
     old: FreeUHandle | None = getattr(unet, _HANDLE_ATTR, None)
-    previous = (old.config, old._layout) if old is not None else None
+    previous = (old.config, old._layout, old._observer) if old is not None else None
     if old is not None:
         old.remove()
     compiled = _compiled or holds_compiled_unet(model) or (old is not None and old._compiled)
-    handle = FreeUHandle(unet, resolved, plans, previous, compiled, layout)
+    handle = FreeUHandle(unet, resolved, plans, previous, compiled, layout, observer)
     handle._install()
     logger.debug("FreeU applied: %r", handle)
     return handle
