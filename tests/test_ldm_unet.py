@@ -7,22 +7,13 @@ from __future__ import annotations
 import ldm_standin
 import pytest
 import torch
+from conftest import rerandomise_zeros
 from reference import TorchWithReferenceCat, official_stage
 
 import freeu
 from freeu import FreeUConfig
 
 FACTORS = dict(b1=1.5, b2=1.6, s1=0.9, s2=0.2)
-
-
-def rerandomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """LDM zero-initialises its output convolutions (zero_module): give every all-zero weight random values."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2 and not p.any():
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    return model.eval()
 
 
 def reference_output(monkeypatch, module, unet, inputs: dict, config: FreeUConfig, per_level: int) -> torch.Tensor:
@@ -46,7 +37,7 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.fixture(scope="module")
 def standin() -> torch.nn.Module:
     torch.manual_seed(0)
-    return rerandomise(ldm_standin.UNetModel())
+    return rerandomise_zeros(ldm_standin.UNetModel())
 
 
 def standin_inputs(size: int = 16) -> dict:
@@ -125,7 +116,7 @@ def _real_unet(openaimodel, **overrides) -> torch.nn.Module:
 def test_real_ldm_unet_matches_reference(monkeypatch, version, convention) -> None:
     openaimodel = _ldm()
     torch.manual_seed(0)
-    unet = rerandomise(_real_unet(openaimodel))
+    unet = rerandomise_zeros(_real_unet(openaimodel))
     gen = torch.Generator().manual_seed(1)
     inputs = dict(
         x=torch.randn(2, 4, 16, 16, generator=gen),
