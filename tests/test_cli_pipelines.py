@@ -131,10 +131,13 @@ def test_sweep_needs_two_axes(sd_folder, capsys) -> None:
 
 
 def test_size_must_fit_the_model_downsampling(sd_folder, tmp_path, capsys) -> None:
-    code = main(["generate", "--model", str(sd_folder), "--prompt", "x", "--preset", "sd15", "--size", "40",
-                 "--steps", "1", "--out", str(tmp_path)])  # fmt: skip
-    assert code == 2
-    assert "must be a multiple of 16 for this model" in capsys.readouterr().err
+    """Read from the pipeline's config files (VAE 2x, four U-Net levels: 16 px), before any weights load."""
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", "--model", str(sd_folder), "--prompt", "x", "--preset", "sd15", "--size", "40",
+              "--steps", "1", "--out", str(tmp_path)])  # fmt: skip
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    assert "must be a multiple of 16 for this model" in captured.err and "loading" not in captured.out
 
 
 def test_offline_model_error_says_how_to_get_it(tmp_path, capsys, monkeypatch) -> None:

@@ -259,6 +259,19 @@ def _freeu_overrides(args: argparse.Namespace, settings: dict | None, parser, sw
     return overrides
 
 
+def _check_size_before_loading(args: argparse.Namespace, parser) -> None:
+    """The model's own downsampling, read from its config files when they are on disk, before any weights load."""
+    from .pipelines import peek_downsampling
+
+    if args.size is None:
+        return
+    step = peek_downsampling(args.model)
+    if step is not None and (args.size[0] % step or args.size[1] % step):
+        parser.error(
+            f"--size {args.size[0]}x{args.size[1]} must be a multiple of {step} for this model (its downsampling)"
+        )
+
+
 def _run(fn, *args):
     from .pipelines import ModelLoadError
 
@@ -316,6 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fill_defaults(args, settings)
         if args.model is None or args.prompt is None:
             gen.error("--model and --prompt are required (or --from IMAGE)")
+        _check_size_before_loading(args, gen)
         written, code = _run(commands.generate, args, overrides)
         for path in written or []:
             print(f"wrote {path}")
@@ -327,6 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _fill_defaults(args, None)
     if args.prompt is None:
         sw.error("--prompt is required")
+    _check_size_before_loading(args, sw)
     fixed = {k: (v[0] if isinstance(v, list) else v) for k, v in overrides.items() if k not in swept}
     rows, cols = (commands.SweepAxis(k, overrides[k]) for k in swept)
     result, code = _run(commands.sweep, args, fixed, rows, cols)

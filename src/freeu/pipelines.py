@@ -23,6 +23,7 @@ __all__ = [
     "downsampling",
     "is_video",
     "load_pipeline",
+    "peek_downsampling",
     "render",
 ]
 
@@ -91,6 +92,38 @@ def downsampling(pipe: Any) -> int:
     vae_factor = int(getattr(pipe, "vae_scale_factor", 1) or 1)
     levels = len(getattr(unet, "down_blocks", [])) or 1
     return vae_factor * 2 ** (levels - 1)
+
+
+def _config_file(model: str, name: str) -> Path | None:
+    """``name`` (e.g. ``unet/config.json``) of a local pipeline folder or of a cached hub pipeline, without loading."""
+    local = Path(model).expanduser()
+    if local.exists():
+        path = local / name
+        return path if path.is_file() else None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    try:
+        found = try_to_load_from_cache(model, name)
+    except Exception:  # an id huggingface_hub rejects: the loader will say what is wrong
+        return None
+    return Path(found) if isinstance(found, str) else None
+
+
+def peek_downsampling(model: str) -> int | None:
+    """:func:`downsampling` read from the pipeline's config files alone (before loading any weights), if present."""
+    import json
+
+    unet_config, vae_config = _config_file(model, "unet/config.json"), _config_file(model, "vae/config.json")
+    if unet_config is None or vae_config is None:
+        return None
+    try:
+        levels = len(json.loads(unet_config.read_text())["down_block_types"])
+        vae_levels = len(json.loads(vae_config.read_text())["block_out_channels"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return 2 ** (vae_levels - 1) * 2 ** (levels - 1)
 
 
 def _noise(pipe: Any, seed: int, height: int, width: int, frames: int | None) -> torch.Tensor:
