@@ -12,6 +12,7 @@ from reference import TorchWithReferenceCat, official_stage
 
 import freeu
 from freeu import FreeUConfig, UnsupportedModelError
+from freeu.cli import LAYOUTS
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers.models.unets import unet_2d_blocks  # noqa: E402
@@ -188,19 +189,7 @@ def _stages(config: dict, convention: str) -> list:
     return [p.stage for p in freeu.plan(unet, convention)]
 
 
-SD15 = dict(cross_attention_dim=768)
-SDXL = dict(
-    block_out_channels=(320, 640, 1280),
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    transformer_layers_per_block=(1, 2, 10),
-    attention_head_dim=(5, 10, 20),
-    cross_attention_dim=2048,
-    use_linear_projection=True,
-    addition_embed_type="text_time",
-    addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,
-)
+SD15, SDXL = LAYOUTS["sd15"], LAYOUTS["sdxl"]  # the full-size layouts the CLI builds for `freeu plan`
 
 
 def test_stage_table_sd15() -> None:

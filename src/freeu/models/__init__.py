@@ -37,49 +37,39 @@ def _family(module: object):
     return None
 
 
-def _unwrap(model: object) -> object:
-    """Follow the usual holders: torch.compile's wrapper, a pipeline's ``.unet``, LDM's ``.model.diffusion_model``."""
-    for _ in range(4):
+def _holder_chain(model: object) -> list[object]:
+    """``model`` and what it holds, step by step, until a known U-Net: torch.compile's wrapper (``_orig_mod``), a
+    pipeline's ``.unet``, LDM's ``.diffusion_model`` / ``.model``."""
+    chain = [model]
+    for _ in range(5):
         if _family(model) is not None:
-            return model
-        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        elif isinstance(getattr(model, "unet", None), nn.Module):
-            model = model.unet
-        elif isinstance(getattr(model, "diffusion_model", None), nn.Module):
-            model = model.diffusion_model
-        elif getattr(model, "model", None) is not None and model.model is not model:
-            model = model.model
-        else:
             break
-    return model
+        inner = model._orig_mod if isinstance(getattr(model, "_orig_mod", None), nn.Module) else None
+        for attr in ("unet", "diffusion_model", "model"):
+            if inner is not None:
+                break
+            candidate = getattr(model, attr, None)
+            if (
+                candidate is not None
+                and candidate is not model
+                and (attr == "model" or isinstance(candidate, nn.Module))
+            ):
+                inner = candidate
+        if inner is None:
+            break
+        chain.append(inner)
+        model = inner
+    return chain
 
 
 def holds_compiled_unet(model: object) -> bool:
     """Whether the U-Net is reached through a ``torch.compile`` wrapper (``pipe.unet = torch.compile(pipe.unet)``)."""
-    for _ in range(5):
-        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            return True
-        nxt = _unwrap_once(model)
-        if nxt is None:
-            return False
-        model = nxt
-    return False
-
-
-def _unwrap_once(model: object) -> object | None:
-    if _family(model) is not None:
-        return None
-    for attr in ("unet", "diffusion_model", "model"):
-        inner = getattr(model, attr, None)
-        if inner is not None and inner is not model and (attr == "model" or isinstance(inner, nn.Module)):
-            return inner
-    return None
+    return any(isinstance(getattr(m, "_orig_mod", None), nn.Module) for m in _holder_chain(model))
 
 
 def find_unet(model: object) -> nn.Module:
     """The U-Net itself, found by structure in ``model`` or the wrappers that usually hold it."""
-    candidate = _unwrap(model)
+    candidate = _holder_chain(model)[-1]
     if isinstance(candidate, nn.Module) and _family(candidate) is not None:
         return candidate
     raise UnsupportedModelError(
