@@ -1,4 +1,4 @@
-"""The ``freeu`` command line: ``freeu plan`` (which skip join gets which stage) and ``freeu demo``.
+"""The ``freeu`` command line: ``demo``, ``generate``, ``sweep``, ``info`` and ``plan``.
 
 Commands use the public API like a user would. They need the ``diffusers`` extra (``pip install freeu[diffusers]``).
 """
@@ -71,46 +71,19 @@ def plan_table(layout: str) -> str:
     return "\n".join(lines)
 
 
-def demo() -> int:
-    """Until the bundled demo model lands: FreeU on a tiny random SD-1.5-shaped U-Net, fully offline."""
-    diffusers = _require_diffusers()
-    print(plan_table("sd15"), end="\n\n")
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=16,
-        block_out_channels=(32, 64, 128, 128),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=8,
-        layers_per_block=2,
-    ).eval()
-    gen = torch.Generator().manual_seed(1)
-    inputs = dict(
-        sample=torch.randn(2, 4, 16, 16, generator=gen),
-        timestep=torch.tensor([500, 500]),
-        encoder_hidden_states=torch.randn(2, 5, 32, generator=gen),
-    )
-    with torch.no_grad():
-        base = unet(**inputs).sample
-        print("tiny random SD-1.5-shaped U-Net (widths 32/64/128/128), one forward pass per setting:")
-        for name in ("sd15", "sdxl-sweep"):
-            preset = freeu.get_preset(name)
-            for convention in ("official", "diffusers"):
-                with freeu.apply(unet, preset=name, convention=convention) as handle:
-                    out = unet(**inputs).sample
-                touched = sum(p.stage is not None for p in handle.plans)
-                change = ((out - base).norm() / base.norm()).item()
-                c = preset.config
-                print(
-                    f"  preset {name:10s} (b1={c.b1} b2={c.b2} s1={c.s1} s2={c.s2}, v{c.version}) "
-                    f"convention {convention:9s}: {touched:2d} joins patched, relative change {change:.3f}"
-                )
-        restored = unet(**inputs).sample
-    print(f"after remove: output bit-identical to the unpatched model: {torch.equal(restored, base)}")
-    x = torch.randn(2, 320, 24, 40)
-    err = (freeu.fourier_filter(x, 1, 0.2) - freeu.fourier_filter(x, 1, 0.2, method="fft")).abs().max().item()
-    print(f"FFT-free skip filter vs FFT on a 24x40 map: max difference {err:.1e}")
-    return 0 if torch.equal(restored, base) else 1
+def demo(args: argparse.Namespace) -> int:
+    """FreeU on the bundled demo model: a labelled grid, a power-spectrum plot and a JSON (no network, CPU)."""
+    _require_diffusers()
+    from .demo.showcase import run_demo, summary
+
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    try:
+        record = run_demo(args.out, seeds=seeds, steps=args.steps, progress=not args.no_progress)
+    except FileNotFoundError as error:
+        print(f"freeu: {error}", file=sys.stderr)
+        return 1
+    print(summary(record))
+    return 0
 
 
 def _size_arg(text: str) -> tuple[int, int]:
@@ -136,6 +109,13 @@ def _positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def _seed_count(text: str) -> int:
+    value = _positive_int(text)
+    if value > 64:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 64 (one grid column per seed), got {text!r}")
     return value
 
 
@@ -291,7 +271,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("plan", help="show which skip join gets which FreeU stage under each convention")
     p.add_argument("layout", choices=sorted(LAYOUTS), help="a full-size U-Net layout (built without weights)")
-    sub.add_parser("demo", help="an offline example on a tiny random U-Net")
+    dm = sub.add_parser("demo", help="FreeU on the bundled demo model: grid, spectra, figures (offline, CPU)")
+    dm.add_argument("--out", default="freeu-demo", help="output folder (default freeu-demo)")
+    dm.add_argument("--seeds", type=_seed_count, default=8, help="how many seeds, one column each (1-64, default 8)")
+    dm.add_argument("--first-seed", type=int, default=0, help="the first seed (default 0)")
+    dm.add_argument("--steps", type=_positive_int, default=25, help="DDIM steps (default 25)")
+    dm.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     gen = sub.add_parser("generate", help="the same seed with FreeU off and on, and a side-by-side")
     _add_sampling(gen, required_model=False)
@@ -313,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(plan_table(args.layout))
         return 0
     if args.command == "demo":
-        return demo()
+        return demo(args)
     from . import commands
 
     if args.command == "info":

@@ -141,4 +141,6 @@ def load_exported(directory: str | Path = WEIGHTS_DIR, dtype: torch.dtype = torc
     unet = build_unet(config["unet"])
     state = {k: v.to(torch.float32) for k, v in load_file(str(weights)).items()}
     unet.load_state_dict(state, strict=True)
-    return unet.to(dtype).eval(), config
+    if dtype != torch.float32:  # (a no-op .to() would still make diffusers warn about keeping modules in float32)
+        unet = unet.to(dtype)
+    return unet.eval(), config

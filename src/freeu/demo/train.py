@@ -36,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -235,11 +235,12 @@ def sample_ddim(
     steps: int = 25,
     batch_size: int = 64,
     scheduler_config: dict | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """Deterministic DDIM (eta = 0) samples in ``[0, 1]``, one per seed; sample ``i`` depends only on ``seeds[i]``.
 
     The initial noise of each sample is drawn from its own generator, so the result does not depend on
-    ``batch_size`` or on the other seeds.
+    ``batch_size`` or on the other seeds. ``on_step`` is called after every denoising step (e.g. a progress bar).
     """
     config = unet.config
     shape = (config.in_channels, config.sample_size, config.sample_size)
@@ -254,6 +255,8 @@ def sample_ddim(
         for t in scheduler.timesteps:
             eps = unet(x, t).sample
             x = scheduler.step(eps, t, x, eta=0.0).prev_sample
+            if on_step is not None:
+                on_step()
         out.append(((x.float().clamp(-1, 1) + 1) / 2).cpu())
     return torch.cat(out)
 
