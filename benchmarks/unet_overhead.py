@@ -6,8 +6,8 @@ medians and each contender's overhead relative to FreeU off measured in the same
 runs). Contenders:
 
 - ``off``: the plain U-Net;
-- ``freeu v1 diffusers``: ours, same settings and joins as diffusers' ``enable_freeu`` (apples to apples);
-- ``freeu v2 official``: ours, the authors' settings (more joins: 10 of 12 in SD 1.5);
+- ``ours v1 diffusers``: ours, same settings and joins as diffusers' ``enable_freeu`` (apples to apples);
+- ``ours v2 official``: ours, the authors' settings (more joins: 10 of 12 in SD 1.5);
 - ``diffusers``: ``unet.enable_freeu`` (version 1, diffusers' convention).
 
     python benchmarks/unet_overhead.py [--models sd15,sdxl] [--dtypes float32,bfloat16] [--latent 16] [--repeats 9]
@@ -16,73 +16,105 @@ runs). Contenders:
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
+import benchlib as bl
 import torch
 
 import freeu
-from freeu.cli import LAYOUTS
-
-FACTORS = dict(b1=1.5, b2=1.6, s1=0.9, s2=0.2)
 
 
-def build(layout: str, dtype: torch.dtype) -> torch.nn.Module:
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(0)
-    return UNet2DConditionModel(**LAYOUTS[layout]).to(dtype).eval()
+def _count(unet: torch.nn.Module, convention: str) -> int:
+    return sum(p.stage is not None for p in freeu.plan(unet, convention))
 
 
-def inputs(unet: torch.nn.Module, latent: int, batch: int, dtype: torch.dtype) -> dict:
-    gen = torch.Generator().manual_seed(0)
-    cfg = unet.config
-    kwargs = dict(
-        sample=torch.randn(batch, 4, latent, latent, generator=gen).to(dtype),
-        timestep=torch.tensor(500),
-        encoder_hidden_states=torch.randn(batch, 77, cfg.cross_attention_dim, generator=gen).to(dtype),
-    )
-    if cfg.addition_embed_type == "text_time":
-        kwargs["added_cond_kwargs"] = dict(
-            text_embeds=torch.randn(batch, 1280, generator=gen).to(dtype),
-            time_ids=torch.tensor([[latent * 8, latent * 8, 0, 0, latent * 8, latent * 8]] * batch).to(dtype),
-        )
-    return kwargs
-
-
-def measure(layout: str, dtype_name: str, latent: int, batch: int, repeats: int) -> list[tuple[str, float, float]]:
+def measure(
+    layout: str, dtype_name: str, latent: int, batch: int, repeats: int, device: torch.device
+) -> list[list[str]]:
+    """Table rows for one model and dtype."""
     dtype = getattr(torch, dtype_name)
-    unet = build(layout, dtype)
-    kwargs = inputs(unet, latent, batch, dtype)
+    bl.latent_ok(layout, latent)
+    unet = bl.cached_unet(layout, device, dtype)
+    kwargs = bl.unet_inputs(unet, latent, batch, device, dtype)
 
-    # (set up, tear down) per contender; only the forward itself is timed
-    contenders = {
-        "off": (lambda: None, lambda: None),
-        "freeu v1 diffusers": (
-            lambda: freeu.apply(unet, **FACTORS, version=1, convention="diffusers"),
+    def forward() -> torch.Tensor:
+        return unet(**kwargs).sample
+
+    contenders = [
+        bl.Contender("off", forward),
+        bl.Contender(
+            "ours v1 diffusers",
+            forward,
+            lambda: freeu.apply(unet, **bl.FACTORS, version=1, convention="diffusers"),
             lambda: freeu.remove(unet),
         ),
-        "freeu v2 official": (
-            lambda: freeu.apply(unet, **FACTORS, version=2, convention="official"),
+        bl.Contender(
+            "ours v2 official",
+            forward,
+            lambda: freeu.apply(unet, **bl.FACTORS, version=2, convention="official"),
             lambda: freeu.remove(unet),
         ),
-        "diffusers": (lambda: unet.enable_freeu(**FACTORS), unet.disable_freeu),
-    }
-    names = list(contenders)
-    times: dict[str, list[float]] = {n: [] for n in names}
+        bl.Contender("diffusers", forward, lambda: unet.enable_freeu(**bl.FACTORS), unet.disable_freeu),
+    ]
+    joins = {
+        "off": 0, "ours v1 diffusers": _count(unet, "diffusers"), "ours v2 official": _count(unet, "official"),
+        "diffusers": _count(unet, "diffusers"),
+    }  # fmt: skip
     with torch.no_grad():
-        for rep in range(repeats + 1):  # the first round warms up and is not counted
-            for name in names[rep % len(names) :] + names[: rep % len(names)]:
-                setup, teardown = contenders[name]
-                setup()
-                start = time.perf_counter()
-                unet(**kwargs)
-                elapsed = time.perf_counter() - start
-                teardown()
-                if rep:
-                    times[name].append(elapsed)
-    base = statistics.median(times["off"])
-    return [(n, statistics.median(times[n]), statistics.median(times[n]) / base - 1) for n in names]
+        # apples to apples: ours v1 with diffusers' convention must compute what enable_freeu computes
+        outputs = {}
+        for c in (contenders[1], contenders[3]):
+            c.setup()
+            outputs[c.name] = forward().float()
+            c.teardown()
+        agreement = (outputs["ours v1 diffusers"] - outputs["diffusers"]).abs().max().item()
+        scale = outputs["diffusers"].abs().max().item()
+        times = bl.interleaved(contenders, repeats, device)
+    base = bl.median(times["off"])
+    rows = []
+    for c in contenders:
+        med = bl.median(times[c.name])
+        if c.name == "off":
+            paired, spread = "", ""
+        else:
+            ratios = bl.paired_ratios(times[c.name], times["off"])
+            low, high = bl.quartiles(ratios)
+            paired, spread = bl.fmt_pct(bl.median(ratios) - 1), f"{bl.fmt_pct(low - 1)} .. {bl.fmt_pct(high - 1)}"
+        check = f"{agreement / scale:.1e}" if c.name == "ours v1 diffusers" else ""
+        rows.append(
+            [
+                layout, dtype_name, c.name, str(joins[c.name]), bl.fmt_ms(med),
+                "" if c.name == "off" else bl.fmt_pct(med / base - 1), paired, spread, check,
+            ]
+        )  # fmt: skip
+    return rows
+
+
+HEADERS = [
+    "model", "dtype", "contender", "FreeU joins", "median forward (ms)", "overhead (ratio of medians)",
+    "overhead (median of paired ratios)", "paired ratios, quartiles", "max rel. diff vs diffusers",
+]  # fmt: skip
+
+
+def unet_section(
+    models: list[str], dtypes: list[str], latent: int, batch: int, repeats: int, device: torch.device
+) -> bl.Section:
+    rows = []
+    for layout in bl.cached_first(models):
+        for dtype_name in dtypes:
+            rows.extend(measure(layout, dtype_name, latent, batch, repeats, device))
+    note = (
+        f"One U-Net forward (`torch.no_grad`), full-width layouts with random weights, latent {latent}x{latent} "
+        f"({latent * 8} px), batch {batch}, {repeats} interleaved repetitions after one warm-up round. Off: the plain "
+        "U-Net. Ours v1 diffusers: `freeu.apply(version=1, convention='diffusers')`, the same joins and arithmetic as "
+        "diffusers' `enable_freeu` (the last column: the largest difference of their outputs relative to the "
+        "output's largest value). Ours v2 official: the authors' version 2 at the official-convention joins (more "
+        "joins). Diffusers: `unet.enable_freeu`. Factors b1 1.5, b2 1.6, s1 0.9, s2 0.2; FreeU is installed and "
+        "removed around each timed forward, untimed. Overhead is relative to Off in the same run, two ways: the ratio "
+        "of the medians, and the median of the per-round ratios (each round times all contenders back to back, so "
+        "the paired ratio cancels drift that is slower than a round); the quartiles of the paired ratios show the "
+        "noise: an overhead inside them is not distinguishable from zero."
+    )
+    return bl.Section("unet", "U-Net forward with FreeU on and off", HEADERS, rows, note)
 
 
 def main() -> None:
@@ -92,17 +124,15 @@ def main() -> None:
     parser.add_argument("--latent", type=int, default=16, help="latent size (16 = 128 px)")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU, batch {args.batch}, "
-          f"latent {args.latent}x{args.latent}, {args.repeats} interleaved repeats; medians\n")  # fmt: skip
-    print("| model | dtype | contender | median forward (ms) | overhead vs off |")
-    print("| --- | --- | --- | --- | --- |")
-    for layout in args.models.split(","):
-        for dtype_name in args.dtypes.split(","):
-            for name, median, overhead in measure(layout, dtype_name, args.latent, args.batch, args.repeats):
-                print(
-                    f"| {layout} | {dtype_name} | {name} | {median * 1e3:.1f} | {overhead * 100:+.1f} % |", flush=True
-                )
+    device = bl.setup(args.device, args.threads)
+    print(bl.environment(device) + "\n")
+    section = unet_section(
+        args.models.split(","), args.dtypes.split(","), args.latent, args.batch, args.repeats, device
+    )
+    print(section.markdown())
 
 
 if __name__ == "__main__":
