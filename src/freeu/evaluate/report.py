@@ -1,0 +1,168 @@
+"""The report folder's human-facing files: ``report.md`` (tables), ``metrics.png`` (estimates and paired
+differences with their intervals), ``samples.png`` (a grid of the same units under every configuration)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .configs import BASELINE
+from .results import METRICS, PER_IMAGE, ConfigResult
+from .stats import Estimate
+
+__all__ = ["markdown", "plot_metrics", "sample_grid"]
+
+logger = logging.getLogger(__name__)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _diff(estimate: Any, digits: int = 3) -> str:
+    mark = " *" if estimate.excludes_zero() else ""
+    return f"{estimate.value:+.{digits}g} [{estimate.low:+.{digits}g}, {estimate.high:+.{digits}g}]{mark}"
+
+
+def markdown(results: Sequence[ConfigResult], header: dict[str, Any], skipped: Sequence[str]) -> str:
+    """The report: protocol, set-level table, per-image paired table, skipped metrics."""
+    n = results[0].n
+    lines = [
+        "# freeu eval report",
+        "",
+        f"- model: {header['model']}",
+        f"- units: {n} ({header['units']}); every configuration sampled on the same units from the same noise",
+        f"- reference: {header['reference']}",
+        f"- evaluation size: {header['eval_size'][1]}x{header['eval_size'][0]} (generated and reference images alike)",
+        f"- intervals: {round(header['level'] * 100)}% paired percentile bootstrap over units "
+        f"({header['set_replicates']} replicates for set-level metrics, basic intervals, SWD replicates "
+        f"{header.get('swd_replicates', 'linear')}; {header['replicates']} for per-image means, percentile "
+        "intervals); `*`: the interval of a difference excludes 0",
+        f"- processes: {header['world']}; command: see command.txt",
+        "",
+    ]
+    sets = [m for m in METRICS if m in results[0].sets]
+    if sets:
+        lines += ["## Against the reference (set-level, lower is better)", ""]
+        head = ["config", "settings", "n"]
+        for m in sets:
+            head += [METRICS[m][0], f"Δ {METRICS[m][0]} vs off"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in results:
+            row = [_cell(r.config.name), _cell(r.config.describe()), str(r.n)]
+            for m in sets:
+                value, diff = r.sets[m]
+                row += [value.format(4), "—" if r.config.name == BASELINE else _diff(diff)]
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    paired = [m for m, (_, d) in PER_IMAGE.items() if d is not None and m in results[0].means]
+    plain = [m for m, (_, d) in PER_IMAGE.items() if d is None and m in results[0].means]
+    lines += [
+        "## Per image, paired with FreeU off on the same unit",
+        "",
+        "Mean of the per-unit difference (configuration minus off) with its interval, and the share of units on "
+        "which the configuration is better (ties count half).",
+        "",
+    ]
+    head = ["config"]
+    for m in paired:
+        head += [f"Δ {PER_IMAGE[m][0]}", "better on"]
+    head += [PER_IMAGE[m][0] for m in plain]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        row = [_cell(r.config.name)]
+        for m in paired:
+            if r.config.name == BASELINE:
+                row += ["—", "—"]
+            else:
+                row += [_diff(r.paired[m].mean), f"{r.paired[m].better_share:.0%}"]
+        row += [r.means[m].format(3) for m in plain]
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    if skipped:
+        lines += ["## Not computed", ""] + [f"- {s}" for s in skipped] + [""]
+    lines += [
+        "## Files",
+        "",
+        "- `records.jsonl`: one line per image (configuration, unit, seed, prompt, settings, PNG path, per-image "
+        "metrics)",
+        "- `metrics.json`: every number above, with interval bounds",
+        "- `metrics.png`, `samples.png`, `command.txt`, `images/`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot_metrics(path: Path, results: Sequence[ConfigResult]) -> bool:
+    """Each set-level metric with its interval (top) and its paired difference from off (bottom); False without
+    matplotlib."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        logger.warning("matplotlib is missing: no metrics.png (pip install 'freeu[eval]')")
+        return False
+    columns = [("set", m) for m in METRICS if m in results[0].sets]
+    paired = set().union(*(r.paired for r in results))
+    columns += [("paired", m) for m, (_, d) in PER_IMAGE.items() if d is not None and m in paired]
+    if not columns:
+        return False
+    names = [r.config.name for r in results]
+    y = list(range(len(results)))[::-1]
+    fig = Figure(figsize=(3.2 * len(columns), 1.2 + 0.35 * len(results) * 2), dpi=110)
+    axes = fig.subplots(2, len(columns), squeeze=False)
+    for col, (kind, metric) in enumerate(columns):
+        top, bottom = axes[0][col], axes[1][col]
+        if kind == "set":
+            values = [r.sets[metric][0] for r in results]
+            diffs = [r.sets[metric][1] for r in results]
+            label = METRICS[metric][0]
+            top.errorbar([v.value for v in values], y, xerr=_errors(values), fmt="o", capsize=3)
+            top.set_title(f"{label} (lower is better)", fontsize=9)
+        else:
+            values = [r.means[metric] for r in results]
+            diffs = [r.paired[metric].mean if metric in r.paired else Estimate(0.0, 0.0, 0.0) for r in results]
+            label = PER_IMAGE[metric][0]
+            top.errorbar([v.value for v in values], y, xerr=_errors(values), fmt="o", capsize=3)
+            top.set_title(f"mean {label}", fontsize=9)
+        bottom.errorbar([d.value for d in diffs], y, xerr=_errors(diffs), fmt="s", color="tab:red", capsize=3)
+        bottom.axvline(0, color="grey", linewidth=0.8)
+        bottom.set_title(f"Δ {label} vs off (paired)", fontsize=9)
+        for ax in (top, bottom):
+            ax.set_yticks(y)
+            ax.set_yticklabels(names if col == 0 else [], fontsize=8)
+            ax.grid(True, alpha=0.3)
+            ax.tick_params(axis="x", labelsize=7)
+    fig.suptitle("freeu eval: estimates with 95% paired bootstrap intervals", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    return True
+
+
+def _errors(estimates: Sequence[Any]) -> list[list[float]]:
+    lows = [0.0 if e.low != e.low else max(e.value - e.low, 0.0) for e in estimates]
+    highs = [0.0 if e.high != e.high else max(e.high - e.value, 0.0) for e in estimates]
+    return [lows, highs]
+
+
+def sample_grid(
+    path: Path, rows: Sequence[tuple[str, Sequence[torch.Tensor]]], col_labels: Sequence[str], title: str, footer: str
+) -> None:
+    """Rows of ``uint8 (3, H, W)`` images (one row per configuration) as one labelled PNG."""
+    from PIL import Image
+
+    from ..imaging import grid, save_png
+
+    table = [[Image.fromarray(img.permute(1, 2, 0).contiguous().numpy()) for img in images] for _, images in rows]
+    picture = grid(
+        table,
+        row_labels=[name for name, _ in rows],
+        col_labels=list(col_labels),
+        title=title,
+        footer=footer,
+        min_cell=64,
+    )
+    save_png(picture, path, {"role": "freeu eval samples", "title": title})
