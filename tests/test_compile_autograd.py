@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import rerandomise_zeros, sd15_unet, unet_inputs
@@ -99,4 +101,32 @@ def test_applying_through_a_compiled_wrapper_is_never_silently_dropped() -> None
             assert (compiled(x, t).sample - expected).abs().max().item() < 1e-5
             assert (expected - base).abs().max().item() > 1e-2
         handle.remove()
+        assert (compiled(x, t).sample - base).abs().max().item() < 1e-5
+
+
+def test_a_second_unet_compiled_after_a_plain_one_keeps_freeu() -> None:
+    """Dynamo does not guard on module hooks by default, so the patched twin would reuse the plain twin's graph."""
+    plain = small_unet()
+    patched = copy.deepcopy(plain)
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 900])
+    with torch.no_grad():
+        base = plain(x, t).sample
+        freeu.apply(patched, preset="sd15")
+        expected = patched(x, t).sample
+        assert (expected - base).abs().max().item() > 1e-2
+        assert (torch.compile(plain, fullgraph=True, backend="aot_eager")(x, t).sample - base).abs().max() < 1e-5
+        twin = torch.compile(patched, fullgraph=True, backend="aot_eager")
+        assert (twin(x, t).sample - expected).abs().max().item() < 1e-5
+
+
+def test_applying_to_the_bare_module_after_compiling_is_seen() -> None:
+    model = small_unet()
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 900])
+    freeu.apply(model, preset="sd15").remove()  # the hook guards are switched on at the first apply in a process
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        base = compiled(x, t).sample
+        with freeu.apply(model, preset="sd15"):  # the module itself, not the compiled wrapper
+            expected = model(x, t).sample
+            assert (compiled(x, t).sample - expected).abs().max().item() < 1e-5
         assert (compiled(x, t).sample - base).abs().max().item() < 1e-5

@@ -219,3 +219,21 @@ def test_bad_inputs() -> None:
         fourier_filter(torch.ones(4), 1, 0.5)
     with pytest.raises(TypeError, match="torch.Tensor"):
         fourier_filter([[1.0]], 1, 0.5)
+
+
+TOL_OUT = {torch.float32: 2e-6, torch.bfloat16: 1.6e-2, torch.float64: 1e-14}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_out_writes_into_a_channel_slice_and_matches(dtype) -> None:
+    """The hook writes the filtered skip straight into its slice of the joined tensor (one allocation per join)."""
+    x = torch.randn(2, 10, 12, 9).to(dtype)
+    joined = torch.zeros(2, 12, 12, 9, dtype=dtype)
+    for scale in (0.2, torch.tensor([0.3, 0.9]).view(-1, 1)):
+        result = fourier_filter(x[:, 4:], 1, scale, out=joined[:, 6:])
+        assert result.data_ptr() == joined[:, 6:].data_ptr()
+        expected = fourier_filter(x[:, 4:], 1, scale)  # the same sums, batched differently: within rounding
+        torch.testing.assert_close(joined[:, 6:], expected, atol=TOL_OUT[dtype], rtol=0)
+        assert torch.equal(joined[:, :6], torch.zeros(2, 6, 12, 9, dtype=dtype))
+    with pytest.raises(ValueError, match="out must match x's shape, dtype and device"):
+        fourier_filter(x, 1, 0.2, out=torch.empty(2, 10, 12, 8, dtype=dtype))

@@ -37,7 +37,7 @@ def _per_sample(value: float | torch.Tensor, batch: int, device: torch.device) -
 def structure_factor(x: torch.Tensor, b: float | torch.Tensor) -> torch.Tensor:
     """The version-2 factor map ``(b - 1) * normalised_channel_mean + 1``, shape ``(B, 1, H, W)``, float32 or wider."""
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    mean = x.to(acc).mean(dim=1, keepdim=True)
+    mean = x.mean(dim=1, keepdim=True, dtype=acc)  # accumulates in acc without a full-size upcast copy
     flat = mean.flatten(1)
     low = flat.amin(dim=1).view(-1, 1, 1, 1)
     high = flat.amax(dim=1).view(-1, 1, 1, 1)
@@ -47,21 +47,24 @@ def structure_factor(x: torch.Tensor, b: float | torch.Tensor) -> torch.Tensor:
     return (_per_sample(b, x.shape[0], x.device) - 1) * normalised + 1
 
 
-def scaled_half(x: torch.Tensor, b: float | torch.Tensor, version: Version = 2) -> torch.Tensor:
+def scaled_half(
+    x: torch.Tensor, b: float | torch.Tensor, version: Version = 2, *, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """The first ``C // 2`` channels of ``x`` (``(B, C, H, W)``) times FreeU's backbone factor, as a new tensor.
 
-    Version 2 reads the channel mean over *all* ``C`` channels, so it needs the whole backbone feature.
+    Version 2 reads the channel mean over *all* ``C`` channels, so it needs the whole backbone feature. ``out``
+    (``x``'s dtype, shape of the half; not differentiable): write the result there instead of a new tensor.
     """
     if x.dim() != 4:
         raise ValueError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
     if isinstance(version, bool) or version not in (1, 2):
         raise ValueError(f"version must be 1 or 2, got {version!r}")
     half = x[:, : x.shape[1] // 2]
-    if version == 1:
-        factor = _per_sample(b, x.shape[0], x.device)
-        # a python float multiplies in the op's own math; a tensor factor is applied in float32, rounded once
-        return half * factor if isinstance(factor, float) else (half * factor).to(x.dtype)
-    return (half * structure_factor(x, b)).to(x.dtype)
+    factor = _per_sample(b, x.shape[0], x.device) if version == 1 else structure_factor(x, b)
+    if out is not None:  # a float32 factor multiplies in float32 and is rounded once into out, as below
+        return torch.mul(half, factor, out=out)
+    # a python float multiplies in the op's own math; a tensor factor is applied in float32, rounded once
+    return half * factor if isinstance(factor, float) else (half * factor).to(x.dtype)
 
 
 def scale_backbone(x: torch.Tensor, b: float | torch.Tensor, version: Version = 2) -> torch.Tensor:

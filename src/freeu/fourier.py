@@ -133,6 +133,36 @@ def _per_row_scale(scale: float | torch.Tensor, lead: torch.Size, dtype: torch.d
     return expanded.reshape(-1, 1) - 1.0
 
 
+def _rows_view(t: torch.Tensor) -> torch.Tensor | None:
+    """``(B, C, H * W)`` view of a 4-D tensor whose maps are contiguous (a channel slice is), or ``None``."""
+    if t.dim() != 4 or t.stride(-1) != 1 or t.stride(-2) != t.shape[-1]:
+        return None
+    return t.flatten(2)
+
+
+def _filter_projection_into(
+    x: torch.Tensor, threshold: int, scale: float | torch.Tensor, out: torch.Tensor
+) -> torch.Tensor | None:
+    """The projection written straight into ``out``: one read of ``x`` for the coefficients and one pass that reads
+    ``x`` and writes ``out``; no copy of a strided ``x``, no full-size temporary. ``None`` where it does not apply."""
+    x3, out3 = _rows_view(x), _rows_view(out)
+    if x3 is None or out3 is None:
+        return None
+    height, width = x.shape[-2:]
+    acc = _accumulation_dtype(x.dtype)
+    project, reconstruct = _basis(height, width, threshold, x.device, acc)
+    source = x3 if x.dtype == acc else x3.to(acc)  # half precision still accumulates in float32
+    coefficients = torch.matmul(source, project.T)
+    gain = _per_row_scale(scale, x.shape[:-2], acc)
+    coefficients = coefficients * (gain if isinstance(gain, float) else gain.view(*x.shape[:2], 1))
+    basis = reconstruct.expand(x.shape[0], *reconstruct.shape)
+    if x.dtype == acc:
+        torch.baddbmm(source, coefficients, basis, out=out3)
+    else:
+        out3.copy_(torch.baddbmm(source, coefficients, basis))
+    return out
+
+
 def _filter_projection(x: torch.Tensor, threshold: int, scale: float | torch.Tensor) -> torch.Tensor:
     height, width = x.shape[-2:]
     acc = _accumulation_dtype(x.dtype)
@@ -168,6 +198,7 @@ def fourier_filter(
     scale: float | torch.Tensor = 1.0,
     *,
     method: FilterMethod = "auto",
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """FreeU's skip filter: scale the lowest frequencies of each ``H x W`` map of ``x`` by ``scale``.
 
@@ -178,6 +209,9 @@ def fourier_filter(
 
     ``method``: ``"projection"`` (real arithmetic, no FFT), ``"fft"`` (the reference algorithm, in float32/64), or
     ``"auto"``: projection unless the threshold is so large that an FFT is cheaper.
+
+    ``out``: a tensor of ``x``'s shape and dtype, not overlapping ``x`` (a channel slice of a larger tensor is fine),
+    to write the result into instead of allocating one; it is returned. Not differentiable.
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"fourier_filter: x must be a torch.Tensor, got {type(x).__name__}")
@@ -189,13 +223,21 @@ def fourier_filter(
     _check_scale(scale)
     if method not in _METHODS:
         raise ValueError(f"fourier_filter: method must be one of {_METHODS}, got {method!r}")
+    if out is not None and (out.shape != x.shape or out.dtype != x.dtype or out.device != x.device):
+        raise ValueError(
+            f"fourier_filter: out must match x's shape, dtype and device {tuple(x.shape)}, {x.dtype}, {x.device}; "
+            f"got {tuple(out.shape)}, {out.dtype}, {out.device}"
+        )
     if not isinstance(scale, torch.Tensor) and scale == 1:
-        return x
+        return x if out is None else out.copy_(x)
     if x.numel() == 0:
-        return x.clone()
+        return x.clone() if out is None else out
     if method == "auto":
         height, width = x.shape[-2:]
         method = "projection" if _num_modes(height, width, threshold) <= _MAX_PROJECTION_MODES else "fft"
-    if method == "fft":
-        return _filter_fft(x, threshold, scale)
-    return _filter_projection(x, threshold, scale)
+    if method == "projection" and out is not None:
+        written = _filter_projection_into(x, threshold, scale, out)
+        if written is not None:
+            return written
+    result = _filter_fft(x, threshold, scale) if method == "fft" else _filter_projection(x, threshold, scale)
+    return result if out is None else out.copy_(result)

@@ -178,6 +178,7 @@ class FreeUHandle:
             hook = self._join_hook(p.join, None if untouched else p.stage)
             self._hooks.append(p.join.module.register_forward_pre_hook(hook, with_kwargs=True))
         setattr(self.unet, _HANDLE_ATTR, self)
+        self._guard_hooks_in_compiled_graphs()
         self._reset_compiled_graphs()
 
     def _uninstall(self) -> None:
@@ -187,6 +188,24 @@ class FreeUHandle:
         if self.active:
             delattr(self.unet, _HANDLE_ATTR)
         self._reset_compiled_graphs()
+
+    @staticmethod
+    def _guard_hooks_in_compiled_graphs() -> None:
+        """Make torch.compile check module hooks before it reuses a graph, once per process.
+
+        By default dynamo does not guard on hooks (``torch._dynamo.config.skip_nnmodule_hook_guards``), so a U-Net
+        compiled after an unpatched one of the same class reuses the unpatched graph, and hooks added to a module
+        after it was compiled are never seen: FreeU would be silently dropped. With the guards on, a change of hooks
+        makes dynamo recompile. Graphs compiled before the switch have no such guards, so they are dropped once.
+        """
+        try:
+            import torch._dynamo.config as dynamo_config
+        except ImportError:  # pragma: no cover - a torch build without dynamo compiles nothing
+            return
+        if getattr(dynamo_config, "skip_nnmodule_hook_guards", False):
+            dynamo_config.skip_nnmodule_hook_guards = False
+            torch.compiler.reset()
+            logger.info("FreeU: torch.compile now guards on module hooks (skip_nnmodule_hook_guards=False)")
 
     def _reset_compiled_graphs(self) -> None:
         """Graphs compiled before the hooks changed would keep the old behaviour silently: drop them."""
@@ -298,10 +317,22 @@ class FreeUHandle:
             b, s = factors
             backbone = x[:, :backbone_channels]
             unit_b = isinstance(b, float) and b == 1.0
-            first = backbone[:, :half] if unit_b else scaled_half(backbone, b, version)
             skip_in = x[:, backbone_channels:]
-            skip = fourier_filter(skip_in, threshold, s if isinstance(s, float) else s.view(-1, 1))
-            out = torch.cat([first, x[:, half:backbone_channels], skip], dim=1)
+            s_rows = s if isinstance(s, float) else s.view(-1, 1)
+            if _compiling() or (torch.is_grad_enabled() and x.requires_grad):
+                # differentiable, and what inductor fuses into one kernel anyway
+                first = backbone[:, :half] if unit_b else scaled_half(backbone, b, version)
+                skip = fourier_filter(skip_in, threshold, s_rows)
+                out = torch.cat([first, x[:, half:backbone_channels], skip], dim=1)
+            else:
+                # eager inference: every part written once into the one new tensor, no concatenation pass
+                out = torch.empty_like(x, memory_format=torch.contiguous_format)
+                if unit_b:
+                    out[:, :half].copy_(backbone[:, :half])
+                else:
+                    scaled_half(backbone, b, version, out=out[:, :half])
+                out[:, half:backbone_channels].copy_(x[:, half:backbone_channels])
+                skip = fourier_filter(skip_in, threshold, s_rows, out=out[:, backbone_channels:])
             if observer is not None:
                 observer(JoinObservation(join, stage, backbone, skip_in, out[:, :backbone_channels], skip))
             if from_args:
