@@ -35,3 +35,12 @@ def test_unknown_command_exits_with_usage(capsys) -> None:
         main(["plan", "sd3"])
     assert exc.value.code == 2
     assert "invalid choice: 'sd3'" in capsys.readouterr().err
+
+
+def test_analyze_is_a_freeu_command(tmp_path, capsys) -> None:
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "analysis"
+    args = ["analyze", "--only", "b", "--count", "1", "--steps", "2", "--b-values", "1,1.6", "--out", str(out)]
+    assert main(args) == 0
+    assert (out / "analysis.json").is_file()
+    assert "analysis.json" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""The ``freeu`` command line: ``demo``, ``generate``, ``sweep``, ``info`` and ``plan``.
+"""The ``freeu`` command line: ``demo``, ``generate``, ``sweep``, ``info``, ``analyze`` and ``plan``.
 
 Commands use the public API like a user would. They need the ``diffusers`` extra (``pip install freeu[diffusers]``).
 """
@@ -292,6 +292,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     inf = sub.add_parser("info", help="print the settings stored in an image written by freeu")
     inf.add_argument("image")
 
+    from . import analyze
+
+    analyze.add_parser(sub)
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
     if args.command == "plan":
@@ -299,6 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "demo":
         return demo(args)
+    if args.command == "analyze":
+        return analyze.run(args)
     from . import commands
 
     if args.command == "info":
