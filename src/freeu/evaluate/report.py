@@ -38,10 +38,10 @@ def markdown(results: Sequence[ConfigResult], header: dict[str, Any], skipped: S
         f"- units: {n} ({header['units']}); every configuration sampled on the same units from the same noise",
         f"- reference: {header['reference']}",
         f"- evaluation size: {header['eval_size'][1]}x{header['eval_size'][0]} (generated and reference images alike)",
-        f"- intervals: {round(header['level'] * 100)}% paired percentile bootstrap over units "
-        f"({header['set_replicates']} replicates for set-level metrics, basic intervals, SWD replicates "
-        f"{header.get('swd_replicates', 'linear')}; {header['replicates']} for per-image means, percentile "
-        "intervals); `*`: the interval of a difference excludes 0",
+        f"- intervals: {round(header['level'] * 100)}% paired bootstrap over units: set-level metrics "
+        f"{header['set_replicates']} replicates, basic intervals (SWD replicates: "
+        f"{header.get('swd_replicates', 'linear')}); per-image means {header['replicates']} replicates, percentile "
+        "intervals; `*`: the interval of a difference excludes 0",
         f"- processes: {header['world']}; command: see command.txt",
         "",
     ]
