@@ -44,3 +44,13 @@ def test_analyze_is_a_freeu_command(tmp_path, capsys) -> None:
     assert main(args) == 0
     assert (out / "analysis.json").is_file()
     assert "analysis.json" in capsys.readouterr().out
+
+
+def test_eval_is_a_freeu_command(tmp_path, capsys) -> None:
+    pytest.importorskip("accelerate")
+    out = tmp_path / "eval"
+    args = ["eval", "--seeds", "2", "--steps", "2", "--config", "b:b1=1.2 b2=1.2 s1=1 s2=1", "--reference-count",
+            "16", "--bootstrap", "50", "--set-bootstrap", "20", "--no-progress", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    report = (out / "report.md").read_text()
+    assert "off" in report and "| b |" in report.replace("`", "")

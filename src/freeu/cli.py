@@ -1,4 +1,4 @@
-"""The ``freeu`` command line: ``demo``, ``generate``, ``sweep``, ``info``, ``analyze`` and ``plan``.
+"""The ``freeu`` command line: ``demo``, ``generate``, ``sweep``, ``info``, ``analyze``, ``eval`` and ``plan``.
 
 Commands use the public API like a user would. They need the ``diffusers`` extra (``pip install freeu[diffusers]``).
 """
@@ -293,8 +293,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     inf.add_argument("image")
 
     from . import analyze
+    from .evaluate.cli import add_parser as add_eval_parser
 
     analyze.add_parser(sub)
+    add_eval_parser(sub)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
@@ -305,6 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return demo(args)
     if args.command == "analyze":
         return analyze.run(args)
+    if args.command == "eval":
+        return args.func(args)
     from . import commands
 
     if args.command == "info":
