@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 import torch
 
+from . import argtypes
 from .analysis import frequency_split, relative_log_amplitude
 from .config import FreeUConfig
 from .hooks import JoinObservation, apply, plan
@@ -910,24 +911,9 @@ def summary(results: dict[str, Any]) -> list[str]:
 # -- command line ---------------------------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return value
-
-
-def _factor(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
+_positive_int = argtypes.positive_int
+_factor = argtypes.non_negative
+_size = argtypes.size
 
 
 def _cutoff(text: str) -> float:
@@ -958,17 +944,6 @@ def _only(text: str) -> list[str]:
     if not parts or unknown:
         raise argparse.ArgumentTypeError(f"must be a comma-separated subset of {','.join(PARTS)}, got {text!r}")
     return [p for p in PARTS if p in parts]
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        parts = [int(v) for v in text.lower().split("x")]
-        width, height = (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
-        if len(parts) > 2 or width <= 0 or height <= 0:
-            raise ValueError
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be SIZE or WIDTHxHEIGHT in pixels, got {text!r}") from None
-    return width, height
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:

@@ -6,6 +6,7 @@ Commands use the public API like a user would. They need the ``diffusers`` extra
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 import torch
 
 import freeu
+from freeu import argtypes
 from freeu.config import PRESETS
 
 logger = logging.getLogger(__name__)
@@ -86,46 +88,15 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _size_arg(text: str) -> tuple[int, int]:
-    """``512`` or ``768x512`` (width x height), positive multiples of 8."""
-    try:
-        parts = [int(v) for v in text.lower().split("x")]
-        width, height = (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
-        if len(parts) > 2 or width <= 0 or height <= 0:
-            raise ValueError
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be SIZE or WIDTHxHEIGHT in pixels, got {text!r}") from None
-    if width % 8 or height % 8:
-        raise argparse.ArgumentTypeError(
-            f"width and height must be multiples of 8 (the VAE's downsampling), got {text}"
-        )
-    return width, height
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return value
+_size_arg = functools.partial(argtypes.size, multiple=8)
+_positive_int = argtypes.positive_int
+_guidance = argtypes.non_negative
 
 
 def _seed_count(text: str) -> int:
     value = _positive_int(text)
     if value > 64:
         raise argparse.ArgumentTypeError(f"must be between 1 and 64 (one grid column per seed), got {text!r}")
-    return value
-
-
-def _guidance(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
     return value
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .. import __version__
+from .. import __version__, argtypes
 from .configs import (
     BASELINE,
     EvalConfig,
@@ -37,20 +37,8 @@ REFERENCE_SEED = 20240321  # the held-out patches' sampler seed (the value freeu
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
-def _positive_int(text: str) -> int:
-    from ..cli import _positive_int as parse
-
-    return parse(text)
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return value
+_positive_int = argtypes.positive_int
+_count = argtypes.non_negative_int
 
 
 def _level(text: str) -> float:
@@ -64,25 +52,17 @@ def _level(text: str) -> float:
 
 
 def _guidances(text: str) -> list[float]:
-    from ..cli import _guidance
-
-    return [_guidance(v) for v in text.split(",") if v.strip()]
+    return [argtypes.non_negative(v) for v in text.split(",") if v.strip()]
 
 
 def _eval_size(text: str) -> tuple[int, int]:
-    try:
-        parts = [int(v) for v in text.lower().split("x")]
-        width, height = (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
-        if len(parts) > 2 or width < 8 or height < 8:
-            raise ValueError
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be SIZE or WIDTHxHEIGHT, each >= 8 pixels, got {text!r}") from None
+    width, height = argtypes.size(text, minimum=8)
     return height, width
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``freeu eval``."""
-    from ..cli import _guidance, _size_arg
+    from ..cli import _size_arg
 
     g = p.add_argument_group("model and protocol")
     g.add_argument(
@@ -99,7 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--negative-prompt", default=None, help="the negative prompt (pipelines)")
     g.add_argument(
         "--guidance",
-        type=_guidance,
+        type=argtypes.non_negative,
         default=7.5,
         help="guidance scale of every configuration unless it sets its own (default 7.5; guided pipelines)",
     )
