@@ -1,0 +1,136 @@
+"""The figures of the demo model's card: ``python scripts/demo_card.py --run runs/demo``.
+
+Writes into the weights folder (``src/freeu/demo/weights`` by default):
+
+- ``loss.png``: the training loss (every ``log_every`` steps) and the evaluation metric (every ``eval_every``) of the
+  run, from its ``train_log.jsonl`` and ``eval_log.jsonl``;
+- ``samples.png``: 64 samples of the shipped weights (DDIM 25 steps, FreeU off) beside 64 held-out real patches;
+- ``card.json``: the FreeU table, the training evaluation's metric for every row of ``freeu demo`` on seeds that
+  model selection never saw, plus the same model on a second set of seeds (how much the metric moves by chance) and
+  real training patches (the floor).
+
+The metric is the training evaluation's (``freeu.demo.train.score``): Laplacian-pyramid SWD and radial power
+spectrum distance against the same 512 held-out patches, with the same seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import torch  # noqa: E402
+
+import freeu  # noqa: E402
+from freeu.demo.data import TRAIN_IMAGES, PatchSampler, mix_seed  # noqa: E402
+from freeu.demo.model import WEIGHTS_DIR, load_exported  # noqa: E402
+from freeu.demo.showcase import DEFAULT_ROWS, _to_pil, high_frequency_share  # noqa: E402
+from freeu.demo.train import (  # noqa: E402
+    _STREAM_METRIC,
+    TrainConfig,
+    evaluation_reference,
+    sample_ddim,
+    score,
+)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_training(run: Path, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    train, evals = _read_jsonl(run / "train_log.jsonl"), _read_jsonl(run / "eval_log.jsonl")
+    fig = Figure(figsize=(10, 3.6), dpi=100)
+    left, right = fig.subplots(1, 2)
+    left.semilogy([r["step"] for r in train], [r["loss"] for r in train], linewidth=1)
+    left.set(xlabel="training step", ylabel="loss (MSE on the noise)", title="training loss")
+    right.plot([r["step"] for r in evals], [r["swd_mean"] for r in evals], "o-", label="SWD (Laplacian, mean)")
+    right.plot([r["step"] for r in evals], [r["rapsd"] for r in evals], "s-", label="radial power spectrum distance")
+    right.set(xlabel="training step", ylabel="distance to held-out patches", title="evaluation (128 samples)")
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def sample_sheet(samples: torch.Tensor, real: torch.Tensor, path: Path) -> None:
+    from freeu.imaging import grid
+
+    def rows(images: torch.Tensor) -> list[list]:
+        return [[_to_pil(im) for im in images[r * 8 : r * 8 + 8]] for r in range(len(images) // 8)]
+
+    left = grid(rows(samples), title="the demo model (FreeU off), seeds 0-63", min_cell=32)
+    right = grid(rows(real), title="held-out real patches (coffee, gravel, camera)", min_cell=32)
+    from PIL import Image
+
+    sheet = Image.new("RGB", (left.width + right.width + 16, max(left.height, right.height)), "white")
+    sheet.paste(left, (0, 0))
+    sheet.paste(right, (left.width + 16, 0))
+    sheet.save(path)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", default="runs/demo", help="the training run folder (logs, train_config.json)")
+    p.add_argument("--weights", default=str(WEIGHTS_DIR))
+    p.add_argument("--count", type=int, default=256, help="samples per setting")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    run, weights = Path(args.run), Path(args.weights)
+    torch.set_num_threads(args.threads)
+    saved = json.loads((run / "train_config.json").read_text())
+    cfg = TrainConfig(out=str(run), seed=saved["seed"], eval_reference=saved["eval_reference"])
+    reference = evaluation_reference(cfg)
+    metric_seed = mix_seed(cfg.seed, _STREAM_METRIC)
+    unet, config = load_exported(weights)
+
+    plot_training(run, weights / "loss.png")
+    sample_sheet(sample_ddim(unet, range(64), args.steps, scheduler_config=config["scheduler"]), reference[:64],
+                 weights / "samples.png")  # fmt: skip
+
+    # seeds 0..eval_samples-1 chose the best checkpoint: the table uses seeds after them
+    first = saved["eval_samples"]
+    seeds = range(first, first + args.count)
+    repeat = range(first + args.count, first + 2 * args.count)
+    table = []
+    started = time.perf_counter()
+    for row in DEFAULT_ROWS:
+        with freeu.apply(unet, **row.settings) if row.settings else contextlib.nullcontext():
+            images = sample_ddim(unet, seeds, args.steps, scheduler_config=config["scheduler"])
+        entry = {"label": row.label, "freeu": row.settings, **score(images, reference, metric_seed)}
+        entry["high_frequency_share"] = float(high_frequency_share(images).mean())
+        table.append(entry)
+        elapsed = time.perf_counter() - started
+        print(f"{row.label:10s} swd {entry['swd_mean']:.4f} rapsd {entry['rapsd']:.4f}  ({elapsed:.0f} s)")
+    again = sample_ddim(unet, repeat, args.steps, scheduler_config=config["scheduler"])
+    chance = {"label": f"FreeU off, seeds {repeat.start}-{repeat.stop - 1}", **score(again, reference, metric_seed)}
+    real = PatchSampler(TRAIN_IMAGES, seed=12345).sample(0, args.count)[0]
+    floor = {"label": "real training patches", **score(real, reference, metric_seed)}
+    card = {
+        "samples_per_setting": args.count,
+        "seeds": f"{seeds.start}-{seeds.stop - 1}",
+        "sampler": f"DDIM {args.steps} steps, eta 0",
+        "reference": f"{len(reference)} held-out patches (the training evaluation's)",
+        "rows": table,
+        "chance": chance,
+        "floor": floor,
+        "training": config["training"],
+    }
+    (weights / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in card.items() if k != "training"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
