@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["non_negative", "non_negative_int", "positive_int", "size"]
+__all__ = ["non_negative", "non_negative_int", "positive_int", "size", "vae_size"]
 
 
 def positive_int(text: str) -> int:
@@ -58,3 +58,8 @@ def size(text: str, minimum: int = 1, multiple: int = 1) -> tuple[int, int]:
             f"width and height must be multiples of {multiple} (the VAE's downsampling), got {text}"
         )
     return width, height
+
+
+def vae_size(text: str) -> tuple[int, int]:
+    """A generation size for a latent pipeline: :func:`size` in multiples of 8 (the VAE's downsampling)."""
+    return size(text, multiple=8)

@@ -6,7 +6,6 @@ Commands use the public API like a user would. They need the ``diffusers`` extra
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import sys
 from collections.abc import Sequence
@@ -88,7 +87,7 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
-_size_arg = functools.partial(argtypes.size, multiple=8)
+_size_arg = argtypes.vae_size
 _positive_int = argtypes.positive_int
 _guidance = argtypes.non_negative
 

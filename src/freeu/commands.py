@@ -67,7 +67,7 @@ def _resolve(pipe: Any, preset: str | None, overrides: dict[str, Any]) -> tuple[
     return FreeUConfig(**given), None, note
 
 
-def _check_size(pipe: Any, width: int, height: int) -> None:
+def check_size(pipe: Any, width: int, height: int) -> None:
     step = downsampling(pipe)
     if width % step or height % step:
         raise ValueError(f"--size {width}x{height} must be a multiple of {step} for this model (its downsampling)")
@@ -80,7 +80,7 @@ def _load(args: Any):
     return pipe
 
 
-def _size(pipe: Any, size: tuple[int, int] | None) -> tuple[int, int]:
+def resolve_size(pipe: Any, size: tuple[int, int] | None) -> tuple[int, int]:
     if size is not None:
         return size
     unet = pipe.unet
@@ -103,8 +103,8 @@ def generate(args: Any, overrides: dict[str, Any]) -> list[Path]:
     config, preset, note = _resolve(pipe, args.preset, overrides)
     if note:
         print(note)
-    width, height = _size(pipe, args.size)
-    _check_size(pipe, width, height)
+    width, height = resolve_size(pipe, args.size)
+    check_size(pipe, width, height)
     video = is_video(pipe)
     frames = args.frames if video else None
     common = dict(
@@ -150,8 +150,8 @@ def sweep(args: Any, fixed: dict[str, Any], rows: SweepAxis, cols: SweepAxis) ->
     base, preset, note = _resolve(pipe, args.preset, fixed)
     if note:
         print(note)
-    width, height = _size(pipe, args.size)
-    _check_size(pipe, width, height)
+    width, height = resolve_size(pipe, args.size)
+    check_size(pipe, width, height)
     if is_video(pipe):
         raise ValueError("freeu sweep renders still images; use freeu generate for video pipelines")
     cells = list(itertools.product(rows.values, cols.values))

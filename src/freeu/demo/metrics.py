@@ -24,6 +24,7 @@ __all__ = [
     "gaussian_pyramid",
     "laplacian_pyramid",
     "patch_descriptors",
+    "quantiles",
     "radial_power_spectrum",
     "rapsd_distance",
     "sliced_wasserstein",
@@ -107,7 +108,7 @@ def patch_descriptors(
     return patches.permute(0, 1, 4, 2, 3).reshape(-1, c * size * size)
 
 
-def _quantiles(sorted_values: torch.Tensor, count: int) -> torch.Tensor:
+def quantiles(sorted_values: torch.Tensor, count: int) -> torch.Tensor:
     """``count`` evenly spaced quantiles (midpoint rule) of each column of ``sorted_values``, interpolated linearly."""
     n = sorted_values.shape[0]
     if n == count:
@@ -135,7 +136,7 @@ def sliced_wasserstein(
     pa = (directions.T @ a.T).sort(dim=1).values.T  # sorting contiguous rows is much faster than columns
     pb = (directions.T @ b.T).sort(dim=1).values.T
     count = min(pa.shape[0], pb.shape[0])
-    return (_quantiles(pa, count) - _quantiles(pb, count)).abs().mean()
+    return (quantiles(pa, count) - quantiles(pb, count)).abs().mean()
 
 
 @torch.no_grad()

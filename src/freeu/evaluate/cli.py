@@ -62,8 +62,6 @@ def _eval_size(text: str) -> tuple[int, int]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``freeu eval``."""
-    from ..cli import _size_arg
-
     g = p.add_argument_group("model and protocol")
     g.add_argument(
         "--model",
@@ -83,7 +81,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=7.5,
         help="guidance scale of every configuration unless it sets its own (default 7.5; guided pipelines)",
     )
-    g.add_argument("--size", type=_size_arg, default=None, help="generation size SIZE or WIDTHxHEIGHT (pipelines)")
+    g.add_argument("--size", type=argtypes.vae_size, default=None, help="size SIZE or WIDTHxHEIGHT (pipelines)")
     g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32", help="default float32")
     g.add_argument("--device", default=None, help="torch device (default: this process's accelerator, else cpu)")
     g.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch (default 64)")

@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..demo.metrics import _quantiles, laplacian_pyramid, patch_descriptors, radial_power_spectrum
+from ..demo.metrics import laplacian_pyramid, patch_descriptors, quantiles, radial_power_spectrum
 
 __all__ = [
     "FeatureDistances",
@@ -111,9 +111,9 @@ class LaplacianSWD:
             directions = directions / directions.norm(dim=0, keepdim=True)
             self.directions.append(directions)
             ref_sorted = (directions.T @ dr.T).sort(dim=1).values.T  # (M_l, P)
-            self.image_quantiles.append(_quantiles(ref_sorted, min(k, ref_sorted.shape[0])))
+            self.image_quantiles.append(quantiles(ref_sorted, min(k, ref_sorted.shape[0])))
             if generated_count is not None:
-                self.set_quantiles.append(_quantiles(ref_sorted, min(generated_count * k, ref_sorted.shape[0])))
+                self.set_quantiles.append(quantiles(ref_sorted, min(generated_count * k, ref_sorted.shape[0])))
             del ref_sorted
 
     def descriptors(self, images: torch.Tensor, units: Sequence[int]) -> list[torch.Tensor]:
@@ -148,7 +148,7 @@ class LaplacianSWD:
             proj = (d @ self.directions[level]).reshape(len(units), k, -1).sort(dim=1).values  # (N, k, P)
             ref = self.image_quantiles[level]
             if ref.shape[0] < k:  # a reference smaller than one image's patch count
-                proj = torch.stack([_quantiles(p, ref.shape[0]) for p in proj])
+                proj = torch.stack([quantiles(p, ref.shape[0]) for p in proj])
             levels.append((proj - ref).abs().mean(dim=(1, 2)))
         return torch.stack(levels).mean(dim=0)
 
@@ -186,7 +186,7 @@ class LaplacianSWD:
 
             def distance(p: torch.Tensor, ref: torch.Tensor = ref, count: int = count) -> float:
                 ordered = p.sort(dim=1).values.T  # (N k, P)
-                return (_quantiles(ordered, count) - ref).abs().mean().item()
+                return (quantiles(ordered, count) - ref).abs().mean().item()
 
             out[level, 0] = distance(proj)
             if not replicates:
