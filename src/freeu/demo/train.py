@@ -239,19 +239,20 @@ def sample_ddim(
 ) -> torch.Tensor:
     """Deterministic DDIM (eta = 0) samples in ``[0, 1]``, one per seed; sample ``i`` depends only on ``seeds[i]``.
 
-    The initial noise of each sample is drawn from its own generator, so the result does not depend on
-    ``batch_size`` or on the other seeds. ``on_step`` is called after every denoising step (e.g. a progress bar).
+    The initial noise of each sample is drawn from its own CPU generator, so it does not depend on ``batch_size``,
+    the other seeds or the device; sampling runs on the U-Net's device and dtype. ``on_step`` is called after every
+    denoising step (e.g. a progress bar).
     """
     config = unet.config
     shape = (config.in_channels, config.sample_size, config.sample_size)
-    dtype = next(unet.parameters()).dtype
+    weight = next(unet.parameters())
     scheduler = build_scheduler("ddim", scheduler_config)
     scheduler.set_timesteps(steps)
     out = []
     for start in range(0, len(seeds), batch_size):
         chunk = seeds[start : start + batch_size]
         x = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in chunk])
-        x = x.to(dtype)
+        x = x.to(device=weight.device, dtype=weight.dtype)  # noise drawn on the CPU: the same on every device
         for t in scheduler.timesteps:
             eps = unet(x, t).sample
             x = scheduler.step(eps, t, x, eta=0.0).prev_sample
