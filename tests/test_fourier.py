@@ -237,3 +237,11 @@ def test_out_writes_into_a_channel_slice_and_matches(dtype) -> None:
         assert torch.equal(joined[:, :6], torch.zeros(2, 6, 12, 9, dtype=dtype))
     with pytest.raises(ValueError, match="out must match x's shape, dtype and device"):
         fourier_filter(x, 1, 0.2, out=torch.empty(2, 10, 12, 8, dtype=dtype))
+
+
+def test_out_may_be_x_itself() -> None:
+    x = torch.randn(2, 6, 12, 9)
+    expected = fourier_filter(x, 1, 0.3)
+    result = fourier_filter(x, 1, 0.3, out=x)
+    assert result is x
+    torch.testing.assert_close(x, expected, atol=2e-6, rtol=0)

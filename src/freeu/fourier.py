@@ -210,8 +210,9 @@ def fourier_filter(
     ``method``: ``"projection"`` (real arithmetic, no FFT), ``"fft"`` (the reference algorithm, in float32/64), or
     ``"auto"``: projection unless the threshold is so large that an FFT is cheaper.
 
-    ``out``: a tensor of ``x``'s shape and dtype, not overlapping ``x`` (a channel slice of a larger tensor is fine),
-    to write the result into instead of allocating one; it is returned. Not differentiable.
+    ``out``: a tensor of ``x``'s shape and dtype (a channel slice of a larger tensor is fine) to write the result into
+    instead of allocating one; it is returned. It may be ``x`` itself (filtering in place) but must not otherwise
+    overlap ``x``. Not differentiable.
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"fourier_filter: x must be a torch.Tensor, got {type(x).__name__}")
