@@ -21,6 +21,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	# tests/test_ui.py drives Debian's chromium headless (skipped without it); installed where we may, never fatal
+	command -v chromium >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get install -y -qq chromium >/dev/null) || true
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
