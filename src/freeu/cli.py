@@ -1,4 +1,4 @@
-"""The ``freeu`` command line: ``demo``, ``generate``, ``sweep``, ``info``, ``analyze``, ``eval`` and ``plan``.
+"""The ``freeu`` command line: ``demo``, ``generate``, ``sweep``, ``info``, ``analyze``, ``eval``, ``ui`` and ``plan``.
 
 Commands use the public API like a user would. They need the ``diffusers`` extra (``pip install freeu[diffusers]``).
 """
@@ -262,11 +262,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     inf = sub.add_parser("info", help="print the settings stored in an image written by freeu")
     inf.add_argument("image")
 
-    from . import analyze
+    from . import analyze, ui
     from .evaluate.cli import add_parser as add_eval_parser
 
     analyze.add_parser(sub)
     add_eval_parser(sub)
+    ui.add_parser(sub)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
@@ -279,6 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return analyze.run(args)
     if args.command == "eval":
         return args.func(args)
+    if args.command == "ui":
+        return ui.run(args)
     from . import commands
 
     if args.command == "info":
