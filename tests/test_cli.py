@@ -54,3 +54,8 @@ def test_eval_is_a_freeu_command(tmp_path, capsys) -> None:
     assert main(args) == 0
     report = (out / "report.md").read_text()
     assert "off" in report and "| b |" in report.replace("`", "")
+
+
+def test_ui_is_a_freeu_command_and_names_a_missing_model(tmp_path, capsys) -> None:
+    assert main(["ui", "--model", str(tmp_path / "nowhere")]) == 1
+    assert "nowhere" in capsys.readouterr().err
