@@ -67,12 +67,6 @@ def _resolve(pipe: Any, preset: str | None, overrides: dict[str, Any]) -> tuple[
     return FreeUConfig(**given), None, note
 
 
-def check_size(pipe: Any, width: int, height: int) -> None:
-    step = downsampling(pipe)
-    if width % step or height % step:
-        raise ValueError(f"--size {width}x{height} must be a multiple of {step} for this model (its downsampling)")
-
-
 def _load(args: Any):
     print(f"loading {args.model} ({args.dtype}, {args.device}) ...", flush=True)
     pipe = load_pipeline(args.model, args.dtype, args.device)
@@ -81,12 +75,16 @@ def _load(args: Any):
 
 
 def resolve_size(pipe: Any, size: tuple[int, int] | None) -> tuple[int, int]:
-    if size is not None:
-        return size
-    unet = pipe.unet
-    sample = unet.config.sample_size
-    sample = sample if isinstance(sample, int) else sample[0]
-    return sample * pipe.vae_scale_factor, sample * pipe.vae_scale_factor
+    """``(width, height)``: ``size``, or the model's own; ``ValueError`` unless the model's downsampling divides it."""
+    if size is None:
+        sample = pipe.unet.config.sample_size
+        sample = sample if isinstance(sample, int) else sample[0]
+        size = (sample * pipe.vae_scale_factor, sample * pipe.vae_scale_factor)
+    width, height = size
+    step = downsampling(pipe)
+    if width % step or height % step:
+        raise ValueError(f"--size {width}x{height} must be a multiple of {step} for this model (its downsampling)")
+    return width, height
 
 
 def _base_settings(args: Any, width: int, height: int, frames: int | None) -> dict[str, Any]:
@@ -104,7 +102,6 @@ def generate(args: Any, overrides: dict[str, Any]) -> list[Path]:
     if note:
         print(note)
     width, height = resolve_size(pipe, args.size)
-    check_size(pipe, width, height)
     video = is_video(pipe)
     frames = args.frames if video else None
     common = dict(
@@ -151,7 +148,6 @@ def sweep(args: Any, fixed: dict[str, Any], rows: SweepAxis, cols: SweepAxis) ->
     if note:
         print(note)
     width, height = resolve_size(pipe, args.size)
-    check_size(pipe, width, height)
     if is_video(pipe):
         raise ValueError("freeu sweep renders still images; use freeu generate for video pipelines")
     cells = list(itertools.product(rows.values, cols.values))

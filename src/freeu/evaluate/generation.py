@@ -165,7 +165,7 @@ class PipelineModel:
         dtype: str,
         device: str,
     ) -> None:
-        from ..commands import check_size, resolve_size
+        from ..commands import resolve_size
         from ..pipelines import is_video, load_pipeline
 
         self.pipe = load_pipeline(model, dtype, device)
@@ -173,7 +173,6 @@ class PipelineModel:
         if is_video(self.pipe):
             raise ValueError("freeu eval scores still images; video pipelines are not supported")
         width, height = resolve_size(self.pipe, size)
-        check_size(self.pipe, width, height)
         self.size = (height, width)
         self.steps, self.guidance, self.negative_prompt, self.dtype = steps, guidance, negative_prompt, dtype
         self.guided = "guidance_scale" in inspect.signature(self.pipe.__call__).parameters
