@@ -37,13 +37,7 @@ FAST = ["--seeds", "4", "--steps", "2", "--reference-count", "24", "--swd-patche
 CONFIGS = ["--config", "sd15", "--config", "late:sd15 start=0.5"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread than on two that compete with other jobs for the same cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -310,10 +304,9 @@ def test_protocol_same_units_for_every_config_and_images_from_the_public_api(dem
     off, sd15 = summary["configs"][0], summary["configs"][1]
     assert [c["n"] for c in summary["configs"]] == [4, 4, 4]
     images = torch.stack([load_png(demo_run / r["image"]) for r in by_config["off"]]).double() / 255
-    from freeu.demo.data import HELD_OUT_IMAGES, PatchSampler
-    from freeu.evaluate.cli import REFERENCE_SEED
+    from freeu.demo.data import HELD_OUT_IMAGES, HELD_OUT_SEED, PatchSampler
 
-    patches = PatchSampler(HELD_OUT_IMAGES, seed=REFERENCE_SEED, size=16, allow_held_out=True).sample(0, 24)[0]
+    patches = PatchSampler(HELD_OUT_IMAGES, seed=HELD_OUT_SEED, size=16, allow_held_out=True).sample(0, 24)[0]
     reference = (patches * 255).round() / 255
     expected_swd = swd_laplacian(images, reference.double(), per_image=16, projections=32).double().mean().item()
     assert off["set_level"]["swd"]["value"]["value"] == pytest.approx(expected_swd, rel=1e-6)

@@ -25,12 +25,16 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ALL_IMAGES", "HELD_OUT_IMAGES", "TRAIN_IMAGES", "PatchSampler", "load_image", "mix_seed"]
+__all__ = ["ALL_IMAGES", "HELD_OUT_IMAGES", "HELD_OUT_SEED", "TRAIN_IMAGES", "PatchSampler", "load_image", "mix_seed"]
 
 logger = logging.getLogger(__name__)
 
 #: Held out for evaluation: never cropped for training.
 HELD_OUT_IMAGES: tuple[str, ...] = ("coffee", "gravel", "camera")
+
+#: The seed of the held-out patches that ``freeu demo`` and ``freeu eval`` compare samples with (the training
+#: evaluation draws its own from the run's seed).
+HELD_OUT_SEED = 20240321
 
 #: Cropped for training. ``motorcycle`` is the left view of ``skimage.data.stereo_motorcycle``.
 TRAIN_IMAGES: tuple[str, ...] = (

@@ -28,7 +28,7 @@ import torch
 
 import freeu
 
-from .data import HELD_OUT_IMAGES, PatchSampler
+from .data import HELD_OUT_IMAGES, HELD_OUT_SEED, PatchSampler
 from .metrics import radial_power_spectrum, rapsd_distance, swd_laplacian
 from .model import WEIGHTS_DIR, load_exported
 from .train import sample_ddim
@@ -39,7 +39,6 @@ logger = logging.getLogger(__name__)
 
 #: Held-out patches drawn for the reference spectrum and distances (fixed seed, so every run compares alike).
 REFERENCE_PATCHES = 256
-_REFERENCE_SEED = 20240321
 
 
 @dataclass(frozen=True)
@@ -89,7 +88,7 @@ def high_frequency_share(images: torch.Tensor) -> torch.Tensor:
 def _reference_patches(count: int) -> torch.Tensor | None:
     """Held-out real patches (``[0, 1]``), or ``None`` where scikit-image is not installed."""
     try:
-        sampler = PatchSampler(HELD_OUT_IMAGES, seed=_REFERENCE_SEED, allow_held_out=True)
+        sampler = PatchSampler(HELD_OUT_IMAGES, seed=HELD_OUT_SEED, allow_held_out=True)
     except ImportError:
         logger.warning("scikit-image is missing: no held-out reference (pip install 'freeu[demo]')")
         return None

@@ -33,7 +33,6 @@ __all__ = ["add_parser", "build_parser", "main", "run"]
 
 logger = logging.getLogger(__name__)
 
-REFERENCE_SEED = 20240321  # the held-out patches' sampler seed (the value freeu demo uses)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -269,14 +268,14 @@ def _reference(args: argparse.Namespace, demo: bool, size: tuple[int, int]) -> t
         return images, f"{len(files)} images of {folder} (fingerprint {_reference_fingerprint(files)})"
     if not demo:
         return None, "none (give --reference DIR for SWD, RAPSD, FID, KID)"
-    from ..demo.data import HELD_OUT_IMAGES, PatchSampler
+    from ..demo.data import HELD_OUT_IMAGES, HELD_OUT_SEED, PatchSampler
 
-    sampler = PatchSampler(HELD_OUT_IMAGES, seed=REFERENCE_SEED, size=max(size), allow_held_out=True)
+    sampler = PatchSampler(HELD_OUT_IMAGES, seed=HELD_OUT_SEED, size=max(size), allow_held_out=True)
     patches = sampler.sample(0, args.reference_count)[0]
     images = fit_size((patches * 255).round().to(torch.uint8), size)
     return images, (
         f"{args.reference_count} held-out {max(size)}x{max(size)} patches of {', '.join(HELD_OUT_IMAGES)} "
-        f"(PatchSampler seed {REFERENCE_SEED}, never seen in training), 8-bit"
+        f"(PatchSampler seed {HELD_OUT_SEED}, never seen in training), 8-bit"
     )
 
 
