@@ -91,3 +91,12 @@ def sd15() -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def sdxl() -> torch.nn.Module:
     return sdxl_unet()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run as fast on one thread as on two, and do not stall when other processes share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -36,13 +36,7 @@ pytest.importorskip("diffusers")
 DEMO_WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "freeu" / "demo" / "weights" / "unet.safetensors"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is as fast as two, and does not stall when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def image_with_amplitude(amplitude: torch.Tensor) -> torch.Tensor:
