@@ -245,3 +245,48 @@ def test_out_may_be_x_itself() -> None:
     result = fourier_filter(x, 1, 0.3, out=x)
     assert result is x
     torch.testing.assert_close(x, expected, atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_pieces_bound_the_temporaries_and_match_the_reference(monkeypatch, dtype) -> None:
+    """Channels go in pieces: besides the output, no op makes a tensor larger than one float32 piece, even in half
+    precision (which accumulates in float32), and pieces of uneven size and per-sample scales land where they belong."""
+    from freeu import fourier
+
+    piece = 2 * 3 * 12 * 9  # three channels of a batch of two
+    monkeypatch.setattr(fourier, "_PIECE_ELEMENTS_CPU", piece)
+    full = (torch.randn(2, 17, 12, 9) * 3 + 1).to(dtype)
+    skip = full[:, 7:]  # ten channels: pieces of 3, 3, 3 and 1
+    joined = torch.zeros(2, 15, 12, 9, dtype=dtype)
+    largest = []
+
+    class Sizes(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for r in out if isinstance(out, (tuple, list)) else [out]:
+                shared = r.untyped_storage().data_ptr() in owned
+                if isinstance(r, torch.Tensor) and not shared:
+                    largest.append(r.untyped_storage().nbytes())  # a view counts as what it views
+            return out
+
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    basis = fourier._basis(12, 9, 1, skip.device, acc)  # cached, (modes, H W): it does not grow with B x C
+    owned = {t.untyped_storage().data_ptr() for t in (full, joined, *basis)}
+    for scale in (0.2, torch.tensor([0.3, 1.4]).view(2, 1)):
+        largest.clear()
+        with Sizes():
+            result = fourier_filter(skip, 1, scale, out=joined[:, 5:])
+        assert result.data_ptr() == joined[:, 5:].data_ptr()
+        assert max(largest) <= piece * 4, max(largest)
+        for i in range(2):
+            s = scale if isinstance(scale, float) else scale[i].item()
+            exact = reference(skip[i], 1, s)
+            ulp = torch.finfo(dtype).eps * exact.abs().clamp_min(torch.finfo(dtype).tiny)
+            bound = ulp + 8 * torch.finfo(acc).eps * skip.double().abs().max()
+            assert ((joined[i, 5:].double() - exact).abs() <= bound).all()
+        assert torch.equal(joined[:, :5], torch.zeros(2, 5, 12, 9, dtype=dtype))
+    # without out, and for inputs of other ranks (a video's frames, one map): the same numbers
+    for x in (skip, full.view(2, 17, 1, 12, 9)[:, :, 0].contiguous(), full.reshape(34, 12, 9), full[0, 0]):
+        exact = reference(x, 1, 0.2)
+        err = (fourier_filter(x, 1, 0.2).double() - exact).abs()
+        assert (err <= torch.finfo(dtype).eps * exact.abs() + 8 * torch.finfo(acc).eps * x.double().abs().max()).all()

@@ -134,33 +134,62 @@ def _per_row_scale(scale: float | torch.Tensor, lead: torch.Size, dtype: torch.d
 
 
 def _rows_view(t: torch.Tensor) -> torch.Tensor | None:
-    """``(B, C, H * W)`` view of a 4-D tensor whose maps are contiguous (a channel slice is), or ``None``."""
-    if t.dim() != 4 or t.stride(-1) != 1 or t.stride(-2) != t.shape[-1]:
-        return None
-    return t.flatten(2)
+    """``(B, C, H * W)`` view of ``t`` whose maps are each contiguous (a channel slice's are), or ``None``."""
+    if t.dim() == 4 and t.stride(-1) == 1 and t.stride(-2) == t.shape[-1]:
+        return t.flatten(2)
+    if t.is_contiguous():
+        return t.reshape(1, -1, t.shape[-2] * t.shape[-1])
+    return None
+
+
+# Elements per piece of the written path: on a CPU a piece's float32 temporaries stay in cache between the two passes
+# over it (4 MiB); elsewhere the pieces only bound the float32 temporaries of a half-precision input (16 MiB).
+_PIECE_ELEMENTS_CPU = 1 << 20
+_PIECE_ELEMENTS = 1 << 22
 
 
 def _filter_projection_into(
     x: torch.Tensor, threshold: int, scale: float | torch.Tensor, out: torch.Tensor
 ) -> torch.Tensor | None:
-    """The projection written straight into ``out``: one read of ``x`` for the coefficients and one pass that reads
-    ``x`` and writes ``out``; no copy of a strided ``x``, no full-size temporary. ``None`` where it does not apply."""
+    """The projection written straight into ``out``, ``None`` where the layouts do not allow it.
+
+    Channels go in pieces of a bounded size: per piece, one read of ``x`` for the coefficients and one pass that reads
+    ``x`` and writes ``out``. Nothing scales with the input but ``out``: a half-precision piece is upcast to float32 on
+    its own, a strided ``x`` is never copied, and on a CPU the piece is still in cache for its second pass.
+    """
     x3, out3 = _rows_view(x), _rows_view(out)
     if x3 is None or out3 is None:
         return None
     height, width = x.shape[-2:]
     acc = _accumulation_dtype(x.dtype)
     project, reconstruct = _basis(height, width, threshold, x.device, acc)
-    source = x3 if x.dtype == acc else x3.to(acc)  # half precision still accumulates in float32
-    coefficients = torch.matmul(source, project.T)
     gain = _per_row_scale(scale, x.shape[:-2], acc)
-    coefficients = coefficients * (gain if isinstance(gain, float) else gain.view(*x.shape[:2], 1))
-    basis = reconstruct.expand(x.shape[0], *reconstruct.shape)
-    if x.dtype == acc:
-        torch.baddbmm(source, coefficients, basis, out=out3)
-    else:
-        out3.copy_(torch.baddbmm(source, coefficients, basis))
+    if isinstance(gain, torch.Tensor):
+        gain = gain.view(x3.shape[0], x3.shape[1], 1)
+    batch, channels, size = x3.shape
+    budget = _PIECE_ELEMENTS_CPU if x.device.type == "cpu" else _PIECE_ELEMENTS
+    step = max(1, budget // (batch * size))
+    basis = reconstruct.expand(batch, *reconstruct.shape)
+    for first in range(0, channels, step):
+        piece = slice(first, first + step)
+        source = x3[:, piece]
+        if source.dtype != acc:
+            source = source.to(acc)  # half precision accumulates in float32, one piece at a time
+        coefficients = torch.matmul(source, project.T)
+        coefficients = coefficients * (gain if isinstance(gain, float) else gain[:, piece])
+        if x.dtype == acc:
+            torch.baddbmm(source, coefficients, basis, out=out3[:, piece])
+        else:
+            out3[:, piece].copy_(torch.baddbmm(source, coefficients, basis))
     return out
+
+
+def _traced(x: torch.Tensor, scale: float | torch.Tensor) -> bool:
+    """Whether autograd or torch.compile follows this call: then the filter is plain ops, not written in pieces."""
+    if torch.compiler.is_compiling():
+        return True
+    grads = x.requires_grad or (isinstance(scale, torch.Tensor) and scale.requires_grad)
+    return grads and torch.is_grad_enabled()
 
 
 def _filter_projection(x: torch.Tensor, threshold: int, scale: float | torch.Tensor) -> torch.Tensor:
@@ -236,8 +265,9 @@ def fourier_filter(
     if method == "auto":
         height, width = x.shape[-2:]
         method = "projection" if _num_modes(height, width, threshold) <= _MAX_PROJECTION_MODES else "fft"
-    if method == "projection" and out is not None:
-        written = _filter_projection_into(x, threshold, scale, out)
+    if method == "projection" and (out is not None or not _traced(x, scale)):
+        target = out if out is not None else torch.empty_like(x, memory_format=torch.contiguous_format)
+        written = _filter_projection_into(x, threshold, scale, target)
         if written is not None:
             return written
     result = _filter_fft(x, threshold, scale) if method == "fft" else _filter_projection(x, threshold, scale)
