@@ -16,6 +16,8 @@ from typing import Literal
 
 import torch
 
+from .fourier import channels_per_piece, traced
+
 __all__ = ["scale_backbone", "scaled_half", "structure_factor"]
 
 Version = Literal[1, 2]
@@ -34,10 +36,22 @@ def _per_sample(value: float | torch.Tensor, batch: int, device: torch.device) -
     return value.view(batch, 1, 1, 1)
 
 
+def _channel_mean(x: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """The mean over channels, ``(B, 1, H, W)`` in ``acc``. ``mean(dtype=acc)`` upcasts a half-precision input whole
+    before it sums; summed a piece of channels at a time, only one piece is upcast at once."""
+    if x.dtype == acc or traced(x):
+        return x.mean(dim=1, keepdim=True, dtype=acc)
+    step = channels_per_piece(x.shape[0], x.shape[-2] * x.shape[-1], x.device)
+    total = x[:, :step].sum(dim=1, keepdim=True, dtype=acc)
+    for first in range(step, x.shape[1], step):
+        total += x[:, first : first + step].sum(dim=1, keepdim=True, dtype=acc)
+    return total / x.shape[1]
+
+
 def structure_factor(x: torch.Tensor, b: float | torch.Tensor) -> torch.Tensor:
     """The version-2 factor map ``(b - 1) * normalised_channel_mean + 1``, shape ``(B, 1, H, W)``, float32 or wider."""
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    mean = x.mean(dim=1, keepdim=True, dtype=acc)  # accumulates in acc without a full-size upcast copy
+    mean = _channel_mean(x, acc)
     flat = mean.flatten(1)
     low = flat.amin(dim=1).view(-1, 1, 1, 1)
     high = flat.amax(dim=1).view(-1, 1, 1, 1)

@@ -148,6 +148,12 @@ _PIECE_ELEMENTS_CPU = 1 << 20
 _PIECE_ELEMENTS = 1 << 22
 
 
+def channels_per_piece(batch: int, size: int, device: torch.device) -> int:
+    """How many channels of ``batch`` maps of ``size`` elements go in one piece (at least one)."""
+    budget = _PIECE_ELEMENTS_CPU if device.type == "cpu" else _PIECE_ELEMENTS
+    return max(1, budget // (batch * size))
+
+
 def _filter_projection_into(
     x: torch.Tensor, threshold: int, scale: float | torch.Tensor, out: torch.Tensor
 ) -> torch.Tensor | None:
@@ -167,8 +173,7 @@ def _filter_projection_into(
     if isinstance(gain, torch.Tensor):
         gain = gain.view(x3.shape[0], x3.shape[1], 1)
     batch, channels, size = x3.shape
-    budget = _PIECE_ELEMENTS_CPU if x.device.type == "cpu" else _PIECE_ELEMENTS
-    step = max(1, budget // (batch * size))
+    step = channels_per_piece(batch, size, x.device)
     basis = reconstruct.expand(batch, *reconstruct.shape)
     for first in range(0, channels, step):
         piece = slice(first, first + step)
@@ -184,11 +189,12 @@ def _filter_projection_into(
     return out
 
 
-def _traced(x: torch.Tensor, scale: float | torch.Tensor) -> bool:
-    """Whether autograd or torch.compile follows this call: then the filter is plain ops, not written in pieces."""
+def traced(*values: object) -> bool:
+    """Whether autograd (for one of the tensors among ``values``) or torch.compile follows this call: then the work
+    is done in plain whole-tensor ops, which both can follow, rather than written in pieces."""
     if torch.compiler.is_compiling():
         return True
-    grads = x.requires_grad or (isinstance(scale, torch.Tensor) and scale.requires_grad)
+    grads = any(isinstance(v, torch.Tensor) and v.requires_grad for v in values)
     return grads and torch.is_grad_enabled()
 
 
@@ -265,7 +271,7 @@ def fourier_filter(
     if method == "auto":
         height, width = x.shape[-2:]
         method = "projection" if _num_modes(height, width, threshold) <= _MAX_PROJECTION_MODES else "fft"
-    if method == "projection" and (out is not None or not _traced(x, scale)):
+    if method == "projection" and (out is not None or not traced(x, scale)):
         target = out if out is not None else torch.empty_like(x, memory_format=torch.contiguous_format)
         written = _filter_projection_into(x, threshold, scale, target)
         if written is not None:
