@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from freeu import scale_backbone, structure_factor
+from freeu.backbone import scaled_half
 
 
 def reference_v2(x: torch.Tensor, b: float) -> torch.Tensor:
@@ -92,19 +93,23 @@ def test_bad_arguments() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_channel_mean_goes_in_pieces(monkeypatch, dtype: torch.dtype) -> None:
-    """Version 2's channel mean of a half-precision feature accumulates in float32 a few channels at a time: no
-    allocation as large as the feature in float32 (``mean(dtype=float32)`` makes one inside), the same factor."""
+def test_half_precision_goes_in_pieces(monkeypatch, dtype: torch.dtype) -> None:
+    """Written into ``out``, a half-precision backbone is scaled a few channels at a time, and version 2's channel
+    mean accumulates in float32 the same way: no allocation as large as the feature in float32 (``mean(dtype=...)``
+    and a mixed-precision ``mul`` each make one inside), and the same numbers."""
     from freeu import fourier
 
     x = (torch.randn(2, 40, 16, 16, generator=torch.Generator().manual_seed(3)) * 3 + 1).to(dtype)
-    monkeypatch.setattr(fourier, "_PIECE_ELEMENTS_CPU", 2 * 3 * 16 * 16)  # 3 channels at a time: 14 uneven pieces
-    with torch.profiler.profile(profile_memory=True) as prof:
-        factor = structure_factor(x, 1.5)
-    largest = max(
-        e.cpu_memory_usage for e in prof.events() if e.name == "aten::empty_strided" or e.name == "aten::empty"
-    )
-    assert largest <= 2 * 3 * 16 * 16 * 4, largest
+    monkeypatch.setattr(fourier, "_PIECE_ELEMENTS_CPU", 2 * 3 * 16 * 16)  # 3 channels at a time: uneven pieces
+    out = torch.empty(2, 20, 16, 16, dtype=dtype)
+    for version, b in ((2, 1.5), (1, torch.tensor([1.2, 1.7]))):
+        with torch.profiler.profile(profile_memory=True) as prof:
+            scaled_half(x, b, version, out=out)
+        allocations = [e.cpu_memory_usage for e in prof.events() if e.name in ("aten::empty_strided", "aten::empty")]
+        assert max(allocations) <= 2 * 3 * 16 * 16 * 4, (version, max(allocations))
+        factor = structure_factor(x, 1.5) if version == 2 else b.view(2, 1, 1, 1)
+        assert torch.equal(out, (x[:, :20].float() * factor).to(dtype))
+    factor = structure_factor(x, 1.5)
     mean = x.double().mean(dim=1, keepdim=True)
     low, high = mean.amin(dim=(2, 3), keepdim=True), mean.amax(dim=(2, 3), keepdim=True)
     expected = 0.5 * (mean - low) / (high - low) + 1

@@ -76,6 +76,12 @@ def scaled_half(
     half = x[:, : x.shape[1] // 2]
     factor = _per_sample(b, x.shape[0], x.device) if version == 1 else structure_factor(x, b)
     if out is not None:  # a float32 factor multiplies in float32 and is rounded once into out, as below
+        if isinstance(factor, torch.Tensor) and factor.dtype != x.dtype:
+            # torch computes a mixed-precision product whole in float32 before it rounds into out: go in pieces
+            step = channels_per_piece(x.shape[0], x.shape[-2] * x.shape[-1], x.device)
+            for first in range(0, half.shape[1], step):
+                torch.mul(half[:, first : first + step], factor, out=out[:, first : first + step])
+            return out
         return torch.mul(half, factor, out=out)
     # a python float multiplies in the op's own math; a tensor factor is applied in float32, rounded once
     return half * factor if isinstance(factor, float) else (half * factor).to(x.dtype)
