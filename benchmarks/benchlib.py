@@ -8,15 +8,17 @@ are never compared across runs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import functools
 import os
 import platform
 import statistics
 import subprocess
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +194,67 @@ def interleaved(
             if rnd >= warmup:
                 times[contender.name].append(elapsed)
     return times
+
+
+class CodeTimer:
+    """Seconds spent inside the callables it wraps, summed; the device is synchronised around each call, so on a GPU
+    the sum is the time of the work those calls queue, not just of their Python."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds = 0.0
+        self.calls = 0
+
+    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            sync(self.device)
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                sync(self.device)
+                self.seconds += time.perf_counter() - start
+                self.calls += 1
+
+        return timed
+
+
+def module_hooks(model: torch.nn.Module) -> list[tuple[dict, Any]]:
+    """Every forward pre-hook and forward hook registered on ``model`` and its submodules, as (dict, key) pairs."""
+    return [
+        (hooks, key)
+        for module in model.modules()
+        for hooks in (module._forward_pre_hooks, module._forward_hooks)
+        for key in hooks
+    ]
+
+
+@contextlib.contextmanager
+def timing_hooks(model: torch.nn.Module, timer: CodeTimer) -> Iterator[int]:
+    """Wrap every module hook of ``model`` in ``timer`` (same keys, same order), yielding how many; restored after."""
+    found = module_hooks(model)
+    originals = [(hooks, key, hooks[key]) for hooks, key in found]
+    for hooks, key, hook in originals:
+        hooks[key] = timer.wrap(hook)
+    try:
+        yield len(originals)
+    finally:
+        for hooks, key, hook in originals:
+            hooks[key] = hook
+
+
+@contextlib.contextmanager
+def timing_diffusers_freeu(timer: CodeTimer) -> Iterator[None]:
+    """Wrap diffusers' ``apply_freeu`` where its image up blocks look it up (their module's globals) in ``timer``."""
+    from diffusers.models.unets import unet_2d_blocks
+
+    original = unet_2d_blocks.apply_freeu
+    unet_2d_blocks.apply_freeu = timer.wrap(original)
+    try:
+        yield
+    finally:
+        unet_2d_blocks.apply_freeu = original
 
 
 def median(values: Sequence[float]) -> float:

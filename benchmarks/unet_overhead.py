@@ -69,6 +69,7 @@ def measure(
         agreement = (outputs["ours v1 diffusers"] - outputs["diffusers"]).abs().max().item()
         scale = outputs["diffusers"].abs().max().item()
         times = bl.interleaved(contenders, repeats, device)
+        inside = {c.name: _time_inside(c, unet, forward, repeats, device) for c in contenders[1:]}
     base = bl.median(times["off"])
     rows = []
     for c in contenders:
@@ -80,18 +81,48 @@ def measure(
             low, high = bl.quartiles(ratios)
             paired, spread = bl.fmt_pct(bl.median(ratios) - 1), f"{bl.fmt_pct(low - 1)} .. {bl.fmt_pct(high - 1)}"
         check = f"{agreement / scale:.1e}" if c.name == "ours v1 diffusers" else ""
+        own = inside.get(c.name)
         rows.append(
             [
                 layout, dtype_name, c.name, str(joins[c.name]), bl.fmt_ms(med),
-                "" if c.name == "off" else bl.fmt_pct(med / base - 1), paired, spread, check,
+                "" if c.name == "off" else bl.fmt_pct(med / base - 1), paired, spread,
+                "" if own is None else bl.fmt_ms(own), "" if own is None else bl.fmt_pct(own / base), check,
             ]
         )  # fmt: skip
     return rows
 
 
+def _time_inside(
+    contender: bl.Contender,
+    unet: torch.nn.Module,
+    forward,
+    repeats: int,
+    device: torch.device,  # noqa: ANN001
+) -> float:
+    """Median seconds per forward spent in the contender's own FreeU code: every hook ``freeu.apply`` installed
+    (ours), or every ``apply_freeu`` call (diffusers), each timed with the device synchronised around it."""
+    if bl.module_hooks(unet):
+        raise RuntimeError("the U-Net has module hooks before FreeU is applied: they would be timed as FreeU's")
+    per_forward = []
+    for _ in range(repeats):
+        timer = bl.CodeTimer(device)
+        contender.setup()
+        try:
+            wrap = bl.timing_diffusers_freeu(timer) if contender.name == "diffusers" else bl.timing_hooks(unet, timer)
+            with wrap:
+                forward()
+        finally:
+            contender.teardown()
+        if timer.calls == 0:
+            raise RuntimeError(f"{contender.name}: no FreeU code ran in the forward, nothing was timed")
+        per_forward.append(timer.seconds)
+    return bl.median(per_forward)
+
+
 HEADERS = [
     "model", "dtype", "contender", "FreeU joins", "median forward (ms)", "overhead (ratio of medians)",
-    "overhead (median of paired ratios)", "paired ratios, quartiles", "max rel. diff vs diffusers",
+    "overhead (median of paired ratios)", "paired ratios, quartiles", "time in FreeU's code per forward (ms)",
+    "time in FreeU's code / off forward", "max rel. diff vs diffusers",
 ]  # fmt: skip
 
 
@@ -112,7 +143,13 @@ def unet_section(
         "removed around each timed forward, untimed. Overhead is relative to Off in the same run, two ways: the ratio "
         "of the medians, and the median of the per-round ratios (each round times all contenders back to back, so "
         "the paired ratio cancels drift that is slower than a round); the quartiles of the paired ratios show the "
-        "noise: an overhead inside them is not distinguishable from zero."
+        "noise: an overhead inside them is not distinguishable from zero. Time in FreeU's code: a separate pass of "
+        f"{repeats} forwards per contender that times, with the device synchronised around each call, the code "
+        "FreeU itself runs in a forward (ours: every hook `freeu.apply` installs; diffusers: every call of its "
+        "`apply_freeu`), summed per forward, median; divided by Off's median forward it is FreeU's share of the "
+        "work, a figure the whole-forward noise does not blur. It leaves out what neither code path shows: "
+        "PyTorch's dispatch of a module's hooks (ours) and the `is_freeu_enabled` checks (diffusers), each "
+        "microseconds per join."
     )
     return bl.Section("unet", "U-Net forward with FreeU on and off", HEADERS, rows, note)
 

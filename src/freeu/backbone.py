@@ -52,12 +52,11 @@ def structure_factor(x: torch.Tensor, b: float | torch.Tensor) -> torch.Tensor:
     """The version-2 factor map ``(b - 1) * normalised_channel_mean + 1``, shape ``(B, 1, H, W)``, float32 or wider."""
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     mean = _channel_mean(x, acc)
-    flat = mean.flatten(1)
-    low = flat.amin(dim=1).view(-1, 1, 1, 1)
-    high = flat.amax(dim=1).view(-1, 1, 1, 1)
+    low, high = torch.aminmax(mean.flatten(1), dim=1)
     span = high - low
     flat_map = span == 0
-    normalised = torch.where(flat_map, torch.ones_like(mean), (mean - low) / torch.where(flat_map, 1.0, span))
+    normalised = (mean - low.view(-1, 1, 1, 1)) / torch.where(flat_map, 1.0, span).view(-1, 1, 1, 1)
+    normalised = normalised.masked_fill_(flat_map.view(-1, 1, 1, 1), 1.0)
     return (_per_sample(b, x.shape[0], x.device) - 1) * normalised + 1
 
 

@@ -88,6 +88,7 @@ def _basis(
     return _mode_basis(height, width, threshold, device, dtype)
 
 
+@functools.lru_cache(maxsize=256)
 def _num_modes(height: int, width: int, threshold: int) -> int:
     """How many real modes the projection uses (7 for ``threshold = 1`` and ``H, W >= 3``)."""
     weights = {}
@@ -270,7 +271,8 @@ def fourier_filter(
         return x.clone() if out is None else out
     if method == "auto":
         height, width = x.shape[-2:]
-        method = "projection" if _num_modes(height, width, threshold) <= _MAX_PROJECTION_MODES else "fft"
+        count = _num_modes.__wrapped__ if torch.compiler.is_compiling() else _num_modes  # dynamo skips caches
+        method = "projection" if count(height, width, threshold) <= _MAX_PROJECTION_MODES else "fft"
     if method == "projection" and (out is not None or not traced(x, scale)):
         target = out if out is not None else torch.empty_like(x, memory_format=torch.contiguous_format)
         written = _filter_projection_into(x, threshold, scale, target)
