@@ -150,3 +150,46 @@ def test_join_section_hooks_agree_with_diffusers() -> None:
     numbers = [_number(c) for c in row[3:]]
     assert all(math.isfinite(v) and v > 0 for v in numbers[:-1])
     assert numbers[-1] < 0.1  # bfloat16: ours and diffusers round differently, by a few units in the last place
+
+
+# -- time in FreeU's own code ---------------------------------------------------------------------------------------
+
+
+def test_code_timer_sums_the_time_inside_and_restores_the_hooks() -> None:
+    """The timer sees every FreeU hook and every diffusers apply_freeu call of a forward, times what runs inside
+    (a hook made to sleep 20 ms is timed at least that), and puts the original hooks back."""
+    import time
+
+    from conftest import sd15_unet, unet_inputs
+
+    import freeu
+
+    unet = sd15_unet()
+    inputs = unet_inputs(unet, size=8, batch=1)
+    assert bl.module_hooks(unet) == []
+    freeu.apply(unet, b1=1.5, b2=1.6, s1=0.9, s2=0.2, version=2)
+    before = [hooks[key] for hooks, key in bl.module_hooks(unet)]
+    joins = sum(p.stage is not None for p in freeu.plan(unet, "official"))
+    timer = bl.CodeTimer(torch.device("cpu"))
+    with torch.no_grad(), bl.timing_hooks(unet, timer) as wrapped:
+        unet(**inputs)
+    assert wrapped == len(before) == timer.calls >= joins > 0
+    assert [hooks[key] for hooks, key in bl.module_hooks(unet)] == before
+    freeu.remove(unet)
+
+    slow = bl.CodeTimer(torch.device("cpu"))
+    handle = unet.register_forward_pre_hook(lambda module, args: time.sleep(0.02))
+    with torch.no_grad(), bl.timing_hooks(unet, slow):
+        unet(**inputs)
+    handle.remove()
+    assert slow.calls == 1 and slow.seconds >= 0.02
+
+    theirs = bl.CodeTimer(torch.device("cpu"))
+    unet.enable_freeu(b1=1.5, b2=1.6, s1=0.9, s2=0.2)
+    with torch.no_grad(), bl.timing_diffusers_freeu(theirs):
+        unet(**inputs)
+    unet.disable_freeu()
+    # diffusers calls apply_freeu at every join of its up blocks, and it acts only at those of the first two
+    plan = freeu.plan(unet, "diffusers")
+    assert theirs.calls == len(plan) > sum(p.stage is not None for p in plan) > 0
+    assert theirs.seconds > 0
