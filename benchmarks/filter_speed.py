@@ -48,6 +48,18 @@ def _allocated(fn, inputs) -> int:  # noqa: ANN001
     return tracker.allocated
 
 
+def _scratch(fn, inputs) -> int:  # noqa: ANN001
+    """The most scratch one call needs: bytes alive at its peak beyond what it returns, the largest over the inputs."""
+    worst = 0
+    for i in inputs:
+        with bl.MemoryTracker() as tracker:
+            result = fn(i)
+            kept = tracker.current  # what the call returned (it is still held)
+        worst = max(worst, tracker.peak - kept)
+        del result
+    return worst
+
+
 def _filter_row(
     layout: str, dtype_name: str, batch: int, latent: int | None, repeats: int, device: torch.device
 ) -> list[str]:
@@ -69,12 +81,14 @@ def _filter_row(
     times = bl.interleaved(contenders, repeats, device)
     med = {name: bl.median(t) for name, t in times.items()}
     alloc = {name: _allocated(fn, idx) for name, fn in fns.items()}
+    scratch = {name: _scratch(fns[name], idx) for name in ("ours", "diffusers")}
+    largest = max(x.numel() * x.element_size() for x in inputs)
     return [
         layout, dtype_name, f"{len(inputs)} @ {used}x{used}",
         bl.fmt_ms(med["ours"]), bl.fmt_ms(med["diffusers"]), bl.fmt_ms(med["clone"]),
         bl.fmt_ratio(med["diffusers"] / med["ours"]), bl.fmt_ratio(med["ours"] / med["clone"]),
         bl.fmt_ratio(alloc["ours"] / alloc["clone"]), bl.fmt_ratio(alloc["diffusers"] / alloc["clone"]),
-        f"{worst:.1e}",
+        bl.fmt_mib(largest), bl.fmt_mib(scratch["ours"]), bl.fmt_mib(scratch["diffusers"]), f"{worst:.1e}",
     ]  # fmt: skip
 
 
@@ -84,7 +98,8 @@ def filter_section(
     rows = [_filter_row(m, d, batch, latent, repeats, device) for m in models for d in dtypes]
     headers = [
         "model", "dtype", "tensors @ latent", "ours (ms)", "diffusers (ms)", "clone (ms)", "diffusers / ours",
-        "ours / clone", "bytes allocated: ours / clone", "diffusers / clone", "max abs diff ours vs diffusers",
+        "ours / clone", "bytes allocated: ours / clone", "diffusers / clone", "largest input (MiB)",
+        "scratch at peak (MiB): ours", "diffusers", "max abs diff ours vs diffusers",
     ]  # fmt: skip
     note = (
         f"The skip filter alone on the skip features of every join FreeU touches under the official convention, "
@@ -93,8 +108,12 @@ def filter_section(
         "modes, accumulating in float32, result in the input dtype). Diffusers: "
         "`diffusers.utils.torch_utils.fourier_filter` (float32 FFT with a full B x C x H x W mask; it upcasts every "
         "non-float32 input and casts the result back). Clone: `x.clone()`, the copy floor. Bytes allocated: total "
-        "bytes of the tensors each contender's ops return (`MemoryTracker`), relative to the clone's. The last column "
-        "checks that both compute the same filter."
+        "bytes of the tensors each contender's ops return (`MemoryTracker`), relative to the clone's: memory "
+        "traffic. Scratch at peak: the most bytes one call holds at once beyond the result it returns (the largest "
+        "over the tensors), next to the largest input: what a filter needs besides its output. Ours works in pieces "
+        "of at most 2^20 elements on a CPU (2^22 elsewhere), so half precision's float32 accumulation needs one "
+        "float32 piece at a time (4 MiB here), not a float32 copy of the input. The last column checks that both "
+        "compute the same filter."
     )
     return bl.Section("filter", "Skip filter alone", headers, rows, note)
 
@@ -167,12 +186,18 @@ def _join_row(
     med = {name: bl.median(t) for name, t in times.items()}
     restore()
     alloc = {name: _allocated(fn, idx) for name, fn in fns.items()}
+    scratch = {}
+    for name in ("ours v1", "ours v2", "diffusers v1"):
+        restore()
+        scratch[name] = _scratch(fns[name], idx)
+    largest = max(x.numel() * x.element_size() for x in joined)
     return [
         layout, dtype_name, f"{len(joined)} @ {used}x{used}",
         *(bl.fmt_ms(med[n]) for n in fns),
         bl.fmt_ratio(med["ours v1"] / med["copy"]), bl.fmt_ratio(med["ours v2"] / med["copy"]),
         bl.fmt_ratio(med["diffusers v1"] / med["ours v1"]),
         bl.fmt_ratio(alloc["ours v1"] / alloc["copy"]), bl.fmt_ratio(alloc["diffusers v1"] / alloc["copy"]),
+        bl.fmt_mib(largest), *(bl.fmt_mib(scratch[n]) for n in ("ours v1", "ours v2", "diffusers v1")),
         f"{worst:.1e}",
     ]  # fmt: skip
 
@@ -184,7 +209,9 @@ def join_section(
     headers = [
         "model", "dtype", "joins @ latent", "copy (ms)", "ours v1 (ms)", "ours v2 (ms)", "diffusers v1 (ms)",
         "ours v1 / copy", "ours v2 / copy", "diffusers / ours v1", "bytes allocated: ours v1 / copy",
-        "diffusers / copy", "max abs diff ours v1 vs diffusers",
+        "diffusers / copy", "largest joined input (MiB)", "scratch at peak (MiB): ours v1", "ours v2",
+        "diffusers v1",
+        "max abs diff ours v1 vs diffusers",
     ]  # fmt: skip
     note = (
         f"The work FreeU adds at each join it touches (official convention), batch {batch}, {repeats} interleaved "
@@ -194,7 +221,9 @@ def join_section(
         "and skip, scaling the backbone half in place (its inputs are restored untimed before each pass) and "
         "filtering the skip; the host's concatenation then happens as without FreeU. Copy: `x.clone()` of the joined "
         "tensor, the least a hook that does not write into the host's tensor must do. The same factors go to every "
-        "contender (s1/b1 at stage-1 joins, s2/b2 at stage-2 joins)."
+        "contender (s1/b1 at stage-1 joins, s2/b2 at stage-2 joins). Bytes allocated: as in the filter table. "
+        "Scratch at peak: the most bytes one join holds at once beyond what it returns (ours: the new joined tensor; "
+        "diffusers: the filtered skip), the largest over the joins, next to the largest joined input."
     )
     return bl.Section("join", "One skip join: the work FreeU adds", headers, rows, note)
 

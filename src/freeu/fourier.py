@@ -185,8 +185,8 @@ def _filter_projection_into(
         coefficients = coefficients * (gain if isinstance(gain, float) else gain[:, piece])
         if x.dtype == acc:
             torch.baddbmm(source, coefficients, basis, out=out3[:, piece])
-        else:
-            out3[:, piece].copy_(torch.baddbmm(source, coefficients, basis))
+        else:  # the float32 piece is ours: the sum goes into it, then rounds once into out
+            out3[:, piece].copy_(torch.baddbmm(source, coefficients, basis, out=source))
     return out
 
 
