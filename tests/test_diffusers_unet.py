@@ -159,6 +159,32 @@ def test_hooks_do_not_write_into_host_tensors(sd15) -> None:
     assert all(t._version == v for t, v in seen)
 
 
+@pytest.mark.parametrize("version", [1, 2])
+def test_channels_last_unet_keeps_its_layout_and_the_numbers(monkeypatch, version) -> None:
+    """A U-Net moved to torch.channels_last (diffusers' advice for speed) gets FreeU's numbers, and every joined tensor
+    FreeU hands on keeps that layout, so the host's next convolution sees the layout it was set up for."""
+    unet = sd15_unet().to(memory_format=torch.channels_last)
+    inputs = unet_inputs(unet, size=16)
+    config = FreeUConfig(**FACTORS, version=version)
+    expected = reference_output(monkeypatch, unet, inputs, config)
+    handed_on: list[torch.Tensor] = []
+    spies = []
+    with freeu.apply(unet, config) as handle:
+        for p in handle.plans:  # registered after FreeU's hook: sees what FreeU hands on
+            if p.stage is not None:
+                spies.append(
+                    p.join.module.register_forward_pre_hook(
+                        lambda m, args, kw: handed_on.append(args[0] if args else kw["input_tensor"]), with_kwargs=True
+                    )
+                )
+        ours = run(unet, inputs)
+    for spy in spies:
+        spy.remove()
+    assert max_diff(ours, expected) < 1e-5
+    assert handed_on and all(x.is_contiguous(memory_format=torch.channels_last) for x in handed_on)
+    assert not all(x.is_contiguous() for x in handed_on)  # the layouts differ at these sizes
+
+
 def test_bfloat16_model_keeps_dtype(sdxl) -> None:
     model = sdxl_unet().to(torch.bfloat16)
     inputs = unet_inputs(model)

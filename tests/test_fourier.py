@@ -248,16 +248,19 @@ def test_out_may_be_x_itself() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_pieces_bound_the_temporaries_and_match_the_reference(monkeypatch, dtype) -> None:
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["maps", "channels_last"])
+def test_pieces_bound_the_temporaries_and_match_the_reference(monkeypatch, dtype, layout) -> None:
     """Channels go in pieces: besides the output, no op makes a tensor larger than one float32 piece, even in half
-    precision (which accumulates in float32), and pieces of uneven size and per-sample scales land where they belong."""
+    precision (which accumulates in float32), and pieces of uneven size and per-sample scales land where they belong;
+    in both layouts a U-Net's features come in (contiguous maps, or channels-last), and the result keeps the layout."""
     from freeu import fourier
 
     piece = 2 * 3 * 12 * 9  # three channels of a batch of two
     monkeypatch.setattr(fourier, "_PIECE_ELEMENTS_CPU", piece)
-    full = (torch.randn(2, 17, 12, 9) * 3 + 1).to(dtype)
+    full = (torch.randn(2, 17, 12, 9) * 3 + 1).to(dtype).contiguous(memory_format=layout)
     skip = full[:, 7:]  # ten channels: pieces of 3, 3, 3 and 1
-    joined = torch.zeros(2, 15, 12, 9, dtype=dtype)
+    joined = torch.zeros(2, 15, 12, 9, dtype=dtype).contiguous(memory_format=layout)
+    assert fourier_filter(full, 1, 0.5).is_contiguous(memory_format=layout)
     largest = []
 
     class Sizes(TorchDispatchMode):
@@ -286,6 +289,7 @@ def test_pieces_bound_the_temporaries_and_match_the_reference(monkeypatch, dtype
             assert ((joined[i, 5:].double() - exact).abs() <= bound).all()
         assert torch.equal(joined[:, :5], torch.zeros(2, 5, 12, 9, dtype=dtype))
     # without out, and for inputs of other ranks (a video's frames, one map): the same numbers
+    full = full.contiguous()
     for x in (skip, full.view(2, 17, 1, 12, 9)[:, :, 0].contiguous(), full.reshape(34, 12, 9), full[0, 0]):
         exact = reference(x, 1, 0.2)
         err = (fourier_filter(x, 1, 0.2).double() - exact).abs()

@@ -143,6 +143,13 @@ def _rows_view(t: torch.Tensor) -> torch.Tensor | None:
     return None
 
 
+def _channels_last_view(t: torch.Tensor) -> torch.Tensor | None:
+    """``(B, H * W, C)`` view of a 4-D ``t`` in channels-last layout (a channel slice of one too), or ``None``."""
+    if t.dim() == 4 and t.stride(1) == 1 and t.stride(2) == t.shape[3] * t.stride(3):
+        return t.permute(0, 2, 3, 1).flatten(1, 2)
+    return None
+
+
 # Elements per piece of the written path: on a CPU a piece's float32 temporaries stay in cache between the two passes
 # over it (4 MiB); elsewhere the pieces only bound the float32 temporaries of a half-precision input (16 MiB).
 _PIECE_ELEMENTS_CPU = 1 << 20
@@ -160,33 +167,45 @@ def _filter_projection_into(
 ) -> torch.Tensor | None:
     """The projection written straight into ``out``, ``None`` where the layouts do not allow it.
 
-    Channels go in pieces of a bounded size: per piece, one read of ``x`` for the coefficients and one pass that reads
-    ``x`` and writes ``out``. Nothing scales with the input but ``out``: a half-precision piece is upcast to float32 on
-    its own, a strided ``x`` is never copied, and on a CPU the piece is still in cache for its second pass.
+    ``x`` and ``out`` both have contiguous maps (``(B, C, H * W)`` rows) or are both channels-last (``(B, H * W, C)``
+    rows, as a U-Net moved to ``torch.channels_last`` makes them). Channels go in pieces of a bounded size: per piece,
+    one read of ``x`` for the coefficients and one pass that reads ``x`` and writes ``out``. Nothing scales with the
+    input but ``out``: a half-precision piece is upcast to float32 on its own, a strided ``x`` is never copied, and on
+    a CPU the piece is still in cache for its second pass.
     """
+    last = False
     x3, out3 = _rows_view(x), _rows_view(out)
     if x3 is None or out3 is None:
-        return None
+        x3, out3 = _channels_last_view(x), _channels_last_view(out)
+        if x3 is None or out3 is None:
+            return None
+        last = True
     height, width = x.shape[-2:]
     acc = _accumulation_dtype(x.dtype)
     project, reconstruct = _basis(height, width, threshold, x.device, acc)
     gain = _per_row_scale(scale, x.shape[:-2], acc)
+    batch, size, channels = x3.shape[0], height * width, x3.shape[2 if last else 1]
     if isinstance(gain, torch.Tensor):
-        gain = gain.view(x3.shape[0], x3.shape[1], 1)
-    batch, channels, size = x3.shape
+        gain = gain.view(batch, 1, channels) if last else gain.view(batch, channels, 1)
     step = channels_per_piece(batch, size, x.device)
-    basis = reconstruct.expand(batch, *reconstruct.shape)
+    basis = (reconstruct.T if last else reconstruct).expand(batch, -1, -1)
     for first in range(0, channels, step):
-        piece = slice(first, first + step)
-        source = x3[:, piece]
+        piece = (
+            (slice(None), slice(None), slice(first, first + step))
+            if last
+            else (slice(None), slice(first, first + step))
+        )
+        source = x3[piece]
         if source.dtype != acc:
             source = source.to(acc)  # half precision accumulates in float32, one piece at a time
-        coefficients = torch.matmul(source, project.T)
-        coefficients = coefficients * (gain if isinstance(gain, float) else gain[:, piece])
+        # coefficients: (B, piece, modes) from maps in rows, (B, modes, piece) from channels-last rows
+        coefficients = torch.matmul(project, source) if last else torch.matmul(source, project.T)
+        coefficients = coefficients * (gain if isinstance(gain, float) else gain[piece])
+        pair = (basis, coefficients) if last else (coefficients, basis)
         if x.dtype == acc:
-            torch.baddbmm(source, coefficients, basis, out=out3[:, piece])
+            torch.baddbmm(source, *pair, out=out3[piece])
         else:  # the float32 piece is ours: the sum goes into it, then rounds once into out
-            out3[:, piece].copy_(torch.baddbmm(source, coefficients, basis, out=source))
+            out3[piece].copy_(torch.baddbmm(source, *pair, out=source))
     return out
 
 
@@ -274,7 +293,7 @@ def fourier_filter(
         count = _num_modes.__wrapped__ if torch.compiler.is_compiling() else _num_modes  # dynamo skips caches
         method = "projection" if count(height, width, threshold) <= _MAX_PROJECTION_MODES else "fft"
     if method == "projection" and (out is not None or not traced(x, scale)):
-        target = out if out is not None else torch.empty_like(x, memory_format=torch.contiguous_format)
+        target = out if out is not None else torch.empty_like(x)  # x's layout: contiguous or channels-last
         written = _filter_projection_into(x, threshold, scale, target)
         if written is not None:
             return written

@@ -325,8 +325,9 @@ class FreeUHandle:
                 skip = fourier_filter(skip_in, threshold, s_rows)
                 out = torch.cat([first, x[:, half:backbone_channels], skip], dim=1)
             else:
-                # eager inference: every part written once into the one new tensor, no concatenation pass
-                out = torch.empty_like(x, memory_format=torch.contiguous_format)
+                # eager inference: every part written once into the one new tensor, no concatenation pass; it keeps
+                # the host's layout (contiguous, or channels-last in a U-Net moved to torch.channels_last)
+                out = torch.empty_like(x)
                 if unit_b:
                     out[:, :half].copy_(backbone[:, :half])
                 else:
