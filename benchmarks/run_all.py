@@ -76,7 +76,13 @@ back to back in a rotating order; ratios and overheads are computed within that 
 depend on the machine and its load and are shown for orientation only: compare ratios, never absolute times across
 runs or machines. The U-Nets have full SD 1.5 / SDXL widths and random weights (nothing is downloaded); their cost
 per forward does not depend on the weights' values. Each device has its own block below, written by a run on that
-device; a block marked as a smoke run (`--quick`) only shows that the scripts work.
+device; a block marked as a smoke run (`--quick`) only shows that the scripts work. There is no GPU block yet: no
+GPU has been available to run it on, and none of these figures says anything about one.
+
+A whole forward varies by a percent or more from one repetition to the next on a shared machine, more than FreeU
+costs, so the U-Net table also times FreeU's own code inside the forward (every hook `freeu.apply` installs; every
+call of diffusers' `apply_freeu`) and divides it by the forward: that share is what FreeU adds, resolved far below
+the noise of the whole.
 
 Rerun: `python benchmarks/run_all.py` or `make bench` (add `--device cuda` on a GPU machine, `--sections unet,memory`
 for a subset, `--quick` for a smoke run; with make: `make bench BENCH_ARGS="--device cuda"`), or
@@ -190,7 +196,6 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/run_all.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     kind = "**Smoke run (`--quick`): smallest settings, figures not for quoting.**" if args.quick else "Full run."
     out = Path(args.out)
-    text = out.read_text() if out.exists() else HEADER
     title = f"{device.type.upper()}: {bl.device_name(device)}"
     failed = []
     for key in keys:
@@ -207,8 +212,9 @@ def main(argv: list[str] | None = None) -> int:
             last = error.strip().splitlines()[-1]
             block = f"### {TITLES[key]}\n\n{provenance}\n\nThis section failed: `{last}`.\n"
         log.info("[bench] %s done in %.0f s\n%s", key, time.perf_counter() - start, block)
-        # write after every section, so a long run that is interrupted keeps what it measured
-        text = update_document(text, bl.device_key(device), title, {key: block})
+        # write after every section, so a long run that is interrupted keeps what it measured; the document is
+        # read again each time, so edits to the rest of it made during a long run are kept
+        text = update_document(out.read_text() if out.exists() else HEADER, bl.device_key(device), title, {key: block})
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
     log.info("[bench] wrote %s", out)

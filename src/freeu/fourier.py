@@ -292,8 +292,11 @@ def fourier_filter(
         height, width = x.shape[-2:]
         count = _num_modes.__wrapped__ if torch.compiler.is_compiling() else _num_modes  # dynamo skips caches
         method = "projection" if count(height, width, threshold) <= _MAX_PROJECTION_MODES else "fft"
-    if method == "projection" and (out is not None or not traced(x, scale)):
-        target = out if out is not None else torch.empty_like(x)  # x's layout: contiguous or channels-last
+    writable = out is not None or (
+        not traced(x, scale) and (_rows_view(x) is not None or _channels_last_view(x) is not None)
+    )
+    if method == "projection" and writable:
+        target = out if out is not None else torch.empty_like(x)  # in x's layout: contiguous maps or channels-last
         written = _filter_projection_into(x, threshold, scale, target)
         if written is not None:
             return written
