@@ -7,6 +7,7 @@ Sections (each also runnable alone through its own script):
 - ``filter``  skip filter alone, ours vs diffusers vs a copy (filter_speed.py)
 - ``join``    the whole work FreeU adds at a skip join, ours vs diffusers vs a copy (filter_speed.py)
 - ``unet``    U-Net forward with FreeU off / ours / diffusers' enable_freeu (unet_overhead.py)
+- ``share``   FreeU's share of a forward at full size, ours vs diffusers (unet_overhead.py --share-only)
 - ``memory``  extra peak memory of a forward with FreeU (peak_memory.py)
 - ``compile`` torch.compile(fullgraph=True) with and without FreeU (compile_overhead.py)
 - ``sweep``   N settings as one batch with per-sample factors vs N runs (batch_sweep.py)
@@ -37,21 +38,23 @@ import peak_memory
 import torch
 import unet_overhead
 
-SECTIONS = ("filter", "join", "unet", "memory", "compile", "sweep")
+SECTIONS = ("filter", "join", "unet", "share", "memory", "compile", "sweep")
 TITLES = {
     "filter": "a. Skip filter alone",
     "join": "b. One skip join: the work FreeU adds",
     "unet": "c. U-Net forward with FreeU on and off",
-    "memory": "d. Extra peak memory of a forward with FreeU",
-    "compile": "e. torch.compile(fullgraph=True)",
-    "sweep": "f. A sweep of N settings as one batch",
+    "share": "d. FreeU's share of a forward at full size",
+    "memory": "e. Extra peak memory of a forward with FreeU",
+    "compile": "f. torch.compile(fullgraph=True)",
+    "sweep": "g. A sweep of N settings as one batch",
 }
 
 # settings per run kind; "device" defaults differ where a GPU affords the native latent sizes
 FULL = dict(
     filter_models="sd15,sdxl", filter_latent=None, filter_batch=2, filter_repeats=20, dtypes="float32,bfloat16,float16",
     unet_models="sd15,sdxl", unet_dtypes="float32,bfloat16", unet_latent={"cpu": 16, "cuda": 64}, unet_batch=2,
-    unet_repeats=9, memory_models="sd15,sdxl", memory_dtypes="float32,bfloat16", memory_latent=64, memory_batch=2,
+    unet_repeats=9, share_models="sd15", share_dtypes="float32,bfloat16", share_latent={"cpu": 64, "cuda": 128},
+    share_repeats=3, memory_models="sd15,sdxl", memory_dtypes="float32,bfloat16", memory_latent=64, memory_batch=2,
     compile_layout="sd15", compile_latent={"cpu": 8, "cuda": 64}, compile_batch=2, compile_repeats=9,
     compile_backend="inductor",
     sweep_layout="sd15", sweep_sizes="4,8", sweep_latent={"cpu": 16, "cuda": 64}, sweep_repeats=5,
@@ -59,7 +62,8 @@ FULL = dict(
 QUICK = dict(
     filter_models="sd15,sdxl", filter_latent=16, filter_batch=2, filter_repeats=3, dtypes="float32,bfloat16,float16",
     unet_models="sd15", unet_dtypes="float32,bfloat16", unet_latent={"cpu": 8, "cuda": 8}, unet_batch=1,
-    unet_repeats=2, memory_models="sd15", memory_dtypes="float32", memory_latent=8, memory_batch=1,
+    unet_repeats=2, share_models="sd15", share_dtypes="float32", share_latent={"cpu": 8, "cuda": 8},
+    share_repeats=1, memory_models="sd15", memory_dtypes="float32", memory_latent=8, memory_batch=1,
     compile_layout="tiny", compile_latent={"cpu": 8, "cuda": 8}, compile_batch=2, compile_repeats=2,
     compile_backend="aot_eager",  # inductor's C++ build takes minutes on a small CPU; aot_eager still checks fullgraph
     sweep_layout="sd15", sweep_sizes="2", sweep_latent={"cpu": 8, "cuda": 8}, sweep_repeats=1,
@@ -109,6 +113,10 @@ def _runners(s: dict, device: torch.device) -> dict[str, Callable[[], bl.Section
         "unet": lambda: unet_overhead.unet_section(
             split(s["unet_models"], ","), split(s["unet_dtypes"], ","), s["unet_latent"], s["unet_batch"],
             s["unet_repeats"], device,
+        ),
+        "share": lambda: unet_overhead.share_section(
+            split(s["share_models"], ","), split(s["share_dtypes"], ","), s["share_latent"], s["unet_batch"],
+            s["share_repeats"], device,
         ),
         "memory": lambda: peak_memory.memory_section(
             split(s["memory_models"], ","), split(s["memory_dtypes"], ","), s["memory_latent"], s["memory_batch"],

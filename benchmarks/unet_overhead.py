@@ -154,6 +154,65 @@ def unet_section(
     return bl.Section("unet", "U-Net forward with FreeU on and off", HEADERS, rows, note)
 
 
+SHARE_HEADERS = [
+    "model", "dtype", "contender", "FreeU joins", "off: median forward (ms)", "time in FreeU's code per forward (ms)",
+    "time in FreeU's code / off forward",
+]  # fmt: skip
+
+
+def share_section(
+    models: list[str], dtypes: list[str], latent: int, batch: int, repeats: int, device: torch.device
+) -> bl.Section:
+    """FreeU's share of a forward at a size whole-forward timing cannot afford many repetitions of: the time in
+    FreeU's own code per forward over the plain forward's median, with no interleaved whole-forward comparison."""
+    rows = []
+    for layout in bl.cached_first(models):
+        for dtype_name in dtypes:
+            dtype = getattr(torch, dtype_name)
+            bl.latent_ok(layout, latent)
+            unet = bl.cached_unet(layout, device, dtype)
+            kwargs = bl.unet_inputs(unet, latent, batch, device, dtype)
+
+            def forward(unet=unet, kwargs=kwargs) -> torch.Tensor:  # noqa: ANN001
+                return unet(**kwargs).sample
+
+            contenders = {
+                "ours v1 diffusers": bl.Contender(
+                    "ours v1 diffusers", forward,
+                    lambda unet=unet: freeu.apply(unet, **bl.FACTORS, version=1, convention="diffusers"),
+                    lambda unet=unet: freeu.remove(unet),
+                ),
+                "ours v2 official": bl.Contender(
+                    "ours v2 official", forward,
+                    lambda unet=unet: freeu.apply(unet, **bl.FACTORS, version=2, convention="official"),
+                    lambda unet=unet: freeu.remove(unet),
+                ),
+                "diffusers": bl.Contender(
+                    "diffusers", forward, lambda unet=unet: unet.enable_freeu(**bl.FACTORS), unet.disable_freeu
+                ),
+            }  # fmt: skip
+            joins = {
+                "ours v1 diffusers": _count(unet, "diffusers"), "ours v2 official": _count(unet, "official"),
+                "diffusers": _count(unet, "diffusers"),
+            }  # fmt: skip
+            with torch.no_grad():
+                base = bl.median(bl.interleaved([bl.Contender("off", forward)], repeats, device)["off"])
+                rows.append([layout, dtype_name, "off", "0", bl.fmt_ms(base), "", ""])
+                for name, contender in contenders.items():
+                    own = _time_inside(contender, unet, forward, repeats, device)
+                    rows.append(
+                        [layout, dtype_name, name, str(joins[name]), "", bl.fmt_ms(own), bl.fmt_pct(own / base)]
+                    )
+    note = (
+        f"FreeU's share of one U-Net forward (`torch.no_grad`) at latent {latent}x{latent} ({latent * 8} px), batch "
+        f"{batch}, full-width layouts with random weights: the time in FreeU's own code per forward, timed as in "
+        f"the table above ({repeats} forwards per contender, median), over the median of {repeats} plain forwards "
+        "after one warm-up. A forward this size is too slow on a small CPU for the interleaved whole-forward "
+        "comparison above; the share needs no such comparison. Same contenders and factors as above."
+    )
+    return bl.Section("share", "FreeU's share of a forward at full size", SHARE_HEADERS, rows, note)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="sd15,sdxl", help="comma list of sd15, sd21, sdxl")
@@ -163,12 +222,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--share-only", action="store_true", help="only FreeU's share of the forward (for latents too slow to repeat)"
+    )
     args = parser.parse_args()
     device = bl.setup(args.device, args.threads)
     print(bl.environment(device) + "\n")
-    section = unet_section(
-        args.models.split(","), args.dtypes.split(","), args.latent, args.batch, args.repeats, device
-    )
+    make = share_section if args.share_only else unet_section
+    section = make(args.models.split(","), args.dtypes.split(","), args.latent, args.batch, args.repeats, device)
     print(section.markdown())
 
 

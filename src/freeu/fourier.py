@@ -200,12 +200,14 @@ def _filter_projection_into(
             source = source.to(acc)  # half precision accumulates in float32, one piece at a time
         # coefficients: (B, piece, modes) from maps in rows, (B, modes, piece) from channels-last rows
         coefficients = torch.matmul(project, source) if last else torch.matmul(source, project.T)
-        coefficients = coefficients * (gain if isinstance(gain, float) else gain[piece])
+        alpha = gain if isinstance(gain, float) else 1.0  # a number scales inside the product, one op fewer
+        if not isinstance(gain, float):
+            coefficients = coefficients * gain[piece]
         pair = (basis, coefficients) if last else (coefficients, basis)
         if x.dtype == acc:
-            torch.baddbmm(source, *pair, out=out3[piece])
+            torch.baddbmm(source, *pair, alpha=alpha, out=out3[piece])
         else:  # the float32 piece is ours: the sum goes into it, then rounds once into out
-            out3[piece].copy_(torch.baddbmm(source, *pair, out=source))
+            out3[piece].copy_(torch.baddbmm(source, *pair, alpha=alpha, out=source))
     return out
 
 
