@@ -294,3 +294,21 @@ def test_pieces_bound_the_temporaries_and_match_the_reference(monkeypatch, dtype
         exact = reference(x, 1, 0.2)
         err = (fourier_filter(x, 1, 0.2).double() - exact).abs()
         assert (err <= torch.finfo(dtype).eps * exact.abs() + 8 * torch.finfo(acc).eps * x.double().abs().max()).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_a_square_over_the_whole_spectrum_scales_the_map(dtype) -> None:
+    """A 2 x 2 map at t = 1 (the deepest joins at small latents) has every bin in the square: the filter is x * s,
+    computed as one product rounded once; a 3 x 3 map at t = 1 is not covered and is not merely scaled."""
+    gen = torch.Generator().manual_seed(4)
+    for size, threshold in [((2, 2), 1), ((1, 1), 1), ((1, 2), 1), ((2, 1), 1), ((3, 3), 2), ((4, 4), 2)]:
+        x = (torch.randn(2, 5, *size, generator=gen) * 3).to(dtype)
+        out = fourier_filter(x, threshold, 0.3)
+        assert torch.equal(out, (x.float() * 0.3).to(dtype)), (size, threshold)
+        exact = fourier_filter(x.double(), threshold, 0.3, method="fft")  # the literal slice wraps for (3, 3), 2
+        assert (out.double() - exact).abs().max().item() <= torch.finfo(dtype).eps * exact.abs().max().item()
+        joined = torch.zeros(2, 7, *size, dtype=dtype)
+        fourier_filter(x, threshold, 0.3, out=joined[:, 2:])
+        assert torch.equal(joined[:, 2:], out)
+    x = torch.randn(2, 5, 3, 3, generator=gen)
+    assert not torch.allclose(fourier_filter(x, 1, 0.3), x * 0.3, atol=1e-3)

@@ -290,8 +290,12 @@ def fourier_filter(
         return x if out is None else out.copy_(x)
     if x.numel() == 0:
         return x.clone() if out is None else out
+    height, width = x.shape[-2:]
+    covered = len(_axis_frequencies(height, threshold)) == height and len(_axis_frequencies(width, threshold)) == width
+    if covered and method != "fft" and not isinstance(scale, torch.Tensor):
+        # the square holds every bin (a 2 x 2 map at t = 1, say): the filter scales the map, in one rounding
+        return torch.mul(x, scale) if out is None else torch.mul(x, scale, out=out)
     if method == "auto":
-        height, width = x.shape[-2:]
         count = _num_modes.__wrapped__ if torch.compiler.is_compiling() else _num_modes  # dynamo skips caches
         method = "projection" if count(height, width, threshold) <= _MAX_PROJECTION_MODES else "fft"
     writable = out is not None or (
