@@ -150,8 +150,8 @@ def _channels_last_view(t: torch.Tensor) -> torch.Tensor | None:
     return None
 
 
-# Elements per piece of the written path: on a CPU a piece's float32 temporaries stay in cache between the two passes
-# over it (4 MiB); elsewhere the pieces only bound the float32 temporaries of a half-precision input (16 MiB).
+# Elements per piece of the written path: on a CPU a piece stays in cache between the two passes over it (4 MiB of
+# float32); elsewhere pieces only bound the float32 temporaries of a half-precision input (16 MiB).
 _PIECE_ELEMENTS_CPU = 1 << 20
 _PIECE_ELEMENTS = 1 << 22
 
@@ -187,7 +187,10 @@ def _filter_projection_into(
     batch, size, channels = x3.shape[0], height * width, x3.shape[2 if last else 1]
     if isinstance(gain, torch.Tensor):
         gain = gain.view(batch, 1, channels) if last else gain.view(batch, channels, 1)
-    step = channels_per_piece(batch, size, x.device)
+    # pieces keep a CPU's second pass in cache and bound half precision's float32 temporaries; a float32 input on a
+    # GPU has neither need, and goes whole
+    whole = x.dtype == acc and x.device.type != "cpu"
+    step = max(1, channels) if whole else channels_per_piece(batch, size, x.device)
     basis = (reconstruct.T if last else reconstruct).expand(batch, -1, -1)
     for first in range(0, channels, step):
         piece = (
