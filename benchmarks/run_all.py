@@ -53,7 +53,7 @@ TITLES = {
 FULL = dict(
     filter_models="sd15,sdxl", filter_latent=None, filter_batch=2, filter_repeats=20, dtypes="float32,bfloat16,float16",
     unet_models="sd15,sdxl", unet_dtypes="float32,bfloat16", unet_latent={"cpu": 16, "cuda": 64}, unet_batch=2,
-    unet_repeats=9, share_models="sd15", share_dtypes="float32,bfloat16", share_latent={"cpu": 64, "cuda": 128},
+    unet_repeats=9, share_models="sd15", share_dtypes="float32,bfloat16", share_latent={"cpu": 64, "cuda": 64},
     share_repeats=3, memory_models="sd15,sdxl", memory_dtypes="float32,bfloat16", memory_latent=64, memory_batch=2,
     compile_layout="sd15", compile_latent={"cpu": 8, "cuda": 64}, compile_batch=2, compile_repeats=9,
     compile_backend="inductor",

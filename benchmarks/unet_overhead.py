@@ -16,6 +16,7 @@ runs). Contenders:
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import benchlib as bl
 import torch
@@ -95,9 +96,9 @@ def measure(
 def _time_inside(
     contender: bl.Contender,
     unet: torch.nn.Module,
-    forward,
+    forward: Callable[[], torch.Tensor],
     repeats: int,
-    device: torch.device,  # noqa: ANN001
+    device: torch.device,
 ) -> float:
     """Median seconds per forward spent in the contender's own FreeU code: every hook ``freeu.apply`` installed
     (ours), or every ``apply_freeu`` call (diffusers), each timed with the device synchronised around it."""
