@@ -10,7 +10,12 @@ runs). Contenders:
 - ``ours v2 official``: ours, the authors' settings (more joins: 10 of 12 in SD 1.5);
 - ``diffusers``: ``unet.enable_freeu`` (version 1, diffusers' convention).
 
+Besides the whole-forward times, which vary by more than FreeU costs, each FreeU contender's own code is timed inside
+the forward (every hook ``freeu.apply`` installs; every call of diffusers' ``apply_freeu``): its share of the plain
+forward. ``--share-only`` measures just that share, for latents too slow to repeat many times on a CPU.
+
     python benchmarks/unet_overhead.py [--models sd15,sdxl] [--dtypes float32,bfloat16] [--latent 16] [--repeats 9]
+                                       [--share-only]
 """
 
 from __future__ import annotations
