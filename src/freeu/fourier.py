@@ -268,7 +268,13 @@ def fourier_filter(
     ``x.shape[:-2]`` (e.g. shape ``(B, 1)`` for one value per sample). ``scale == 1`` returns ``x`` itself.
 
     ``method``: ``"projection"`` (real arithmetic, no FFT), ``"fft"`` (the reference algorithm, in float32/64), or
-    ``"auto"``: projection unless the threshold is so large that an FFT is cheaper.
+    ``"auto"``: projection unless the threshold is so large that an FFT is cheaper. Where the square holds every bin
+    (a ``2 x 2`` map at ``threshold = 1``) the filter is the product ``x * scale`` for a number ``scale``, whatever
+    the method but ``"fft"``.
+
+    Memory: outside autograd and torch.compile the result is written a piece of channels at a time in ``x``'s layout
+    (contiguous maps or channels-last); besides the result, the most it holds is one float32 piece (4 MiB on a CPU,
+    16 MiB elsewhere), also for half precision, which accumulates in float32.
 
     ``out``: a tensor of ``x``'s shape and dtype (a channel slice of a larger tensor is fine) to write the result into
     instead of allocating one; it is returned. It may be ``x`` itself (filtering in place) but must not otherwise
