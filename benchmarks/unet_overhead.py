@@ -33,18 +33,11 @@ def _count(unet: torch.nn.Module, convention: str) -> int:
     return sum(p.stage is not None for p in freeu.plan(unet, convention))
 
 
-def measure(
-    layout: str, dtype_name: str, latent: int, batch: int, repeats: int, device: torch.device
-) -> list[list[str]]:
-    """Table rows for one model and dtype."""
-    dtype = getattr(torch, dtype_name)
-    bl.latent_ok(layout, latent)
-    unet = bl.cached_unet(layout, device, dtype)
-    kwargs = bl.unet_inputs(unet, latent, batch, device, dtype)
-
-    def forward() -> torch.Tensor:
-        return unet(**kwargs).sample
-
+def _contenders(
+    unet: torch.nn.Module, forward: Callable[[], torch.Tensor]
+) -> tuple[list[bl.Contender], dict[str, int]]:
+    """Off, ours v1 at diffusers' joins, ours v2 at the official joins, diffusers' ``enable_freeu``; and how many joins
+    each applies FreeU at."""
     contenders = [
         bl.Contender("off", forward),
         bl.Contender(
@@ -65,6 +58,22 @@ def measure(
         "off": 0, "ours v1 diffusers": _count(unet, "diffusers"), "ours v2 official": _count(unet, "official"),
         "diffusers": _count(unet, "diffusers"),
     }  # fmt: skip
+    return contenders, joins
+
+
+def measure(
+    layout: str, dtype_name: str, latent: int, batch: int, repeats: int, device: torch.device
+) -> list[list[str]]:
+    """Table rows for one model and dtype."""
+    dtype = getattr(torch, dtype_name)
+    bl.latent_ok(layout, latent)
+    unet = bl.cached_unet(layout, device, dtype)
+    kwargs = bl.unet_inputs(unet, latent, batch, device, dtype)
+
+    def forward() -> torch.Tensor:
+        return unet(**kwargs).sample
+
+    contenders, joins = _contenders(unet, forward)
     with torch.no_grad():
         # apples to apples: ours v1 with diffusers' convention must compute what enable_freeu computes
         outputs = {}
@@ -182,33 +191,16 @@ def share_section(
             def forward(unet=unet, kwargs=kwargs) -> torch.Tensor:  # noqa: ANN001
                 return unet(**kwargs).sample
 
-            contenders = {
-                "ours v1 diffusers": bl.Contender(
-                    "ours v1 diffusers", forward,
-                    lambda unet=unet: freeu.apply(unet, **bl.FACTORS, version=1, convention="diffusers"),
-                    lambda unet=unet: freeu.remove(unet),
-                ),
-                "ours v2 official": bl.Contender(
-                    "ours v2 official", forward,
-                    lambda unet=unet: freeu.apply(unet, **bl.FACTORS, version=2, convention="official"),
-                    lambda unet=unet: freeu.remove(unet),
-                ),
-                "diffusers": bl.Contender(
-                    "diffusers", forward, lambda unet=unet: unet.enable_freeu(**bl.FACTORS), unet.disable_freeu
-                ),
-            }  # fmt: skip
-            joins = {
-                "ours v1 diffusers": _count(unet, "diffusers"), "ours v2 official": _count(unet, "official"),
-                "diffusers": _count(unet, "diffusers"),
-            }  # fmt: skip
+            (off, *contenders), joins = _contenders(unet, forward)
             with torch.no_grad():
-                base = bl.median(bl.interleaved([bl.Contender("off", forward)], repeats, device)["off"])
-                rows.append([layout, dtype_name, "off", "0", bl.fmt_ms(base), "", ""])
-                for name, contender in contenders.items():
+                base = bl.median(bl.interleaved([off], repeats, device)[off.name])
+                rows.append([layout, dtype_name, off.name, "0", bl.fmt_ms(base), "", ""])
+                for contender in contenders:
                     own = _time_inside(contender, unet, forward, repeats, device)
                     rows.append(
-                        [layout, dtype_name, name, str(joins[name]), "", bl.fmt_ms(own), bl.fmt_pct(own / base)]
-                    )
+                        [layout, dtype_name, contender.name, str(joins[contender.name]), "", bl.fmt_ms(own),
+                         bl.fmt_pct(own / base)]
+                    )  # fmt: skip
     note = (
         f"FreeU's share of one U-Net forward (`torch.no_grad`) at latent {latent}x{latent} ({latent * 8} px), batch "
         f"{batch}, full-width layouts with random weights: the time in FreeU's own code per forward, timed as in "
