@@ -163,9 +163,10 @@ def channels_per_piece(batch: int, size: int, device: torch.device) -> int:
 
 
 def _filter_projection_into(
-    x: torch.Tensor, threshold: int, scale: float | torch.Tensor, out: torch.Tensor
+    x: torch.Tensor, threshold: int, scale: float | torch.Tensor, out: torch.Tensor | None
 ) -> torch.Tensor | None:
-    """The projection written straight into ``out``, ``None`` where the layouts do not allow it.
+    """The projection written straight into ``out`` (a new tensor in ``x``'s layout if ``None``), ``None`` where the
+    layouts do not allow it.
 
     ``x`` and ``out`` both have contiguous maps (``(B, C, H * W)`` rows) or are both channels-last (``(B, H * W, C)``
     rows, as a U-Net moved to ``torch.channels_last`` makes them). Channels go in pieces of a bounded size: per piece,
@@ -173,13 +174,17 @@ def _filter_projection_into(
     input but ``out``: a half-precision piece is upcast to float32 on its own, a strided ``x`` is never copied, and on
     a CPU the piece is still in cache for its second pass.
     """
-    last = False
-    x3, out3 = _rows_view(x), _rows_view(out)
-    if x3 is None or out3 is None:
-        x3, out3 = _channels_last_view(x), _channels_last_view(out)
-        if x3 is None or out3 is None:
+    x3 = _rows_view(x)
+    last = x3 is None
+    if last:
+        x3 = _channels_last_view(x)
+        if x3 is None:
             return None
-        last = True
+    if out is None:
+        out = torch.empty_like(x)  # x's layout: contiguous maps or channels-last
+    out3 = _channels_last_view(out) if last else _rows_view(out)
+    if out3 is None:
+        return None
     height, width = x.shape[-2:]
     acc = _accumulation_dtype(x.dtype)
     project, reconstruct = _basis(height, width, threshold, x.device, acc)
@@ -307,12 +312,8 @@ def fourier_filter(
     if method == "auto":
         count = _num_modes.__wrapped__ if torch.compiler.is_compiling() else _num_modes  # dynamo skips caches
         method = "projection" if count(height, width, threshold) <= _MAX_PROJECTION_MODES else "fft"
-    writable = out is not None or (
-        not traced(x, scale) and (_rows_view(x) is not None or _channels_last_view(x) is not None)
-    )
-    if method == "projection" and writable:
-        target = out if out is not None else torch.empty_like(x)  # in x's layout: contiguous maps or channels-last
-        written = _filter_projection_into(x, threshold, scale, target)
+    if method == "projection" and (out is not None or not traced(x, scale)):
+        written = _filter_projection_into(x, threshold, scale, out)
         if written is not None:
             return written
     result = _filter_fft(x, threshold, scale) if method == "fft" else _filter_projection(x, threshold, scale)
