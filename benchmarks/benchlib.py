@@ -286,7 +286,7 @@ TINY_SD15 = dict(
 
 
 def layout_config(layout: str) -> dict:
-    from freeu.cli import LAYOUTS
+    from freeu.apps.plan import LAYOUTS
 
     if layout == "tiny":
         return dict(TINY_SD15)
@@ -296,7 +296,7 @@ def layout_config(layout: str) -> dict:
 
 
 def build_unet(layout: str, device: torch.device, dtype: torch.dtype, seed: int = 0) -> torch.nn.Module:
-    """A full-size U-Net of ``layout`` (``freeu.cli.LAYOUTS``, or ``"tiny"``) with random weights, in eval mode."""
+    """A full-size U-Net of ``layout`` (``freeu.apps.plan.LAYOUTS``, or ``"tiny"``), random weights, eval mode."""
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)

@@ -28,7 +28,7 @@ import freeu
 
 def skip_joins(layout: str, latent: int | None) -> tuple[int, list[tuple[freeu.JoinPlan, int]]]:
     """The latent used and the official-convention FreeU joins of ``layout`` with their spatial sizes."""
-    from freeu.cli import LATENT
+    from freeu.apps.plan import LATENT
 
     unet = bl.meta_unet(layout)
     latent = latent or LATENT[layout]

@@ -9,14 +9,13 @@ Writes into the weights folder (``src/freeu/demo/weights`` by default):
   model selection never saw, plus the same model on a second set of seeds (how much the metric moves by chance) and
   real training patches (the floor).
 
-The metric is the training evaluation's (``freeu.demo.train.score``): Laplacian-pyramid SWD and radial power
+The metric is the training evaluation's (``freeu.apps.demo.train.score``): Laplacian-pyramid SWD and radial power
 spectrum distance against the same 512 held-out patches, with the same seed.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -29,16 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 
 import freeu  # noqa: E402
-from freeu.demo.data import TRAIN_IMAGES, PatchSampler, mix_seed  # noqa: E402
-from freeu.demo.model import WEIGHTS_DIR, load_exported  # noqa: E402
-from freeu.demo.showcase import DEFAULT_ROWS, _to_pil, high_frequency_share  # noqa: E402
-from freeu.demo.train import (  # noqa: E402
-    _STREAM_METRIC,
-    TrainConfig,
-    evaluation_reference,
-    sample_ddim,
-    score,
-)
+from freeu.apps.demo.data import TRAIN_IMAGES, PatchSampler, mix_seed  # noqa: E402
+from freeu.apps.demo.metrics import high_frequency_share  # noqa: E402
+from freeu.apps.demo.model import WEIGHTS_DIR  # noqa: E402
+from freeu.apps.demo.showcase import DEFAULT_ROWS  # noqa: E402
+from freeu.apps.demo.train import _STREAM_METRIC, TrainConfig, evaluation_reference, score  # noqa: E402
+from freeu.apps.runtime import Request, load_demo, to_pil, to_unit_range  # noqa: E402
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -64,10 +59,10 @@ def plot_training(run: Path, path: Path) -> None:
 
 
 def sample_sheet(samples: torch.Tensor, real: torch.Tensor, path: Path) -> None:
-    from freeu.imaging import grid
+    from freeu.apps.imaging import grid
 
     def rows(images: torch.Tensor) -> list[list]:
-        return [[_to_pil(im) for im in images[r * 8 : r * 8 + 8]] for r in range(len(images) // 8)]
+        return [[to_pil(im) for im in images[r * 8 : r * 8 + 8]] for r in range(len(images) // 8)]
 
     left = grid(rows(samples), title="the demo model (FreeU off), seeds 0-63", min_cell=32)
     right = grid(rows(real), title="held-out real patches (coffee, gravel, camera)", min_cell=32)
@@ -93,11 +88,15 @@ def main() -> int:
     cfg = TrainConfig(out=str(run), seed=saved["seed"], eval_reference=saved["eval_reference"])
     reference = evaluation_reference(cfg)
     metric_seed = mix_seed(cfg.seed, _STREAM_METRIC)
-    unet, config = load_exported(weights)
+    model = load_demo(None if weights == WEIGHTS_DIR else weights, device="cpu")
+    config = model.config
+
+    def sample(seeds: range, setting: freeu.FreeUConfig | None = None) -> torch.Tensor:
+        final = model.sample(seeds, Request(steps=args.steps), freeu=setting, output="tensor", batch_size=64)
+        return to_unit_range(final)
 
     plot_training(run, weights / "loss.png")
-    sample_sheet(sample_ddim(unet, range(64), args.steps, scheduler_config=config["scheduler"]), reference[:64],
-                 weights / "samples.png")  # fmt: skip
+    sample_sheet(sample(range(64)), reference[:64], weights / "samples.png")
 
     # seeds 0..eval_samples-1 chose the best checkpoint: the table uses seeds after them
     first = saved["eval_samples"]
@@ -106,14 +105,13 @@ def main() -> int:
     table = []
     started = time.perf_counter()
     for row in DEFAULT_ROWS:
-        with freeu.apply(unet, **row.settings) if row.settings else contextlib.nullcontext():
-            images = sample_ddim(unet, seeds, args.steps, scheduler_config=config["scheduler"])
+        images = sample(seeds, freeu.FreeUConfig(**row.settings) if row.settings else None)
         entry = {"label": row.label, "freeu": row.settings, **score(images, reference, metric_seed)}
         entry["high_frequency_share"] = float(high_frequency_share(images).mean())
         table.append(entry)
         elapsed = time.perf_counter() - started
         print(f"{row.label:10s} swd {entry['swd_mean']:.4f} rapsd {entry['rapsd']:.4f}  ({elapsed:.0f} s)")
-    again = sample_ddim(unet, repeat, args.steps, scheduler_config=config["scheduler"])
+    again = sample(repeat)
     chance = {"label": f"FreeU off, seeds {repeat.start}-{repeat.stop - 1}", **score(again, reference, metric_seed)}
     real = PatchSampler(TRAIN_IMAGES, seed=12345).sample(0, args.count)[0]
     floor = {"label": "real training patches", **score(real, reference, metric_seed)}

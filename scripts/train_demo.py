@@ -1,6 +1,6 @@
 """Train (or resume) the offline FreeU demo U-Net: ``python scripts/train_demo.py --out runs/demo``.
 
-See ``freeu.demo.train`` for what it does and the files it writes; ``--help`` for the options.
+See ``freeu.apps.demo.train`` for what it does and the files it writes; ``--help`` for the options.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 # Use this checkout's package even when freeu is not installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from freeu.demo.train import main  # noqa: E402
+from freeu.apps.demo.train import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -81,3 +81,24 @@ class TorchWithReferenceCat:
 def official_stage(base_channels: int) -> Callable[[torch.Tensor, object, int], int | None]:
     """The authors' rule: 1280 (4x the base width of 320) is stage 1, 640 (2x) is stage 2."""
     return lambda x, caller, index: {4 * base_channels: 1, 2 * base_channels: 2}.get(x.shape[1])
+
+
+def reference_ddim(unet: torch.nn.Module, seeds, steps: int, scheduler_config: dict | None = None) -> torch.Tensor:
+    """Deterministic DDIM (eta 0) written out plainly as a user would: one noise draw per seed from its own CPU
+    generator, then ``unet -> scheduler.step`` per timestep; images in ``[0, 1]``. An oracle for the runtime's
+    sampler, independent of it (it shares only diffusers' scheduler)."""
+    from diffusers import DDIMScheduler
+
+    from freeu.apps.demo.model import SCHEDULER_CONFIG
+
+    scheduler = DDIMScheduler(**(scheduler_config or SCHEDULER_CONFIG))
+    scheduler.set_timesteps(steps)
+    size = unet.config.sample_size
+    weight = next(unet.parameters())
+    x = torch.stack(
+        [torch.randn(unet.config.in_channels, size, size, generator=torch.Generator().manual_seed(s)) for s in seeds]
+    ).to(weight)
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            x = scheduler.step(unet(x, t).sample, t, x, eta=0.0).prev_sample
+    return ((x.float().clamp(-1, 1) + 1) / 2).cpu()

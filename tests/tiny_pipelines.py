@@ -73,3 +73,13 @@ def video_pipeline(folder: Path) -> Path:
     )  # fmt: skip
     pipe.save_pretrained(folder)
     return folder
+
+
+def plain_call(pipe, *, prompt: str, seed: int, count: int, steps: int, guidance: float, height: int, width: int):
+    """``count`` PIL images from the pipeline called directly, every sample from ``seed``'s noise drawn on the CPU
+    (``(4, height / 8, width / 8)`` per sample): the pipeline's own result, an oracle independent of the runtime."""
+    factor = pipe.vae_scale_factor
+    noise = torch.randn((4, height // factor, width // factor), generator=torch.Generator().manual_seed(seed))
+    out = pipe(prompt=[prompt] * count, guidance_scale=guidance, num_inference_steps=steps, height=height,
+               width=width, latents=noise.expand(count, -1, -1, -1).clone(), output_type="pil")  # fmt: skip
+    return list(out.images)

@@ -43,6 +43,10 @@ def _check_fraction(name: str, value: object) -> float:
     return float(value)
 
 
+def _format(value: Factor) -> str:
+    return ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else f"{value:g}"
+
+
 @dataclasses.dataclass(frozen=True)
 class FreeUConfig:
     """FreeU's factors, where they apply, and when.
@@ -122,6 +126,25 @@ class FreeUConfig:
     def is_identity(self, stage: int) -> bool:
         """Whether stage ``stage`` leaves every sample untouched (all its factors are 1)."""
         return all(v == 1.0 for f in self.stage_factors(stage) for v in (f if isinstance(f, tuple) else (f,)))
+
+    def to_dict(self) -> dict[str, object]:
+        """The settings as plain JSON-able values (per-sample factors as lists), e.g. for an image's metadata;
+        ``FreeUConfig(**config.to_dict())`` gives the config back. ``num_train_timesteps`` is left out at its
+        default of 1000."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if self.num_train_timesteps == 1000:
+            del fields["num_train_timesteps"]
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
+
+    def label(self) -> str:
+        """The settings in one line, e.g. ``b1=1.5 b2=1.6 s1=0.9 s2=0.2 (v2, official)``; a threshold other than
+        1 and a step window are added where set."""
+        factors = " ".join(f"{name}={_format(getattr(self, name))}" for name in ("b1", "b2", "s1", "s2"))
+        extra = f", threshold {self.threshold}" if self.threshold != 1 else ""
+        if self.windowed:
+            ramp = f", ramp {self.ramp:g}" if self.ramp > 0 else ""
+            extra += f", steps {self.start:g}-{self.stop:g}{ramp}"
+        return f"{factors} (v{self.version}, {self.convention}{extra})"
 
     def replace(self, **changes: object) -> FreeUConfig:
         """A copy with some fields changed (validated again)."""

@@ -1,0 +1,263 @@
+"""``freeu demo``: FreeU on the bundled demo model, offline, on a CPU, in well under two minutes.
+
+The same seeds are sampled with FreeU off and at a few settings (a b-only row, an s-only row, the full setting in
+version 2 and in version 1, a mild one), all through the public API (``freeu.apply`` as a context manager), and
+three things are written into one folder:
+
+- ``demo-grid.png``: rows are settings, columns are seeds, every cell from the same noise as the cells above it; the
+  title states the sampler, the convention and the version. The PNG carries all settings in its ``freeu`` text chunk.
+- ``demo-spectra.png``: the radially averaged power spectrum of each row's images (mean over seeds and channels),
+  with held-out real patches for reference, and each row's spectrum divided by FreeU off.
+- ``demo.json``: settings, seeds, sampler, and per row: the mean absolute change from FreeU off (in 8-bit grey
+  levels), the share of power above half the Nyquist frequency, and the distances to held-out patches (Laplacian
+  SWD and radial power spectrum distance; with a handful of seeds these are noisy: the model card has 1024-sample
+  figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import freeu
+
+from ..errors import require
+from ..imaging import grid, save_png
+from ..options import positive_int
+from ..runtime import Request, default_device, load_demo, to_pil, to_unit_range
+from .data import HELD_OUT_IMAGES, HELD_OUT_SEED, PatchSampler
+from .metrics import high_frequency_share, radial_power_spectrum, rapsd_distance, swd_laplacian
+from .model import WEIGHTS_DIR
+
+__all__ = ["DEFAULT_ROWS", "DemoRow", "register", "run", "run_demo", "summary"]
+
+logger = logging.getLogger(__name__)
+
+#: Held-out patches drawn for the reference spectrum and distances (fixed seed, so every run compares alike).
+REFERENCE_PATCHES = 256
+
+
+@dataclass(frozen=True)
+class DemoRow:
+    """One row of the demo grid: a label and the keyword arguments of ``freeu.apply`` (``None``: FreeU off)."""
+
+    label: str
+    settings: dict[str, Any] | None = field(default=None)
+
+    def describe(self) -> str:
+        if self.settings is None:
+            return self.label
+        s = self.settings
+        return f"{self.label}\nb1={s['b1']:g} b2={s['b2']:g}\ns1={s['s1']:g} s2={s['s2']:g}\nv{s['version']}"
+
+
+def _setting(b1: float, b2: float, s1: float, s2: float, version: int = 2) -> dict[str, Any]:
+    return dict(b1=b1, b2=b2, s1=s1, s2=s2, version=version, convention="official")
+
+
+#: The demo's rows. The factors are the SD 1.5 ones from the authors' README (b1 1.5, b2 1.6, s1 0.9, s2 0.2), split
+#: into their b and s halves, in version 2 and 1, and a mild setting; the demo model's two stages sit at the same
+#: relative widths as SD's (4x and 2x the base width), see ``freeu.apps.demo.model``.
+DEFAULT_ROWS: tuple[DemoRow, ...] = (
+    DemoRow("FreeU off"),
+    DemoRow("b only", _setting(1.5, 1.6, 1.0, 1.0)),
+    DemoRow("s only", _setting(1.0, 1.0, 0.9, 0.2)),
+    DemoRow("FreeU", _setting(1.5, 1.6, 0.9, 0.2)),
+    DemoRow("FreeU v1", _setting(1.5, 1.6, 0.9, 0.2, version=1)),
+    DemoRow("mild", _setting(1.1, 1.2, 0.9, 0.9)),
+)
+
+
+def _reference_patches(count: int) -> torch.Tensor | None:
+    """Held-out real patches (``[0, 1]``), or ``None`` where scikit-image is not installed."""
+    try:
+        sampler = PatchSampler(HELD_OUT_IMAGES, seed=HELD_OUT_SEED, allow_held_out=True)
+    except ImportError:
+        logger.warning("scikit-image is missing: no held-out reference (pip install 'freeu[demo]')")
+        return None
+    return sampler.sample(0, count)[0]
+
+
+def _figures(images: torch.Tensor, baseline: torch.Tensor, reference: torch.Tensor | None) -> dict[str, Any]:
+    to8 = lambda x: (x * 255).round()  # noqa: E731 - the grey levels the PNG holds
+    out = {
+        "change_vs_off_grey_levels": float((to8(images) - to8(baseline)).abs().mean()),
+        "high_frequency_share": float(high_frequency_share(images).mean()),
+    }
+    if reference is not None:
+        out["swd_to_held_out"] = float(swd_laplacian(images, reference).mean())
+        out["rapsd_to_held_out"] = float(rapsd_distance(images, reference))
+    return out
+
+
+def _plot_spectra(path: Path, rows: Sequence[DemoRow], spectra: list[torch.Tensor], reference, title: str) -> None:
+    from matplotlib.figure import Figure
+
+    radius = torch.arange(1, spectra[0].shape[0] + 1).numpy()
+    fig = Figure(figsize=(11, 4.2), dpi=110)
+    left, right = fig.subplots(1, 2)
+    for row, spectrum in zip(rows, spectra, strict=True):
+        style = dict(color="black", linewidth=2.2) if row.settings is None else dict(linewidth=1.4)
+        left.semilogy(radius, spectrum.numpy(), label=row.label, **style)
+        right.semilogy(radius, (spectrum / spectra[0]).numpy(), label=row.label, **style)
+    if reference is not None:
+        left.semilogy(radius, reference.numpy(), "k--", linewidth=1, label="held-out real patches")
+    left.set(xlabel="radial frequency (cycles per 32 px)", ylabel="mean power", title="radially averaged power")
+    right.axhline(1.0, color="grey", linewidth=0.8)
+    right.set(xlabel="radial frequency (cycles per 32 px)", ylabel="power / power with FreeU off (log)",
+              title="relative to FreeU off")  # fmt: skip
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def run_demo(
+    out: str | Path = "freeu-demo",
+    *,
+    seeds: Sequence[int] = tuple(range(8)),
+    steps: int = 25,
+    rows: Sequence[DemoRow] = DEFAULT_ROWS,
+    weights: str | Path = WEIGHTS_DIR,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Sample ``seeds`` with every row's setting, write the grid, the spectrum plot and the JSON into ``out``.
+
+    Sampling runs on ``device``; the initial noise is drawn on the CPU per seed, so the seeds give the same noise on
+    every device. Returns the JSON's content, whose ``"files"`` names what was written. The first row should be
+    FreeU off: the change and the spectrum ratios are taken against it.
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds must name at least one seed")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if not rows or rows[0].settings is not None:
+        raise ValueError("rows must start with the FreeU-off row (settings=None): the others are compared with it")
+    configs = [None if row.settings is None else freeu.FreeUConfig(**row.settings) for row in rows]  # validated
+    started = time.perf_counter()
+    model = load_demo(None if Path(weights) == WEIGHTS_DIR else weights, device=device)
+    config = model.config
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    from tqdm.auto import tqdm
+
+    samples: list[torch.Tensor] = []
+    with tqdm(total=len(rows) * steps, desc="demo sampling", unit="step", disable=not progress) as bar:
+        for row, setting in zip(rows, configs, strict=True):
+            bar.set_postfix_str(row.label)
+            final = model.sample(seeds, Request(steps=steps), freeu=setting, on_step=lambda _: bar.update(),
+                                 output="tensor", batch_size=64)  # fmt: skip
+            samples.append(to_unit_range(final))
+
+    reference = _reference_patches(REFERENCE_PATCHES)
+    training = config.get("training", {})
+    sampler = f"DDIM {steps} steps, eta 0"
+    title = (
+        f"FreeU on the bundled demo model (32x32 pixel U-Net, {training.get('parameters', 0) / 1e6:.1f}M parameters), "
+        f"{sampler}; convention official, version 2 unless marked v1"
+    )
+    record_rows = []
+    for row, images in zip(rows, samples, strict=True):
+        record_rows.append(
+            {"label": row.label, "freeu": row.settings, "figures": _figures(images, samples[0], reference)}
+        )
+    record: dict[str, Any] = {
+        "model": "bundled demo model (freeu.apps.demo)",
+        "weights": str(weights),
+        "ema_step": training.get("ema_step"),
+        "seeds": seeds,
+        "sampler": sampler,
+        "rows": record_rows,
+        "reference": f"{REFERENCE_PATCHES} held-out patches of {', '.join(HELD_OUT_IMAGES)}" if reference is not None
+        else None,
+        "notes": {
+            "change_vs_off_grey_levels": "mean |image - image with FreeU off| over pixels and channels, 0-255 scale",
+            "high_frequency_share": "power above half the Nyquist frequency / total power (mean removed), mean over "
+            "seeds",
+            "swd_to_held_out": "Laplacian-pyramid sliced Wasserstein distance to held-out patches (lower is closer; "
+            f"noisy with {len(seeds)} samples)",
+            "rapsd_to_held_out": "RMS log10 ratio of radially averaged power spectra to held-out patches",
+        },
+    }  # fmt: skip
+
+    picture = grid(
+        [[to_pil(image) for image in images] for images in samples],
+        row_labels=[row.describe() for row in rows],
+        col_labels=[f"seed {s}" for s in seeds],
+        title=title,
+        footer="Same noise in every column. Official convention: stage 1 at the 128-wide joins, stage 2 at the "
+        "64-wide ones. Figures: demo.json.",
+        min_cell=96,
+    )
+    files = {"grid": out / "demo-grid.png", "spectra": out / "demo-spectra.png", "json": out / "demo.json"}
+    save_png(picture, files["grid"], {k: v for k, v in record.items() if k != "notes"})
+    spectra = [radial_power_spectrum(images).mean(dim=0) for images in samples]
+    reference_spectrum = radial_power_spectrum(reference).mean(dim=0) if reference is not None else None
+    _plot_spectra(files["spectra"], rows, spectra, reference_spectrum, title)
+    record["spectra"] = {row.label: [float(v) for v in s] for row, s in zip(rows, spectra, strict=True)}
+    if reference_spectrum is not None:
+        record["spectra"]["held-out real patches"] = [float(v) for v in reference_spectrum]
+    record["seconds"] = round(time.perf_counter() - started, 1)
+    record["files"] = {k: str(v) for k, v in files.items()}
+    files["json"].write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def summary(record: dict[str, Any]) -> str:
+    """A few lines for the terminal: each row's figures and where the files are."""
+    lines = [f"{record['sampler']}, seeds {record['seeds']}, {record['seconds']} s"]
+    for row in record["rows"]:
+        f = row["figures"]
+        swd = f" | SWD to held-out {f['swd_to_held_out']:.3f}" if "swd_to_held_out" in f else ""
+        lines.append(
+            f"  {row['label']:10s} change {f['change_vs_off_grey_levels']:5.1f} grey levels | "
+            f"high-frequency share {f['high_frequency_share']:.3f}{swd}"
+        )
+    lines += [f"wrote {path}" for path in record["files"].values()]
+    return "\n".join(lines)
+
+
+# -- command line ---------------------------------------------------------------------------------------------------
+
+
+def _seed_count(text: str) -> int:
+    value = positive_int(text)
+    if value > 64:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 64 (one grid column per seed), got {text!r}")
+    return value
+
+
+def register(subparsers: Any) -> None:
+    """Add ``demo`` to the ``freeu`` command line."""
+    p = subparsers.add_parser("demo", help="FreeU on the bundled demo model: grid, spectra, figures (offline, CPU)")
+    p.add_argument("--out", default="freeu-demo", help="output folder (default freeu-demo)")
+    p.add_argument("--seeds", type=_seed_count, default=8, help="how many seeds, one column each (1-64, default 8)")
+    p.add_argument("--first-seed", type=int, default=0, help="the first seed (default 0)")
+    p.add_argument("--steps", type=positive_int, default=25, help="DDIM steps (default 25)")
+    p.add_argument("--device", default=None, help=f"torch device (default: cuda, else mps, else cpu; here "
+                   f"{default_device()})")  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``freeu demo``: the grid, the spectra and the JSON; prints a summary."""
+    require("diffusers", "demo", "freeu demo")
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    record = run_demo(args.out, seeds=seeds, steps=args.steps, device=args.device or default_device(),
+                      progress=not args.no_progress)  # fmt: skip
+    print(summary(record))
+    return 0

@@ -1,0 +1,244 @@
+"""``freeu generate``, ``freeu sweep`` and ``freeu info``: pictures of FreeU off and on, grids of settings, and the
+settings a picture carries. They run on the shared runtime and use the public API like a user's script would."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from freeu import __version__
+
+from .imaging import grid, read_settings, save_gif, save_png, side_by_side
+from .options import (
+    FACTORS,
+    add_freeu_options,
+    add_model_options,
+    freeu_overrides,
+    non_negative,
+    positive_int,
+    resolve_freeu,
+    vae_size,
+)
+from .runtime import Model, Request, Size, is_demo_folder, load_model, peek_downsampling
+
+__all__ = ["SweepAxis", "generate", "info", "register", "sweep"]
+
+MODEL_HELP = "demo (the bundled demo model), a folder of exported demo weights, or a local diffusers pipeline " \
+             "folder / cached hub id (never downloaded)"  # fmt: skip
+#: What a sampling flag means when neither it nor ``--from IMAGE`` gives it.
+DEFAULTS = {"seed": 0, "steps": 25}
+
+
+def register(subparsers: Any) -> None:
+    """Add ``generate``, ``sweep`` and ``info`` to the ``freeu`` command line."""
+    gen = subparsers.add_parser("generate", help="the same seed with FreeU off and on, and a side-by-side")
+    _add_sampling(gen)
+    add_freeu_options(gen)
+    gen.add_argument("--from", dest="from_image", default=None, help="re-run the settings stored in this image")
+    gen.set_defaults(handler=run_generate)
+
+    sw = subparsers.add_parser("sweep", help="a grid over two FreeU factors from one seed (the paper's Fig. 5)")
+    _add_sampling(sw)
+    add_freeu_options(sw, grid=True)
+    sw.add_argument("--batch-size", type=positive_int, default=None, help="cells per batch (default: all)")
+    sw.add_argument("--measure-speedup", action="store_true", help="also run one cell at a time and compare")
+    sw.set_defaults(handler=run_sweep, from_image=None)
+
+    inf = subparsers.add_parser("info", help="print the settings stored in an image written by freeu")
+    inf.add_argument("image")
+    inf.set_defaults(handler=lambda args: info(args.image) is not None and 0)
+
+
+def _add_sampling(p: argparse.ArgumentParser) -> None:
+    g = add_model_options(p, model_help=MODEL_HELP, title="sampling")
+    g.add_argument("--prompt", help="the text prompt (text-to-image pipelines)")
+    g.add_argument("--negative-prompt", default=None, help="the negative prompt")
+    g.add_argument("--seed", type=int, default=None, help="noise seed, the same for every setting (default 0)")
+    g.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default 25)")
+    g.add_argument("--guidance", type=non_negative, default=None, help="classifier-free guidance scale (default 7.5)")
+    g.add_argument("--size", type=vae_size, default=None, help="SIZE or WIDTHxHEIGHT (default: the model's own)")
+    g.add_argument("--frames", type=positive_int, default=None, help="frames per clip, video pipelines (default 8)")
+    g.add_argument("--out", default="freeu-out", help="output folder (default freeu-out)")
+    g.add_argument("--name", default=None, help="file name stem (default from the seed)")
+
+
+def _fill(args: argparse.Namespace, settings: dict[str, Any] | None) -> None:
+    """Explicit flags win, then the settings of ``--from IMAGE``, then the defaults. Checks what can be checked
+    before any weights load (the model named, a prompt for a pipeline, the size against its config files)."""
+    settings = settings or {}
+    for key in ("model", "prompt", "negative_prompt", "seed", "steps", "guidance", "frames", "dtype"):
+        if getattr(args, key, None) is None and settings.get(key) is not None:
+            setattr(args, key, settings[key])
+    if args.size is None and settings.get("width"):
+        args.size = Size(height=int(settings["height"]), width=int(settings["width"]))
+    for key, value in DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.model is None:
+        raise ValueError("--model is required (or --from IMAGE)")
+    if args.prompt is None and is_demo_folder(args.model) is None:
+        raise ValueError("--prompt is required for a pipeline (or --from IMAGE)")
+    if args.size is not None and is_demo_folder(args.model) is None:
+        step = peek_downsampling(args.model)
+        if step is not None and (args.size.width % step or args.size.height % step):
+            raise ValueError(f"--size {args.size} must be a multiple of {step} for this model (its downsampling)")
+
+
+def _load(args: argparse.Namespace) -> tuple[Model, Request]:
+    print(f"loading {args.model} ({args.dtype}, {args.device or 'default device'}) ...", flush=True)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    request = model.check(Request(
+        steps=args.steps, prompt=args.prompt, negative_prompt=args.negative_prompt, guidance=args.guidance,
+        size=args.size, frames=args.frames,
+    ))  # fmt: skip
+    return model, request
+
+
+def _settings(args: argparse.Namespace, request: Request) -> dict[str, Any]:
+    assert request.size is not None
+    return {
+        "model": args.model, "prompt": request.prompt, "negative_prompt": request.negative_prompt, "seed": args.seed,
+        "steps": request.steps, "guidance": request.guidance, "width": request.size.width,
+        "height": request.size.height, "frames": request.frames, "dtype": args.dtype, "freeu_package": __version__,
+    }  # fmt: skip
+
+
+def _footer(args: argparse.Namespace, request: Request, what: str = "") -> str:
+    guidance = f" | guidance {request.guidance:g}" if request.guidance is not None else ""
+    prompt = f" | {request.prompt!r}" if request.prompt is not None else ""
+    return f"{args.model} | seed {args.seed}{what} | {request.steps} steps{guidance}{prompt}"
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    settings = None
+    if args.from_image:
+        try:
+            settings = read_settings(args.from_image)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"--from: {error}") from None
+    overrides = freeu_overrides(args, carried=(settings or {}).get("freeu"), factors_required=True)
+    _fill(args, settings)
+    for path in generate(args, overrides):
+        print(f"wrote {path}")
+    return 0
+
+
+def generate(args: argparse.Namespace, overrides: dict[str, Any]) -> list[Path]:
+    """The same seed with FreeU off and on; both images and a labelled side-by-side (GIFs for video)."""
+    model, request = _load(args)
+    config, preset, source = resolve_freeu(model, args.preset, overrides)
+    if args.preset == "auto":
+        print(source)
+    label = f"FreeU {config.label()}"
+    print("FreeU off ...", flush=True)
+    baseline = model.sample([args.seed], request)[0]
+    print(f"{label} ...", flush=True)
+    patched = model.sample([args.seed], request, freeu=config)[0]
+    settings = {**_settings(args, request), "preset": preset, "freeu": config.to_dict()}
+    out, stem = Path(args.out), args.name or f"seed{args.seed}"
+    labels = ["FreeU off", label]
+    footer = _footer(args, request)
+    written: list[Path] = []
+    if model.video:
+        compare = [side_by_side([a, b], labels, footer) for a, b in zip(baseline, patched, strict=True)]
+        for role, clip in (("baseline", baseline), ("freeu", patched), ("compare", compare)):
+            written.append(save_gif(clip, out / f"{stem}-{role}.gif", {**settings, "role": role}))
+    else:
+        compare = side_by_side([baseline, patched], labels, footer)
+        for role, image in (("baseline", baseline), ("freeu", patched), ("compare", compare)):
+            written.append(save_png(image, out / f"{stem}-{role}.png", {**settings, "role": role}))
+    return written
+
+
+class SweepAxis:
+    """One swept factor and its values."""
+
+    def __init__(self, name: str, values: list[float]):
+        self.name, self.values = name, values
+
+    def label(self, value: float) -> str:
+        return f"{self.name}={value:g}"
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    overrides = freeu_overrides(args, grid=True, factors_required=True)
+    swept = [k for k in FACTORS if isinstance(overrides.get(k), list)]
+    if len(swept) != 2:
+        raise ValueError(
+            f"freeu sweep needs exactly two factors with several values (rows, columns); got {swept or 'none'}"
+        )
+    _fill(args, None)
+    fixed = {k: v for k, v in overrides.items() if k not in swept}
+    rows, cols = (SweepAxis(k, overrides[k]) for k in swept)
+    print(f"wrote {sweep(args, fixed, rows, cols)[0]}")
+    return 0
+
+
+def sweep(
+    args: argparse.Namespace, fixed: dict[str, Any], rows: SweepAxis, cols: SweepAxis
+) -> tuple[Path, dict[str, float]]:
+    """The paper's Fig. 5: a grid over two factors, one seed, every cell from the same noise, run as few batches."""
+    from tqdm.auto import tqdm
+
+    model, request = _load(args)
+    if model.video:
+        raise ValueError("freeu sweep renders still images; use freeu generate for video pipelines")
+    first = {rows.name: rows.values[0], cols.name: cols.values[0]}
+    base, preset, source = resolve_freeu(model, args.preset, {**fixed, **first})
+    if args.preset == "auto":
+        print(source)
+    cells = list(itertools.product(rows.values, cols.values))
+    configs = [base.replace(**{rows.name: r, cols.name: c}) for r, c in cells]  # validates every cell
+    batch = args.batch_size or len(cells)
+    images: list[Any] = []
+    start = time.perf_counter()
+    for i in tqdm(range(0, len(cells), batch), desc="sweep batches", unit="batch"):
+        chunk = configs[i : i + batch]
+        per_sample = base.replace(**{k: tuple(getattr(c, k) for c in chunk) for k in FACTORS})
+        images.extend(model.sample([args.seed] * len(chunk), request, freeu=per_sample))
+    batched_s = time.perf_counter() - start
+    timings = {"batched_s": batched_s}
+    if args.measure_speedup:
+        start = time.perf_counter()
+        for config in tqdm(configs, desc="one run per cell", unit="cell"):
+            model.sample([args.seed], request, freeu=config)
+        timings["per_cell_s"] = time.perf_counter() - start
+        timings["speedup"] = timings["per_cell_s"] / batched_s
+        print(
+            f"{len(cells)} cells in batches of {batch}: {batched_s:.1f} s; one run per cell: "
+            f"{timings['per_cell_s']:.1f} s; batching is {timings['speedup']:.2f}x faster"
+        )
+    table = [images[r * len(cols.values) : (r + 1) * len(cols.values)] for r in range(len(rows.values))]
+    fixed_text = ", ".join(f"{k}={getattr(base, k):g}" for k in FACTORS if k not in (rows.name, cols.name))
+    title = (
+        f"FreeU sweep: rows {rows.name}, columns {cols.name}\n"
+        f"fixed {fixed_text}; version {base.version}, {base.convention} convention"
+    )
+    picture = grid(
+        table,
+        row_labels=[rows.label(v) for v in rows.values],
+        col_labels=[cols.label(v) for v in cols.values],
+        title=title,
+        footer=_footer(args, request, " (same noise in every cell)"),
+    )
+    settings = {
+        **_settings(args, request),
+        "preset": preset,
+        "freeu": base.to_dict(),
+        "sweep": {"rows": [rows.name, rows.values], "cols": [cols.name, cols.values]},
+        "role": "sweep",
+        "timings": timings,
+    }
+    path = save_png(picture, Path(args.out) / f"{args.name or f'sweep-seed{args.seed}'}.png", settings)
+    return path, timings
+
+
+def info(path: str) -> dict[str, Any]:
+    """Print the settings a picture written by ``freeu`` carries (and return them)."""
+    settings = read_settings(path)
+    print(json.dumps(settings, indent=2, sort_keys=True))
+    return settings

@@ -1,0 +1,260 @@
+"""The command line's options, shared by every command: value parsers, the sampling flags, the FreeU flags.
+
+The ``type=`` converters return the value or raise ``ArgumentTypeError`` with what is allowed, so argparse prints
+``argument --NAME: must be ...`` and exits with code 2. :func:`parse_values` is the one grammar for several numbers
+(``1.2``, ``0.2,0.6,1.0``, ``0.2 0.6`` or ``1.0:1.6:0.2``), used by the command line and the page alike.
+:func:`add_freeu_options` adds the one FreeU option group (preset, factors, version, convention, threshold, window)
+and :func:`freeu_overrides` / :func:`resolve_freeu` turn it into a validated :class:`freeu.FreeUConfig`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from freeu.config import CONVENTIONS, PRESETS, FreeUConfig, get_preset
+
+from .runtime import DTYPES, Model, Size, default_device
+
+__all__ = [
+    "FACTORS",
+    "FREEU_FIELDS",
+    "add_freeu_options",
+    "add_model_options",
+    "freeu_overrides",
+    "non_negative",
+    "non_negative_int",
+    "parse_values",
+    "positive_int",
+    "resolve_freeu",
+    "size",
+    "vae_size",
+]
+
+FACTORS = ("b1", "b2", "s1", "s2")
+#: The other fields of :class:`freeu.FreeUConfig` that every command takes as flags.
+FREEU_FIELDS = ("version", "convention", "threshold", "start", "stop", "ramp")
+
+FACTOR_HELP = {
+    "b1": "backbone factor, stage 1 (deepest): amplifies the first half of the backbone channels; 1 = off",
+    "b2": "backbone factor, stage 2",
+    "s1": "skip factor, stage 1: gain of the skip feature's lowest frequencies; 1 = off, 0 removes them",
+    "s2": "skip factor, stage 2",
+}
+
+
+# -- value parsers ------------------------------------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def non_negative(text: str) -> float:
+    """A finite number >= 0 (a guidance scale, a FreeU factor)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A number in [0, 1] (a point of the denoising trajectory)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction of the denoising trajectory in [0, 1], got {text!r}")
+    return value
+
+
+def size(text: str, minimum: int = 1, multiple: int = 1) -> Size:
+    """``SIZE`` or ``WIDTHxHEIGHT`` in pixels as a :class:`Size`, each side >= ``minimum`` and a multiple of
+    ``multiple`` (bind them with ``functools.partial``)."""
+    try:
+        parts = [int(v) for v in text.lower().split("x")]
+        width, height = (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+        if len(parts) > 2 or width < minimum or height < minimum:
+            raise ValueError
+    except ValueError:
+        least = "" if minimum <= 1 else f", each >= {minimum}"
+        raise argparse.ArgumentTypeError(f"must be SIZE or WIDTHxHEIGHT in pixels{least}, got {text!r}") from None
+    if width % multiple or height % multiple:
+        raise argparse.ArgumentTypeError(
+            f"width and height must be multiples of {multiple} (the VAE's downsampling), got {text}"
+        )
+    return Size(height=height, width=width)
+
+
+def vae_size(text: str) -> Size:
+    """A generation size for a latent pipeline: :func:`size` in multiples of 8 (the VAE's downsampling)."""
+    return size(text, multiple=8)
+
+
+def parse_values(name: str, text: str) -> list[float]:
+    """``"1.2"``, ``"0.2,0.6,1.0"`` (commas or spaces) or ``"1.0:1.6:0.2"`` (start:stop:step, stop included) as a
+    list of numbers; a ``ValueError`` naming ``name`` otherwise."""
+    text = str(text)
+    try:
+        if ":" in text:
+            start, stop, step = (float(v) for v in text.split(":"))
+            if not step > 0 or not stop >= start:
+                raise ValueError
+            count = int(round((stop - start) / step)) + 1
+            values = [round(start + i * step, 10) for i in range(count)]
+        else:
+            values = [float(v) for v in text.replace(",", " ").split()]
+        if not values:
+            raise ValueError
+    except ValueError:
+        raise ValueError(
+            f"{name} must be a number, a list like 0.2,0.6,1.0 or a range start:stop:step like 1.0:1.6:0.2 "
+            f"(step > 0, stop >= start), got {text!r}"
+        ) from None
+    return values
+
+
+def factor_values(text: str) -> list[float]:
+    """An argparse type: :func:`parse_values` with every value a finite number >= 0."""
+    try:
+        values = parse_values("", text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).lstrip()) from None
+    if any(not (math.isfinite(v) and v >= 0) for v in values):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0 (or a list or range of them), got {text!r}")
+    return values
+
+
+# -- option groups ------------------------------------------------------------------------------------------------
+
+
+def add_model_options(
+    p: argparse.ArgumentParser, *, model_help: str, model_default: str | None = None, title: str = "model"
+) -> argparse._ArgumentGroup:
+    """``--model``, ``--device`` and ``--dtype`` (the same defaults in every command); returns the group."""
+    g = p.add_argument_group(title)
+    g.add_argument("--model", default=model_default, help=model_help)
+    g.add_argument(
+        "--device", default=None, help=f"torch device (default: cuda, else mps, else cpu; here {default_device()})"
+    )
+    g.add_argument("--dtype", choices=list(DTYPES), default="float32", help="default float32")
+    return g
+
+
+def add_freeu_options(p: argparse.ArgumentParser, *, grid: bool = False, title: str = "FreeU") -> None:
+    """The FreeU option group: ``--preset``, ``--b1`` .. ``--s2`` (lists and ranges where ``grid``),
+    ``--version``, ``--convention``, ``--threshold``, ``--start``, ``--stop``, ``--ramp``. Unset flags are ``None``."""
+    g = p.add_argument_group(title)
+    g.add_argument(
+        "--preset", default=None, help=f"auto (from the U-Net's layout) or one of: {', '.join(sorted(PRESETS))}"
+    )
+    for name, text in FACTOR_HELP.items():
+        more = "; a list a,b,c or range start:stop:step" if grid else ""
+        g.add_argument(f"--{name}", type=factor_values, default=None, metavar="X", help=text + more)
+    g.add_argument(
+        "--version", type=int, choices=[1, 2], default=None, help="1: constant b; 2: structure map (default)"
+    )
+    g.add_argument(
+        "--convention",
+        choices=list(CONVENTIONS),
+        default=None,
+        help="stage by backbone width (authors, ComfyUI, A1111; default) or by up-block (diffusers)",
+    )
+    g.add_argument("--threshold", type=positive_int, default=None, help="half-width of the damped square (default 1)")
+    g.add_argument(
+        "--start", type=fraction, default=None, help="FreeU from this fraction of the trajectory (default 0)"
+    )
+    g.add_argument("--stop", type=fraction, default=None, help="FreeU until this fraction (default 1)")
+    g.add_argument("--ramp", type=fraction, default=None, help="linear fade at both window ends (default 0)")
+
+
+def freeu_overrides(
+    args: argparse.Namespace,
+    *,
+    grid: bool = False,
+    carried: Mapping[str, Any] | None = None,
+    factors_required: bool = False,
+) -> dict[str, Any]:
+    """The FreeU fields given as flags, on top of ``carried`` (the settings of ``--from IMAGE``; dropped when a
+    ``--preset`` is given), each checked against :class:`freeu.FreeUConfig` before any model is loaded.
+
+    A factor is a number, or (``grid``) a list of numbers. With ``factors_required`` and no ``--preset``, all four
+    factors must be there. ``ValueError`` names the flag and what is allowed.
+    """
+    overrides: dict[str, Any] = {}
+    if args.preset is None and carried:
+        overrides.update({k: v for k, v in carried.items() if k in FACTORS + FREEU_FIELDS})
+    for key in FACTORS:
+        values = getattr(args, key, None)
+        if values is None:
+            continue
+        if not grid and len(values) != 1:
+            raise ValueError(f"--{key} takes one number here (lists and ranges are for freeu sweep), got {values}")
+        overrides[key] = values if grid and len(values) > 1 else values[0]
+    for key in FREEU_FIELDS:
+        if getattr(args, key, None) is not None:
+            overrides[key] = getattr(args, key)
+    if args.preset not in (None, "auto"):
+        get_preset(args.preset)
+    missing = [f"--{k}" for k in FACTORS if k not in overrides]
+    if factors_required and args.preset is None and missing:
+        raise ValueError(f"give --preset (auto or a name) or all four factors; missing: {', '.join(missing)}")
+    first = {k: (v[0] if isinstance(v, list) else v) for k, v in overrides.items()}
+    FreeUConfig(**{"b1": 1, "b2": 1, "s1": 1, "s2": 1, **first})  # the fields together (start < stop, ramp)
+    return overrides
+
+
+def resolve_freeu(
+    model: Model | None,
+    preset: str | None,
+    overrides: Mapping[str, Any],
+    default: tuple[FreeUConfig, str] | None = None,
+) -> tuple[FreeUConfig, str | None, str]:
+    """``(config, preset name or None, where the setting comes from)``.
+
+    The base is ``preset`` (``"auto"``: the preset of ``model``'s layout), else ``default``, else nothing, in which
+    case all four factors must be in ``overrides``; ``overrides`` (single values only) replace its fields.
+    """
+    name = None
+    if preset == "auto":
+        if model is None:
+            raise ValueError("--preset auto needs a model")
+        name, evidence = model.preset()
+        base, source = get_preset(name).config, f"--preset auto chose {name!r}: {evidence}"
+    elif preset is not None:
+        name = preset
+        base, source = get_preset(name).config, f"preset {name!r}"
+    elif default is not None:
+        base, source = default
+    else:
+        missing = [f"--{k}" for k in FACTORS if k not in overrides]
+        if missing:
+            raise ValueError(f"give --preset (auto or a name) or all four factors; missing: {', '.join(missing)}")
+        return FreeUConfig(**overrides), None, "the factors given"
+    if overrides:
+        source += " with " + ", ".join(f"{k}={v}" for k, v in overrides.items())
+    return base.replace(**overrides), name, source

@@ -1,0 +1,588 @@
+"""The one runtime of the applications: load a model, sample a list of seeds, report every step.
+
+Every command (``generate``, ``sweep``, ``analyze``, ``eval``, ``ui``, ``demo``) and the demo's training loop use
+it, so that they cannot drift apart:
+
+- :func:`load_model` turns what the user names into a :class:`Model`: ``None`` or ``"demo"`` is the bundled demo
+  model, a folder with ``unet.safetensors`` and a demo ``config.json`` is a model exported in the demo's format,
+  anything else is a diffusers pipeline from a local folder or the local Hugging Face cache (never downloaded). A
+  pipeline whose U-Net is an unconditional ``UNet2DModel`` (``DDPMPipeline``, say) runs like the demo model.
+- :meth:`Model.sample` samples a list of seeds with an optional prompt, guidance and size (a :class:`Request`),
+  optionally with FreeU applied for the duration, and calls ``on_step`` after every denoising step with a
+  :class:`Step` (the noisy sample and the predicted clean sample).
+- :func:`seed_noise` is the one seeded-noise function: sample ``i`` starts from noise drawn on the CPU from its own
+  generator seeded with ``seeds[i]``, so an image depends only on its seed, never on the batch or the device.
+- Sizes are :class:`Size` ``(height, width)`` everywhere inside; the command line reads and prints ``WIDTHxHEIGHT``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import inspect
+import json
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import torch
+
+from freeu.config import FreeUConfig
+from freeu.hooks import JoinObservation, apply
+from freeu.models import class_names, find_unet
+
+from .errors import ModelLoadError
+
+__all__ = [
+    "DEMO",
+    "DTYPES",
+    "Model",
+    "ModelLoadError",
+    "PipelineModel",
+    "Request",
+    "Size",
+    "Step",
+    "UNetModel",
+    "default_device",
+    "detect_preset",
+    "is_demo_folder",
+    "load_model",
+    "peek_downsampling",
+    "predicted_x0",
+    "seed_noise",
+    "to_pil",
+    "to_unit_range",
+]
+
+logger = logging.getLogger(__name__)
+
+#: What ``--model`` names for the bundled demo model (``None`` means it too).
+DEMO = "demo"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+VIDEO_UNETS = ("UNet3DConditionModel", "UNetMotionModel", "I2VGenXLUNet", "UNetSpatioTemporalConditionModel")
+
+Space = Literal["latent", "pixel"]
+Output = Literal["pil", "tensor"]
+
+
+class Size(NamedTuple):
+    """An image size in pixels. Build it by keyword (``Size(height=..., width=...)``); it prints as ``WxH``."""
+
+    height: int
+    width: int
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+def default_device() -> str:
+    """``cuda``, else ``mps``, else ``cpu``: every command's default ``--device``."""
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def seed_noise(seeds: Sequence[int], shape: Sequence[int]) -> torch.Tensor:
+    """``(len(seeds), *shape)`` standard normal noise; sample ``i`` from a CPU generator seeded with ``seeds[i]``."""
+    return torch.stack([torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
+def to_unit_range(x: torch.Tensor) -> torch.Tensor:
+    """Pixel-space samples (``[-1, 1]``, any dtype or device) as float32 images in ``[0, 1]`` on the CPU."""
+    return ((x.float().clamp(-1, 1) + 1) / 2).cpu()
+
+
+def to_pil(image: torch.Tensor) -> Any:
+    """One ``(3, H, W)`` image in ``[0, 1]`` as an 8-bit PIL image (rounded, as the pipelines' own output is)."""
+    from PIL import Image
+
+    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+    return Image.fromarray(array)
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to sample, besides the seeds: ``None`` means "not given" (the model's own size, no prompt).
+
+    ``guidance`` is the classifier-free guidance scale of guided pipelines; ``frames`` the clip length of video
+    pipelines. :meth:`Model.check` refuses what the model cannot take and fills in its size.
+    """
+
+    steps: int = 25
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    guidance: float | None = None
+    size: Size | None = None
+    frames: int | None = None
+
+
+class Step:
+    """One denoising step as the sampler saw it: its index, the timestep, the noisy input ``sample`` (x_t) and the
+    clean sample the model predicts, ``x0`` (computed when first read)."""
+
+    def __init__(self, index: int, timestep: int, sample: torch.Tensor, x0: Callable[[], torch.Tensor]) -> None:
+        self.index, self.timestep, self.sample = index, timestep, sample
+        self._x0: Callable[[], torch.Tensor] | torch.Tensor = x0
+
+    @property
+    def x0(self) -> torch.Tensor:
+        if callable(self._x0):
+            self._x0 = self._x0()
+        return self._x0
+
+
+OnStep = Callable[[Step], None]
+
+
+def predicted_x0(
+    scheduler: Any, output: Any, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor
+) -> torch.Tensor:
+    """The clean sample the model predicts at this step: the scheduler's own ``pred_original_sample`` when its step
+    returns one (DDIM, DDPM, Euler, ...), otherwise computed from ``alphas_cumprod[t]`` and the prediction type (which
+    assumes the variance-preserving sample space, as DPM-Solver's)."""
+    x0 = getattr(output, "pred_original_sample", None)
+    if x0 is not None:
+        return x0
+    alphas = getattr(scheduler, "alphas_cumprod", None)
+    logger.debug("%s.step gives no pred_original_sample: x0 from alphas_cumprod", type(scheduler).__name__)
+    if alphas is None:
+        raise ValueError(
+            f"{type(scheduler).__name__}.step returns no pred_original_sample and the scheduler has no alphas_cumprod: "
+            "the predicted clean sample is unknown; use a DDIM, DDPM or Euler scheduler"
+        )
+    a = alphas[int(timestep)].to(device=sample.device, dtype=torch.float32)
+    kind = scheduler.config.prediction_type
+    x, out = sample.float(), model_output.float()
+    if kind == "epsilon":
+        return (x - (1 - a).sqrt() * out) / a.sqrt()
+    if kind == "v_prediction":
+        return a.sqrt() * x - (1 - a).sqrt() * out
+    if kind == "sample":
+        return out
+    raise ValueError(f"prediction_type must be 'epsilon', 'v_prediction' or 'sample', got {kind!r}")
+
+
+def detect_preset(model: object) -> tuple[str, str]:
+    """``(preset name, the structural evidence)`` for ``--preset auto``, from the U-Net's structure (its
+    conditioning and attention layout), never from the checkpoint's name; ``ValueError`` when the layout is unknown."""
+    unet = find_unet(model)
+    names = class_names(unet)
+    if names & set(VIDEO_UNETS):
+        return "modelscope", f"a video U-Net ({type(unet).__name__})"
+    config = getattr(unet, "config", None)
+    if config is None or "UNet2DConditionModel" not in names:
+        raise ValueError(
+            f"--preset auto knows Stable Diffusion 1.x/2.x/XL and video U-Nets; {type(unet).__name__} is none of "
+            "them: give --preset NAME or the factors"
+        )
+    if getattr(config, "addition_embed_type", None) == "text_time":
+        return "sdxl", "text_time added conditioning (the SDXL U-Net layout)"
+    if getattr(config, "use_linear_projection", False) or getattr(config, "cross_attention_dim", None) == 1024:
+        return "sd21", "linear attention projections / 1024-wide cross-attention (the SD 2.x U-Net layout)"
+    return (
+        "sd15",
+        "convolutional attention projections, no added conditioning (the SD 1.x layout; SD 1.4 and 1.5 share it)",
+    )
+
+
+class Model:
+    """A model the applications can sample. Subclasses set the attributes and implement :meth:`_sample`.
+
+    ``name`` is what the user gave (``"demo"``, a folder, a hub id); ``description`` a line for reports;
+    ``fingerprint`` identifies the weights and sampler class for resumable runs; ``target`` is what ``freeu.apply``
+    receives; ``native`` is the space sampling runs in and ``spaces`` those its samples can be shown in; ``size`` is
+    the model's own output size.
+    """
+
+    kind: Literal["demo", "unet", "pipeline"] = "unet"
+    name: str = "model"
+    description: str = "model"
+    fingerprint: str = "model"
+    target: Any = None
+    unet: torch.nn.Module
+    native: Space = "pixel"
+    spaces: tuple[Space, ...] = ("pixel",)
+    takes_prompt: bool = False
+    guided: bool = False
+    video: bool = False
+    size: Size = Size(height=0, width=0)
+
+    # -- what the model can do ----------------------------------------------------------------------------------
+
+    def preset(self) -> tuple[str, str]:
+        """``(preset name, the structural evidence)`` for ``--preset auto``; ``ValueError`` where none fits."""
+        raise ValueError(f"{self.name} has no --preset auto (it is no Stable Diffusion layout): name a preset or the "
+                         "factors")  # fmt: skip
+
+    def check(self, request: Request) -> Request:
+        """``request`` with the model's size filled in; ``ValueError`` naming the flag the model cannot take."""
+        raise NotImplementedError
+
+    def check_space(self, space: str) -> None:
+        if space not in self.spaces:
+            raise ValueError(f"space must be one of {list(self.spaces)} for {self.name}, got {space!r}")
+
+    def sampler_name(self, steps: int) -> str:
+        """The sampler in words, e.g. ``DDIM 25 steps, eta 0``."""
+        scheduler = getattr(self, "scheduler", None)
+        name = type(scheduler).__name__
+        if name == "DDIMScheduler":
+            return f"DDIM {steps} steps, eta 0"
+        return f"{name} {steps} steps"
+
+    # -- sampling -----------------------------------------------------------------------------------------------
+
+    def sample(
+        self,
+        seeds: Sequence[int],
+        request: Request,
+        *,
+        freeu: FreeUConfig | None = None,
+        observer: Callable[[JoinObservation], None] | None = None,
+        on_step: OnStep | None = None,
+        output: Output = "pil",
+        batch_size: int | None = None,
+    ) -> Any:
+        """One sample per seed (a seed may repeat: a grid of FreeU settings from one noise).
+
+        ``freeu`` (and ``observer``, see :func:`freeu.apply`) are installed for this call only. ``output="pil"``
+        gives PIL images (a list of frames per sample for video pipelines); ``"tensor"`` the final samples in the
+        model's native space (pixels in ``[-1, 1]`` or latents). ``batch_size`` caps the samples per model call.
+        """
+        request = self.check(request)
+        seeds = [int(s) for s in seeds]
+        if not seeds:
+            raise ValueError("seeds must name at least one seed")
+        if freeu is None and observer is None:
+            context: Any = contextlib.nullcontext()
+        else:
+            context = apply(self.target, freeu if freeu is not None else FreeUConfig(1, 1, 1, 1), observer=observer)
+        with context:
+            return self._sample(seeds, request, on_step, output, batch_size or len(seeds))
+
+    def _sample(self, seeds: list[int], request: Request, on_step: OnStep | None, output: Output,
+                batch_size: int) -> Any:  # fmt: skip
+        raise NotImplementedError
+
+    def to_space(self, x: torch.Tensor, space: Space) -> torch.Tensor:
+        """``x`` (native space) in ``space``, float32 on the CPU."""
+        self.check_space(space)
+        if space != self.native:
+            raise ValueError(f"{self.name} cannot show {self.native} samples in {space} space")
+        return x.detach().float().cpu()
+
+
+class UNetModel(Model):
+    """An unconditional pixel-space ``UNet2DModel`` with a diffusers scheduler (DDIM runs with ``eta = 0``): the
+    bundled demo model, one exported in its format, or the U-Net of a ``DDPMPipeline``-like pipeline."""
+
+    def __init__(self, unet: torch.nn.Module, scheduler: Any, name: str, *, kind: Literal["demo", "unet"] = "unet",
+                 description: str | None = None, fingerprint: str | None = None) -> None:  # fmt: skip
+        self.unet, self.scheduler, self.name, self.target, self.kind = unet, scheduler, name, unet, kind
+        #: The demo's ``config.json`` (``"unet"``, ``"scheduler"``, ``"training"``) when loaded from one.
+        self.config: dict[str, Any] = {}
+        size = unet.config.sample_size
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        self.size = Size(height=int(height), width=int(width))
+        self.description = description or f"{type(unet).__name__} {name}, {self.size}"
+        self.fingerprint = fingerprint or f"unet:{name}:{type(scheduler).__name__}"
+
+    def check(self, request: Request) -> Request:
+        what = "the demo model" if self.kind == "demo" else f"{self.name} (an unconditional UNet2DModel)"
+        for flag, value in (("--prompt", request.prompt), ("--negative-prompt", request.negative_prompt),
+                            ("--guidance", request.guidance), ("--frames", request.frames)):  # fmt: skip
+            if value is not None:
+                raise ValueError(f"{flag}: {what} is unconditional and makes still images; leave {flag} out")
+        if request.size is not None and request.size != self.size:
+            raise ValueError(f"--size {request.size}: {what} samples at its own size, {self.size}; leave --size out")
+        return Request(steps=request.steps, size=self.size)
+
+    @torch.no_grad()
+    def _sample(self, seeds: list[int], request: Request, on_step: OnStep | None, output: Output,
+                batch_size: int) -> Any:  # fmt: skip
+        parameter = next(self.unet.parameters())
+        shape = (self.unet.config.in_channels, self.size.height, self.size.width)
+        finals = []
+        index = 0
+        for start in range(0, len(seeds), batch_size):
+            chunk = seeds[start : start + batch_size]
+            scheduler = copy.deepcopy(self.scheduler)  # set_timesteps and step keep state: leave the model's alone
+            scheduler.set_timesteps(request.steps)
+            accepts = inspect.signature(scheduler.step).parameters
+            kwargs: dict[str, Any] = {}
+            if "eta" in accepts:
+                kwargs["eta"] = 0.0
+            if "generator" in accepts:  # ancestral samplers draw noise at each step: from the first seed, reproducibly
+                kwargs["generator"] = torch.Generator().manual_seed(chunk[0])
+            x = seed_noise(chunk, shape) * scheduler.init_noise_sigma
+            x = x.to(device=parameter.device, dtype=parameter.dtype)  # noise drawn on the CPU: the same everywhere
+            for i, t in enumerate(scheduler.timesteps):
+                out = self.unet(scheduler.scale_model_input(x, t), t).sample
+                step = scheduler.step(out, t, x, **kwargs)
+                if on_step is not None:
+                    on_step(Step(index + i, int(t), x, lambda s=scheduler, o=step, e=out, t=t, x=x:
+                                 predicted_x0(s, o, e, t, x)))  # fmt: skip
+                x = step.prev_sample
+            index += len(scheduler.timesteps)
+            finals.append(x)
+        final = torch.cat(finals)
+        if output == "tensor":
+            return final
+        return [to_pil(image) for image in to_unit_range(final)]
+
+
+class PipelineModel(Model):
+    """A diffusers pipeline (text-to-image, or text-to-video) from a local folder or the offline cache.
+
+    Each step is read from the pipeline's scheduler (its ``step`` is wrapped for the duration of one call and
+    restored after); latents are decoded with the pipeline's VAE for the pixel space.
+    """
+
+    kind = "pipeline"
+    native: Space = "latent"
+
+    def __init__(self, pipe: Any, name: str) -> None:
+        self.pipe, self.name, self.target = pipe, name, pipe
+        self.unet = find_unet(pipe)
+        self.scheduler = pipe.scheduler
+        self.video = bool(class_names(self.unet) & set(VIDEO_UNETS))
+        params = inspect.signature(pipe.__call__).parameters
+        self.takes_prompt = "prompt" in params
+        self.guided = "guidance_scale" in params
+        self.spaces = ("latent", "pixel") if getattr(pipe, "vae", None) is not None else ("latent",)
+        self.factor = int(getattr(pipe, "vae_scale_factor", 1) or 1)
+        sample = self.unet.config.sample_size
+        sample = sample if isinstance(sample, int) else sample[0]
+        self.size = Size(height=sample * self.factor, width=sample * self.factor)
+        scheduler = type(pipe.scheduler).__name__
+        self.fingerprint = f"pipeline:{name}:{type(pipe).__name__}:{scheduler}"
+        self.description = f"{type(pipe).__name__} {name}"
+
+    @property
+    def downsampling(self) -> int:
+        """How many pixels one step of the deepest U-Net level spans: sizes must be multiples of it."""
+        levels = len(getattr(self.unet, "down_blocks", [])) or 1
+        return self.factor * 2 ** (levels - 1)
+
+    def preset(self) -> tuple[str, str]:
+        return detect_preset(self.unet)
+
+    def check(self, request: Request) -> Request:
+        if self.takes_prompt and request.prompt is None:
+            raise ValueError(f"--prompt is required for the text-to-image pipeline {self.name}")
+        if not self.takes_prompt and request.prompt is not None:
+            raise ValueError(f"--prompt: {type(self.pipe).__name__} takes no prompt; leave --prompt out")
+        if request.frames is not None and not self.video:
+            raise ValueError(f"--frames: {self.name} makes still images; leave --frames out")
+        size = request.size or self.size
+        step = self.downsampling
+        if size.width % step or size.height % step:
+            raise ValueError(f"--size {size} must be a multiple of {step} for this model (its downsampling)")
+        guidance = request.guidance if request.guidance is not None or not self.guided else 7.5
+        frames = (request.frames or 8) if self.video else None
+        return Request(request.steps, request.prompt, request.negative_prompt, guidance, size, frames)
+
+    def _noise(self, seeds: list[int], size: Size, frames: int | None) -> torch.Tensor:
+        channels = self.unet.config.in_channels
+        height, width = size.height // self.factor, size.width // self.factor
+        shape: tuple[int, ...] = (channels, height, width)
+        if frames is not None:
+            if "UNetSpatioTemporalConditionModel" in class_names(self.unet):
+                shape = (frames, channels // 2, height, width)
+            else:
+                shape = (channels, frames, height, width)
+        return seed_noise(seeds, shape).to(device=self.pipe.device, dtype=self.unet.dtype)
+
+    @contextlib.contextmanager
+    def _steps_reported(self, on_step: OnStep | None) -> Iterator[None]:
+        """The scheduler's ``step`` wrapped for one call so that ``on_step`` sees every step."""
+        if on_step is None:
+            yield
+            return
+        scheduler = self.pipe.scheduler
+        original = scheduler.step
+        had_own = "step" in vars(scheduler)
+        index = [0]
+
+        def step(model_output, timestep, sample, *args, return_dict: bool = True, **kwargs):
+            out = original(model_output, timestep, sample, *args, return_dict=True, **kwargs)
+            on_step(Step(index[0], int(timestep), sample, lambda: predicted_x0(scheduler, out, model_output,
+                                                                               timestep, sample)))  # fmt: skip
+            index[0] += 1
+            return out if return_dict else out.to_tuple()
+
+        scheduler.step = step
+        try:
+            yield
+        finally:
+            if had_own:
+                scheduler.step = original
+            else:
+                del scheduler.step
+
+    def _sample(self, seeds: list[int], request: Request, on_step: OnStep | None, output: Output,
+                batch_size: int) -> Any:  # fmt: skip
+        results: list[Any] = []
+        for start in range(0, len(seeds), batch_size):
+            chunk = seeds[start : start + batch_size]
+            assert request.size is not None
+            kwargs: dict[str, Any] = dict(
+                num_inference_steps=request.steps, height=request.size.height, width=request.size.width,
+                latents=self._noise(chunk, request.size, request.frames),
+                output_type="latent" if output == "tensor" else "pil",
+            )  # fmt: skip
+            if self.takes_prompt:
+                kwargs["prompt"] = [request.prompt] * len(chunk)
+            if self.guided:
+                kwargs["guidance_scale"] = request.guidance
+            if request.negative_prompt:
+                kwargs["negative_prompt"] = [request.negative_prompt] * len(chunk)
+            if request.frames is not None:
+                kwargs["num_frames"] = request.frames
+            with self._steps_reported(on_step):
+                out = self.pipe(**kwargs)
+            if output == "tensor":
+                results.append(out.frames if hasattr(out, "frames") else out.images)
+            elif hasattr(out, "frames"):
+                results += [list(clip) for clip in out.frames]
+            else:
+                results += list(out.images)
+        return torch.cat(results) if output == "tensor" else results
+
+    def to_space(self, x: torch.Tensor, space: Space) -> torch.Tensor:
+        self.check_space(space)
+        if space == "latent":
+            return x.detach().float().cpu()
+        vae = self.pipe.vae
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        z = x.detach().to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor + shift
+        with torch.no_grad():
+            image = vae.decode(z, return_dict=False)[0]
+        return image.float().clamp(-1, 1).cpu()
+
+    def sampler_name(self, steps: int) -> str:
+        return f"{type(self.pipe.scheduler).__name__} {steps} steps"
+
+
+# -- loading --------------------------------------------------------------------------------------------------------
+
+
+def is_demo_folder(model: str | Path | None) -> Path | None:
+    """The weights folder ``model`` names in the demo's format (``None``/``"demo"``: the bundled one), else ``None``.
+
+    A folder in the demo's format holds ``unet.safetensors`` and a ``config.json`` with ``"unet"`` and
+    ``"scheduler"`` entries (what :func:`freeu.apps.demo.train.export_weights` writes).
+    """
+    from .demo.model import WEIGHTS_DIR
+
+    if model is None or model == DEMO:
+        return WEIGHTS_DIR
+    path = Path(model).expanduser()
+    if not ((path / "unet.safetensors").is_file() and (path / "config.json").is_file()):
+        return None
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return path if isinstance(config, dict) and {"unet", "scheduler"} <= set(config) else None
+
+
+def load_demo(folder: str | Path | None = None, *, device: str = "cpu", dtype: str = "float32") -> UNetModel:
+    """The bundled demo model (``folder=None``) or one exported in its format, with its DDIM sampler."""
+    from .demo.model import WEIGHTS_DIR, build_scheduler, count_parameters, load_exported
+
+    directory = WEIGHTS_DIR if folder is None else Path(folder)
+    unet, config = load_exported(directory, dtype=DTYPES[dtype])
+    unet.to(device)
+    digest = hashlib.sha256((directory / "unet.safetensors").read_bytes()).hexdigest()[:16]
+    training = config.get("training", {})
+    ema = f", EMA step {training['ema_step']}" if training.get("ema_step") is not None else ""
+    description = (
+        f"demo U-Net from {directory} ({count_parameters(unet) / 1e6:.2f}M parameters{ema}, weights sha256 {digest}...)"
+    )
+    name = DEMO if folder is None else str(folder)
+    model = UNetModel(unet, build_scheduler("ddim", config["scheduler"]), name, kind="demo", description=description,
+                      fingerprint=f"demo-unet:{digest}")  # fmt: skip
+    model.config = config
+    return model
+
+
+def load_pipeline(model: str, dtype: str = "float32", device: str = "cpu") -> Any:
+    """A diffusers pipeline from a local folder or the local Hugging Face cache (never the network)."""
+    try:
+        import diffusers
+    except ImportError as error:
+        raise ModelLoadError("this command needs diffusers: pip install 'freeu[diffusers]'") from error
+    local = Path(model).expanduser()
+    try:
+        pipe = diffusers.DiffusionPipeline.from_pretrained(
+            str(local) if local.exists() else model, dtype=DTYPES[dtype], local_files_only=True
+        )
+    except Exception as error:  # diffusers/huggingface_hub raise OSError, ValueError or their own errors
+        if local.exists():
+            raise ModelLoadError(f"could not load a diffusers pipeline from the folder {local}: {error}") from error
+        raise ModelLoadError(
+            f"{model!r} is neither a local folder nor a pipeline in the local Hugging Face cache, and this command "
+            "never downloads. On a machine with network access run `hf download "
+            f"{model}` (huggingface_hub; it fills the cache, which you can copy here), or save the pipeline with "
+            "pipe.save_pretrained(FOLDER) and pass that folder."
+        ) from None
+    return pipe.to(device)
+
+
+def load_model(model: str | None, *, device: str | None = None, dtype: str = "float32") -> Model:
+    """The :class:`Model` that ``--model`` names (see the module's docs), on ``device`` (default
+    :func:`default_device`) in ``dtype``; :class:`ModelLoadError` when it cannot be had offline."""
+    device = device or default_device()
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    folder = is_demo_folder(model)
+    if folder is not None:
+        try:
+            return load_demo(None if model in (None, DEMO) else folder, device=device, dtype=dtype)
+        except FileNotFoundError as error:
+            raise ModelLoadError(str(error)) from None
+    assert model is not None
+    pipe = load_pipeline(model, dtype, device)
+    pipe.set_progress_bar_config(disable=True)
+    unet = find_unet(pipe)
+    if "UNet2DModel" in class_names(unet) and "prompt" not in inspect.signature(pipe.__call__).parameters:
+        return UNetModel(unet, pipe.scheduler, str(model), fingerprint=f"pipeline:{model}:{type(pipe).__name__}:"
+                         f"{type(pipe.scheduler).__name__}")  # fmt: skip
+    return PipelineModel(pipe, str(model))
+
+
+def _config_file(model: str, name: str) -> Path | None:
+    """``name`` (e.g. ``unet/config.json``) of a local pipeline folder or of a cached hub pipeline, without loading."""
+    local = Path(model).expanduser()
+    if local.exists():
+        path = local / name
+        return path if path.is_file() else None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    try:
+        found = try_to_load_from_cache(model, name)
+    except Exception:  # an id huggingface_hub rejects: the loader will say what is wrong
+        return None
+    return Path(found) if isinstance(found, str) else None
+
+
+def peek_downsampling(model: str) -> int | None:
+    """A pipeline's downsampling (sizes must be multiples of it) read from its config files alone, before any
+    weights are loaded; ``None`` when they are not on disk."""
+    unet_config, vae_config = _config_file(model, "unet/config.json"), _config_file(model, "vae/config.json")
+    if unet_config is None or vae_config is None:
+        return None
+    try:
+        levels = len(json.loads(unet_config.read_text())["down_block_types"])
+        vae_levels = len(json.loads(vae_config.read_text())["block_out_channels"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return 2 ** (vae_levels - 1) * 2 ** (levels - 1)

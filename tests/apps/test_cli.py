@@ -1,0 +1,62 @@
+"""The command line, run in-process the way a user runs it."""
+
+from __future__ import annotations
+
+import pytest
+
+from freeu.apps.cli import main
+
+pytest.importorskip("diffusers")
+
+
+def _rows(text: str) -> dict[str, tuple[str, ...]]:
+    return {line.split()[0]: tuple(line.split()[1:]) for line in text.splitlines() if line.startswith("up_blocks")}
+
+
+def test_plan_prints_the_sd15_table(capsys) -> None:
+    assert main(["plan", "sd15"]) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert len(rows) == 12
+    assert rows["up_blocks.1.resnets.0"] == ("1280", "1280", "16", "b1,s1", "b2,s2")
+    assert rows["up_blocks.2.resnets.0"] == ("1280", "640", "32", "b1,s1", "-")
+    assert rows["up_blocks.3.resnets.0"] == ("640", "320", "64", "b2,s2", "-")
+    assert rows["up_blocks.3.resnets.1"] == ("320", "320", "64", "-", "-")
+
+
+def test_plan_prints_the_sdxl_table(capsys) -> None:
+    assert main(["plan", "sdxl"]) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert rows["up_blocks.1.resnets.0"] == ("1280", "640", "64", "b1,s1", "b2,s2")
+    assert rows["up_blocks.2.resnets.0"] == ("640", "320", "128", "b2,s2", "-")
+
+
+def test_unknown_command_exits_with_usage(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["plan", "sd3"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'sd3'" in capsys.readouterr().err
+
+
+def test_analyze_is_a_freeu_command(tmp_path, capsys) -> None:
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "analysis"
+    args = ["analyze", "--only", "b", "--count", "1", "--steps", "2", "--b-values", "1,1.6", "--out", str(out)]
+    assert main(args) == 0
+    assert (out / "analysis.json").is_file()
+    assert "analysis.json" in capsys.readouterr().out
+
+
+def test_eval_is_a_freeu_command(tmp_path, capsys) -> None:
+    pytest.importorskip("accelerate")
+    out = tmp_path / "eval"
+    args = ["eval", "--seeds", "2", "--steps", "2", "--config", "b:b1=1.2 b2=1.2 s1=1 s2=1", "--reference-count",
+            "16", "--bootstrap", "50", "--set-bootstrap", "20", "--no-progress", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    report = (out / "report.md").read_text()
+    assert "off" in report and "| b |" in report.replace("`", "")
+
+
+def test_ui_is_a_freeu_command_and_names_a_missing_model(tmp_path, capsys) -> None:
+    pytest.importorskip("gradio")
+    assert main(["ui", "--model", str(tmp_path / "nowhere")]) == 1
+    assert "nowhere" in capsys.readouterr().err

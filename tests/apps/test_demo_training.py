@@ -1,0 +1,219 @@
+"""The demo model's training half: data sampler, metrics, bit-exact resume; tiny configs, no shipped weights."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("skimage")
+pytest.importorskip("tqdm")
+pytest.importorskip("safetensors")
+
+from freeu.apps.demo import data, metrics  # noqa: E402
+from freeu.apps.demo.model import build_unet, check_freeu_stages, load_exported  # noqa: E402
+from freeu.apps.demo.train import TrainConfig, export_weights, train  # noqa: E402
+
+TINY_UNET = {
+    "sample_size": 32,
+    "in_channels": 3,
+    "out_channels": 3,
+    "block_out_channels": [16, 32, 64],
+    "layers_per_block": 1,
+    "down_block_types": ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"],
+    "up_block_types": ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
+    "attention_head_dim": 8,
+    "norm_num_groups": 8,
+    "dropout": 0.0,
+}
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny_config(out: Path, max_steps: int) -> TrainConfig:
+    return TrainConfig(
+        out=str(out),
+        seed=3,
+        batch_size=4,
+        max_steps=max_steps,
+        lr=1e-3,
+        warmup_steps=2,
+        log_every=1,
+        checkpoint_every=2,
+        eval_every=2,
+        patience=5,
+        eval_samples=4,
+        eval_sampler_steps=2,
+        eval_reference=16,
+        unet=TINY_UNET,
+        threads=1,
+        export_dir=None,
+        progress=False,
+    )
+
+
+# ------------------------------------------------------------------------------------------------------- data
+
+
+def test_sampler_is_deterministic_and_never_yields_held_out_images() -> None:
+    assert not set(data.TRAIN_IMAGES) & set(data.HELD_OUT_IMAGES)
+    a, b, other = data.PatchSampler(seed=7), data.PatchSampler(seed=7), data.PatchSampler(seed=8)
+    seen: set[str] = set()
+    for index in (0, 1, 5, 1000):
+        xa, sa = a.sample(index, 32)
+        xb, sb = b.sample(index, 32)
+        assert torch.equal(xa, xb) and sa == sb
+        assert not torch.equal(xa, other.sample(index, 32)[0])
+        assert xa.shape == (32, 3, 32, 32) and xa.dtype == torch.float32
+        assert float(xa.min()) >= 0.0 and float(xa.max()) <= 1.0
+        seen.update(sa)
+    assert not torch.equal(a.sample(0, 32)[0], a.sample(1, 32)[0])
+    assert seen <= set(data.TRAIN_IMAGES)
+    assert len(seen) >= 10  # 128 draws over 15 images reach most of them
+    with pytest.raises(ValueError, match="held out"):
+        data.PatchSampler(["brick", "coffee"])
+    with pytest.raises(ValueError, match="unknown"):
+        data.PatchSampler(["lena"])
+
+
+def test_scale_one_patch_is_a_window_of_its_image_up_to_flips() -> None:
+    sampler = data.PatchSampler(["page"], seed=1, min_scale=1.0, max_scale=1.0)
+    patch = sampler.sample(0, 1)[0][0]
+    image = data.load_image("page")[0]  # grayscale: channels are equal
+    assert torch.equal(patch[0], patch[1]) and torch.equal(patch[0], patch[2])
+    windows = image.unfold(0, 32, 1).unfold(1, 32, 1)  # (H-31, W-31, 32, 32)
+    found = any(
+        bool((windows == candidate).flatten(2).all(-1).any())
+        for candidate in (patch[0], patch[0].flip(0), patch[0].flip(1), patch[0].flip(0).flip(1))
+    )
+    assert found
+
+
+# ---------------------------------------------------------------------------------------------------- metrics
+
+
+@pytest.fixture(scope="module")
+def patch_sets() -> tuple[torch.Tensor, torch.Tensor]:
+    train_patches = data.PatchSampler(seed=0).sample(0, 48)[0]
+    held_out = data.PatchSampler(data.HELD_OUT_IMAGES, seed=1, allow_held_out=True).sample(0, 96)[0]
+    return train_patches, held_out
+
+
+def test_metrics_are_zero_for_identical_sets(patch_sets) -> None:
+    _, held_out = patch_sets
+    assert torch.equal(metrics.swd_laplacian(held_out, held_out.clone()), torch.zeros(3))
+    assert float(metrics.rapsd_distance(held_out, held_out.clone())) == 0.0
+
+
+def test_metrics_grow_with_blur(patch_sets) -> None:
+    real, reference = patch_sets
+    blurred = metrics.gaussian_pyramid(real, 2)[1]  # 16x16 low-pass, back to 32x32
+    blurred = torch.nn.functional.interpolate(blurred, size=32, mode="bilinear", align_corners=False)
+    swd_real = metrics.swd_laplacian(real, reference)
+    swd_blur = metrics.swd_laplacian(blurred, reference)
+    assert float(swd_real.mean()) > 0
+    assert float(swd_blur[0]) > 2 * float(swd_real[0])  # the finest band sees blur most
+    assert float(swd_blur.mean()) > 1.2 * float(swd_real.mean())
+    rapsd_real = float(metrics.rapsd_distance(real, reference))
+    rapsd_blur = float(metrics.rapsd_distance(blurred, reference))
+    assert rapsd_blur > 2 * rapsd_real
+
+
+def test_laplacian_pyramid_reconstructs_and_spectrum_finds_a_cosine() -> None:
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    levels = metrics.laplacian_pyramid(x, 3)
+    assert [tuple(level.shape[-2:]) for level in levels] == [(32, 32), (16, 16), (8, 8)]
+    recon = levels[-1]
+    for band in reversed(levels[:-1]):
+        recon = band + metrics._expand(recon, band.shape[-2:])
+    torch.testing.assert_close(recon, x, rtol=0, atol=1e-12)
+
+    grid = torch.arange(32, dtype=torch.float64)
+    cosine = torch.cos(2 * math.pi * 4 * grid / 32).expand(1, 1, 32, 32)  # 4 cycles along the width
+    spectrum = metrics.radial_power_spectrum(cosine)[0]
+    assert spectrum.shape == (16,)
+    assert int(spectrum.argmax()) == 3  # radius 4 is bin index 3
+    torch.testing.assert_close(spectrum.sum(), spectrum[3])
+
+
+# ------------------------------------------------------------------------------------------- model and train
+
+
+def test_freeu_finds_both_stages_and_flat_widths_are_refused() -> None:
+    from freeu.apps.demo.model import UNET_CONFIG
+
+    stages = check_freeu_stages(build_unet(UNET_CONFIG, seed=0))
+    assert len(stages[1]) == 4 and len(stages[2]) == 3
+    with pytest.raises(ValueError, match="block_out_channels"):
+        check_freeu_stages(build_unet({**TINY_UNET, "block_out_channels": [16, 16, 16]}))
+
+
+def test_config_errors_name_the_parameter(tmp_path: Path) -> None:
+    for field, value in (
+        ("batch_size", 0),
+        ("precision", "fp16"),
+        ("lr", float("nan")),
+        ("ema_decay", 1.0),
+        ("max_hours", 0),
+    ):
+        cfg = tiny_config(tmp_path, 4)
+        setattr(cfg, field, value)
+        with pytest.raises(ValueError, match=field):
+            cfg.validate()
+
+
+def _records(path: Path, drop: tuple[str, ...]) -> list[dict]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in drop} for row in rows]
+
+
+def test_interrupted_and_resumed_run_is_bit_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    straight = train(tiny_config(tmp_path / "straight", 4))
+    assert straight["step"] == 4 and straight["stopped"] == "max_steps"
+
+    # Crash while loading the batch of update 3: updates 0-2 are done, the last checkpoint is at step 2.
+    original = data.PatchSampler.sample
+
+    def crash_at_3(self, index: int, batch_size: int):
+        if index == 3:
+            raise RuntimeError("simulated crash")
+        return original(self, index, batch_size)
+
+    monkeypatch.setattr(data.PatchSampler, "sample", crash_at_3)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(tiny_config(tmp_path / "resumed", 4))
+    monkeypatch.setattr(data.PatchSampler, "sample", original)
+    ckpt = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+    assert ckpt["state"]["step"] == 2
+    assert len(_records(tmp_path / "resumed" / "train_log.jsonl", ())) == 3  # step 3 logged after the checkpoint
+
+    resumed = train(tiny_config(tmp_path / "resumed", 4))
+    assert resumed["step"] == 4
+
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+        assert torch.equal(a["ema"][key], b["ema"][key]), key
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
+        assert torch.equal(pa["exp_avg"], pb["exp_avg"]) and torch.equal(pa["exp_avg_sq"], pb["exp_avg_sq"])
+    assert not torch.equal(a["model"]["conv_in.weight"], build_unet(TINY_UNET, seed=3).conv_in.weight)  # trained
+    timing = ("steps_per_s", "elapsed_s", "eval_s")
+    for log in ("train_log.jsonl", "eval_log.jsonl"):
+        assert _records(tmp_path / "straight" / log, timing) == _records(tmp_path / "resumed" / log, timing)
+    assert [r["step"] for r in _records(tmp_path / "resumed" / "eval_log.jsonl", ())] == [2, 4]
+
+    # Export: float16 safetensors + config.json that load back into the best EMA weights.
+    export_weights(tmp_path / "resumed", tmp_path / "export")
+    unet, config = load_exported(tmp_path / "export")
+    best = torch.load(tmp_path / "resumed" / "best.pt", weights_only=False)
+    assert config["unet"] == TINY_UNET and config["training"]["ema_step"] == best["step"]
+    assert config["training"]["held_out_images"] == list(data.HELD_OUT_IMAGES)
+    for key, value in unet.state_dict().items():
+        assert torch.equal(value, best["ema"][key].half().float()), key
