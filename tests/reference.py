@@ -1,5 +1,6 @@
-"""Independent references for FreeU, written from FREEU.md (not from the library): the authors' filter and backbone
-scaling, applied where the authors' code applies them, at the decoder's ``cat([backbone, skip], dim=1)``."""
+"""Independent references for FreeU, written from docs/method.md (not from the library): the authors' filter and
+backbone scaling, applied where the authors' code applies them, at the decoder's ``cat([backbone, skip], dim=1)``;
+and a plain DDIM loop for the applications' sampler."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Backbone scaling (versions 1 and 2) against a reference written from FREEU.md section 1."""
+"""Backbone scaling (versions 1 and 2) against a reference written from docs/method.md section 1."""
 
 from __future__ import annotations
 

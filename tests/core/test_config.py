@@ -9,7 +9,7 @@ from freeu import PRESETS, FreeUConfig, get_preset
 
 
 def test_presets_match_the_published_table() -> None:
-    table = {  # FREEU.md section 3: (b1, b2, s1, s2)
+    table = {  # docs/method.md section 4: (b1, b2, s1, s2)
         "sd14": (1.3, 1.4, 0.9, 0.2),
         "sd15": (1.5, 1.6, 0.9, 0.2),
         "sd21": (1.4, 1.6, 0.9, 0.2),

@@ -206,7 +206,7 @@ def test_join_input_by_keyword(sd15) -> None:
     assert torch.equal(positional, keyword)
 
 
-# ---- which join gets which stage: the full-size layouts of FREEU.md section 2, built on the meta device ----------
+# ---- which join gets which stage: the full-size layouts of docs/method.md section 2, built on the meta device -----
 
 
 def _stages(config: dict, convention: str) -> list:

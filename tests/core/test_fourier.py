@@ -12,7 +12,7 @@ from freeu import filtered_frequencies, fourier_filter
 
 
 def reference(x: torch.Tensor, threshold: int, scale: float) -> torch.Tensor:
-    """FREEU.md section 1, literally: fftshift(fft2), half-open square around (H//2, W//2), ifft, real part."""
+    """docs/method.md section 1, literally: fftshift(fft2), half-open square around (H//2, W//2), ifft, real part."""
     x = x.double()
     height, width = x.shape[-2:]
     spectrum = torch.fft.fftshift(torch.fft.fftn(x, dim=(-2, -1)), dim=(-2, -1))
@@ -80,7 +80,7 @@ def mode(height: int, width: int, k: int, m: int, phase: float = 0.3) -> torch.T
     ],
 )
 def test_effective_gain_per_mode(k: int, m: int, gain: str) -> None:
-    """FREEU.md: DC gets s; (0,+-1), (+-1,0), (1,1), (-1,-1) get (1+s)/2; (1,-1), (-1,1) and the rest get 1."""
+    """docs/method.md 1.2: DC gets s; (0,+-1), (+-1,0), (1,1), (-1,-1) get (1+s)/2; (1,-1), (-1,1) and the rest get 1."""
     s = 0.3
     x = mode(12, 10, k, m)
     expected = {"s": s, "half": (1 + s) / 2, "one": 1.0}[gain] * x
