@@ -80,7 +80,7 @@ def mode(height: int, width: int, k: int, m: int, phase: float = 0.3) -> torch.T
     ],
 )
 def test_effective_gain_per_mode(k: int, m: int, gain: str) -> None:
-    """docs/method.md 1.2: DC gets s; (0,+-1), (+-1,0), (1,1), (-1,-1) get (1+s)/2; (1,-1), (-1,1) and the rest get 1."""
+    """docs/method.md 1.2: DC gets s; (0,+-1), (+-1,0), (1,1), (-1,-1) get (1+s)/2; (1,-1), (-1,1), the rest 1."""
     s = 0.3
     x = mode(12, 10, k, m)
     expected = {"s": s, "half": (1 + s) / 2, "one": 1.0}[gain] * x
