@@ -3,19 +3,21 @@
 import freeu
 handle = freeu.apply(pipe, preset="sd15")   # or b1=..., b2=..., s1=..., s2=...
 handle.remove()
+
+The library needs only torch and imports nothing from the applications (``freeu.apps``: the command line, the
+demo model, analyses, evaluation, the page). The method it implements is described in ``docs/method.md``.
 """
 
-from .backbone import scale_backbone, structure_factor
+from .backbone import scale_backbone
 from .config import PRESETS, FreeUConfig, Preset, get_preset
-from .fourier import filtered_frequencies, fourier_filter
-from .hooks import FreeUHandle, JoinObservation, JoinPlan, active_config, apply, plan, remove, window_weight
-from .models import SUPPORTED, CustomUNet, SkipJoin, UnsupportedModelError
+from .fourier import fourier_filter
+from .hooks import FreeUHandle, JoinObservation, JoinPlan, active_config, apply, plan, remove
+from .models import CustomUNet, SkipJoin, UnsupportedModelError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PRESETS",
-    "SUPPORTED",
     "CustomUNet",
     "FreeUConfig",
     "FreeUHandle",
@@ -26,12 +28,9 @@ __all__ = [
     "UnsupportedModelError",
     "active_config",
     "apply",
-    "filtered_frequencies",
     "fourier_filter",
     "get_preset",
     "plan",
     "remove",
     "scale_backbone",
-    "structure_factor",
-    "window_weight",
 ]

@@ -89,7 +89,16 @@ def _plans(layout: UNetLayout, convention: Convention) -> list[JoinPlan]:
 
 
 def plan(model: object, convention: Convention = "official", *, layout: CustomUNet | None = None) -> list[JoinPlan]:
-    """Every skip join of ``model``'s U-Net in decoder order, with the stage ``convention`` gives it."""
+    """Every skip join of ``model``'s U-Net in decoder order, with the stage ``convention`` gives it.
+
+    Args:
+        model: a U-Net of a supported family or what holds one, as for :func:`apply`.
+        convention: ``"official"`` (stage by backbone width) or ``"diffusers"`` (stage by up-block index).
+        layout: a :class:`CustomUNet` describing a U-Net this library does not know.
+
+    Returns:
+        One :class:`JoinPlan` per skip join: the join (names, widths, level) and its stage (1, 2 or ``None``).
+    """
     FreeUConfig(1.0, 1.0, 1.0, 1.0, convention=convention)  # validates the convention
     return _plans(_layout(model, layout)[1], convention)
 
@@ -357,7 +366,7 @@ class FreeUHandle:
     def __exit__(self, *exc: object) -> None:
         if self.remove() and self._previous is not None:
             config, layout, observer = self._previous
-            apply(self.unet, config, layout=layout, observer=observer, _compiled=self._compiled)
+            _apply(self.unet, config, layout, observer, self._compiled)
 
     def __repr__(self) -> str:
         stages = [p.stage for p in self.plans]
@@ -411,22 +420,45 @@ def apply(
     num_train_timesteps: int | None = None,
     layout: CustomUNet | None = None,
     observer: Callable[[JoinObservation], None] | None = None,
-    _compiled: bool = False,
 ) -> FreeUHandle:
     """Apply FreeU to a U-Net, or to the U-Net a pipeline or wrapper holds; returns a handle (also a context manager).
 
-    Settings come from ``config``, or ``preset`` (see ``freeu.PRESETS``), or the four factors; keywords given next
-    to a config or preset override its fields (see :class:`FreeUConfig` for each). ``layout`` describes a U-Net this
-    library does not know (:class:`CustomUNet`). ``observer`` is called at every skip join of every forward with a
-    :class:`JoinObservation` (joins FreeU leaves alone included), for analyses. Applying to a patched U-Net
-    replaces the settings. Everything is validated before the model is touched: on any error the model is left as
-    it was.
+    Args:
+        model: a U-Net of a supported family, or what holds one (a diffusers pipeline, an LDM wrapper, a
+            ``torch.compile`` wrapper); any other U-Net with ``layout``.
+        config: the settings as a :class:`FreeUConfig`.
+        preset: a name from ``freeu.PRESETS`` instead of ``config``.
+        b1, b2, s1, s2, version, convention, threshold, start, stop, ramp, num_train_timesteps: the fields of
+            :class:`FreeUConfig` (see it for each); next to ``config`` or ``preset`` they override its fields, alone
+            all four factors are needed.
+        layout: a :class:`CustomUNet` describing a U-Net this library does not know.
+        observer: called at every skip join of every forward with a :class:`JoinObservation` (joins FreeU leaves
+            alone included), for analyses.
+
+    Returns:
+        A :class:`FreeUHandle`: ``remove()`` it, or use it as a context manager (the previous settings come back on
+        exit). Applying to a patched U-Net replaces the settings; it never stacks.
+
+    Raises:
+        ValueError, TypeError: a setting out of range, an unknown preset or convention, a U-Net no stage matches;
+            :class:`UnsupportedModelError` for a model of no known family. Everything is validated before the model
+            is touched: on any error the model is left as it was.
     """
     overrides = dict(
         b1=b1, b2=b2, s1=s1, s2=s2, version=version, convention=convention, threshold=threshold,
         start=start, stop=stop, ramp=ramp, num_train_timesteps=num_train_timesteps,
     )  # fmt: skip
-    resolved = _resolve_config(config, preset, overrides)
+    return _apply(model, _resolve_config(config, preset, overrides), layout, observer)
+
+
+def _apply(
+    model: object,
+    resolved: FreeUConfig,
+    layout: CustomUNet | None,
+    observer: Callable[[JoinObservation], None] | None,
+    compiled: bool = False,
+) -> FreeUHandle:
+    """:func:`apply` with the settings resolved; ``compiled`` says the U-Net is known to sit in a compiled graph."""
     unet, unet_layout = _layout(model, layout)
     _check_no_diffusers_freeu(unet)
     plans = _plans(unet_layout, resolved.convention)
@@ -449,7 +481,7 @@ def apply(
     previous = (old.config, old._layout, old._observer) if old is not None else None
     if old is not None:
         old.remove()
-    compiled = _compiled or holds_compiled_unet(model) or (old is not None and old._compiled)
+    compiled = compiled or holds_compiled_unet(model) or (old is not None and old._compiled)
     handle = FreeUHandle(unet, resolved, plans, previous, compiled, layout, observer)
     handle._install()
     logger.debug("FreeU applied: %r", handle)
@@ -470,7 +502,10 @@ def _installed(model: object) -> FreeUHandle | None:
 
 
 def remove(model: object) -> bool:
-    """Take FreeU off ``model``'s U-Net, whoever applied it; ``False`` if it was not applied."""
+    """Take FreeU off ``model``'s U-Net (or what holds it), whoever applied it; ``False`` if it was not applied.
+
+    Afterwards the U-Net is bit-identical to one never patched: every hook is gone.
+    """
     handle = _installed(model)
     if handle is None:
         return False
@@ -479,6 +514,6 @@ def remove(model: object) -> bool:
 
 
 def active_config(model: object) -> FreeUConfig | None:
-    """The FreeU settings installed on ``model``'s U-Net, or ``None``."""
+    """The FreeU settings installed on ``model``'s U-Net (or what holds it), or ``None`` when FreeU is off."""
     handle = _installed(model)
     return handle.config if handle is not None else None

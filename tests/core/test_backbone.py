@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from freeu import scale_backbone, structure_factor
-from freeu.backbone import scaled_half
+from freeu.backbone import scale_backbone, scaled_half, structure_factor
 
 
 def reference_v2(x: torch.Tensor, b: float) -> torch.Tensor:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from freeu import filtered_frequencies, fourier_filter
+from freeu.fourier import filtered_frequencies, fourier_filter
 
 
 def reference(x: torch.Tensor, threshold: int, scale: float) -> torch.Tensor:

@@ -9,7 +9,8 @@ import video_models
 from conftest import run, sd15_unet, unet_inputs
 
 import freeu
-from freeu import FreeUConfig, window_weight
+from freeu import FreeUConfig
+from freeu.hooks import window_weight
 
 pytest.importorskip("diffusers")
 

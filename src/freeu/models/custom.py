@@ -39,7 +39,15 @@ def _declared_in_channels(module: nn.Module) -> int | None:
 
 @dataclasses.dataclass(frozen=True)
 class CustomUNet:
-    """A user's description of a U-Net's skip joins (see the module docstring)."""
+    """A user's description of a U-Net's skip joins (see the module docstring).
+
+    Attributes:
+        joins: ``{qualified name of a module that consumes cat([backbone, skip]): backbone width}``.
+        base_channels: the U-Net's base width; the official convention gives stage 1 to joins whose backbone is 4x
+            as wide and stage 2 to those 2x as wide.
+        levels: ``{join name: decoder level}`` (0 = deepest), needed only for ``convention="diffusers"``, which gives
+            stage 1 to level 0 and stage 2 to level 1.
+    """
 
     joins: Mapping[str, int]
     base_channels: int
