@@ -277,8 +277,11 @@ def test_b_sweep_on_the_tiny_u_net_lowers_the_high_frequencies_of_its_samples(ti
 # -- the command line -----------------------------------------------------------------------------------------------
 
 
-def test_end_to_end_files_and_numbers_match_recomputation(tiny_folder, tiny_sampler, tmp_path, capsys) -> None:
+def test_end_to_end_files_schema_and_one_oracle_number(tiny_folder, tiny_sampler, tmp_path, capsys) -> None:
+    """The command's files and the shape of its numbers; one number against an oracle outside the tool: the b = 1
+    curve of the b sweep is the relative log amplitude of what a plain DDIM loop gives for the same seeds."""
     from PIL import Image
+    from reference import reference_ddim
 
     out = tmp_path / "analysis"
     code = analyze("--model", str(tiny_folder), "--steps", "2", "--count", "2", "--seed", "3", "--b-values", "1,1.6",
@@ -291,14 +294,23 @@ def test_end_to_end_files_and_numbers_match_recomputation(tiny_folder, tiny_samp
         with Image.open(out / f"{name}.png") as picture:
             assert picture.size[0] > 300 and picture.size[1] > 300
         assert f"wrote {out / f'{name}.png'}" in printed
-    seeds = [3, 4]
-    traj = trajectory(tiny_sampler, seeds, Request(steps=2), noisy=True)
-    assert data["trajectory"]["spaces"] == json.loads(json.dumps(traj["spaces"]))
-    sweep = b_sweep(tiny_sampler, seeds, Request(steps=2), [1.0, 1.6])
-    assert data["b"]["spaces"] == json.loads(json.dumps(sweep["spaces"]))
-    feats = features(tiny_sampler, seeds, Request(steps=2), DEMO_SETTING)
-    assert data["features"]["joins"] == json.loads(json.dumps(feats["joins"]))
-    at_pi = sweep["spaces"]["pixel"]["at_pi"]
+    # schema: one entry per step, per b value, per skip join
+    pixel = data["trajectory"]["spaces"]["pixel"]
+    bins = len(pixel["frequency"])
+    assert bins == 8 and len(data["trajectory"]["timesteps"]) == 2
+    for which in ("x0", "xt"):
+        assert len(pixel[which]) == 2 and all(len(curve) == bins for curve in pixel[which])
+        assert len(pixel[f"{which}_high_fraction"]) == 2 and len(pixel[f"{which}_low_change"]) == 1
+    sweep = data["b"]["spaces"]["pixel"]
+    assert data["b"]["values"] == [1.0, 1.6] and len(sweep["curves"]) == 2 and len(sweep["at_pi"]) == 2
+    joins = data["features"]["joins"]
+    assert [j["name"] for j in joins] == [p.join.name for p in freeu.plan(tiny_sampler.unet)]
+    assert all(set(j["on"]) == set(KINDS) == set(j["off"]) for j in joins)
+    # the oracle number
+    plain = reference_ddim(tiny_sampler.unet, [3, 4], 2) * 2 - 1
+    expected = relative_log_amplitude(plain.double())[1]
+    assert (torch.tensor(sweep["curves"][0], dtype=torch.float64) - expected).abs().max().item() < 1e-5
+    at_pi = sweep["at_pi"]
     assert f"b1 1 -> 1.6: relative log amplitude at pi {at_pi[0]:+.3f} -> {at_pi[1]:+.3f}" in printed
     assert (out / "summary.txt").read_text().splitlines()[0] in printed
 

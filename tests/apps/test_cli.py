@@ -60,3 +60,30 @@ def test_ui_is_a_freeu_command_and_names_a_missing_model(tmp_path, capsys) -> No
     pytest.importorskip("gradio")
     assert main(["ui", "--model", str(tmp_path / "nowhere")]) == 1
     assert "nowhere" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["generate", "--model", "demo", "--b1", "1.2"], 2, "give --preset (auto or a name) or all four factors"),
+        (["sweep", "--model", "demo", "--preset", "sd15", "--b1", "1,1.2"], 2, "exactly two factors"),
+        (["analyze", "--prompt", "a cat", "--steps", "1"], 2, "--prompt: the demo model is unconditional"),
+        (["eval", "--prompt", "a cat", "--seeds", "1"], 2, "the demo model is unconditional"),
+        (["generate", "--model", "NOWHERE", "--prompt", "x", "--preset", "sd15"], 1, "NOWHERE"),
+        (["analyze", "--model", "NOWHERE", "--prompt", "x"], 1, "NOWHERE"),
+        (["eval", "--model", "NOWHERE", "--prompt", "x", "--seeds", "1"], 1, "NOWHERE"),
+        (["info", "NOWHERE/none.png"], 1, "none.png"),
+    ],
+)
+def test_every_command_fails_with_one_line_and_the_same_exit_codes(argv, code, message, tmp_path, capsys) -> None:
+    """A refused value exits 2, something missing exits 1, each with one line naming the command; no traceback."""
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("accelerate")
+    argv = [str(tmp_path / "nowhere") if a == "NOWHERE" else a.replace("NOWHERE", str(tmp_path)) for a in argv]
+    message = message.replace("NOWHERE", str(tmp_path / "nowhere"))
+    assert main([*argv, "--out", str(tmp_path / "out")] if argv[0] != "info" else argv) == code
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    prefix = f"freeu {argv[0]}: error: " if code == 2 else f"freeu {argv[0]}: "
+    assert len(lines) == 1 and lines[0].startswith(prefix) and message in lines[0], err
+    assert not list((tmp_path / "out").glob("*"))

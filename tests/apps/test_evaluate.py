@@ -333,7 +333,7 @@ def test_protocol_same_units_for_every_config_and_images_from_the_public_api(dem
     report = (demo_run / "report.md").read_text()
     assert "| off | FreeU off | 4 |" in report and "| sd15 | b1=1.5 b2=1.6 s1=0.9 s2=0.2 (v2, official) | 4 |" in report
     assert "steps 0.5-1" in report
-    assert "python -m freeu.apps.evaluate --model" in (demo_run / "command.txt").read_text()
+    assert "python -m freeu eval --model" in (demo_run / "command.txt").read_text()
     for name in ("metrics.png", "samples.png"):
         assert (demo_run / name).stat().st_size > 1000
 
@@ -369,9 +369,10 @@ def test_resume_after_an_interruption_gives_the_same_report(demo_run, tiny_demo,
     again = json.loads((out / "metrics.json").read_text())["configs"]
     for a, b in zip(first, again, strict=True):
         assert b["set_level"]["swd"]["value"]["value"] == pytest.approx(a["set_level"]["swd"]["value"]["value"], 1e-2)
-    assert (out / "command.txt").read_text().count("python -m freeu.apps.evaluate") == 2  # every run's command
+    assert (out / "command.txt").read_text().count("python -m freeu eval") == 2  # every run's command
 
 
+@pytest.mark.slow
 def test_two_processes_with_accelerate_give_the_records_of_one(demo_run, tiny_demo, tmp_path) -> None:
     """accelerate launch on CPUs: its --multi_gpu launcher starts the processes (torchrun); freeu eval asks for
     the gloo backend. Each process generates its own seeds; the main process gathers."""
@@ -381,7 +382,7 @@ def test_two_processes_with_accelerate_give_the_records_of_one(demo_run, tiny_de
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
     done = subprocess.run(
-        [*launch, "-m", "freeu.apps.evaluate", "--model", str(tiny_demo), *FAST, *CONFIGS, "--device", "cpu",
+        [*launch, "-m", "freeu", "eval", "--model", str(tiny_demo), *FAST, *CONFIGS, "--device", "cpu",
          "--out", str(out)],
         capture_output=True, text=True, env=env, timeout=240,
     )  # fmt: skip

@@ -23,6 +23,7 @@ def small_unet() -> torch.nn.Module:
     return rerandomise_zeros(model)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_inductor_fullgraph_equals_eager(dtype) -> None:
     model = small_unet().to(dtype)
@@ -40,6 +41,7 @@ def test_inductor_fullgraph_equals_eager(dtype) -> None:
     assert (eager.float() - base.float()).abs().max().item() > 10 * tolerance
 
 
+@pytest.mark.slow
 def test_fullgraph_with_window_and_per_sample_factors() -> None:
     """The U-Net-level hook that reads the timestep and batch is traced too: no graph break, same numbers."""
     model = sd15_unet()
@@ -86,6 +88,7 @@ def test_backbone_gradcheck() -> None:
         assert torch.autograd.gradcheck(lambda t, v=version: scale_backbone(t, 1.4, version=v), (x,))
 
 
+@pytest.mark.slow
 def test_applying_through_a_compiled_wrapper_is_never_silently_dropped() -> None:
     """Compiled graphs do not see hooks added later; FreeU resets them when it is given the compiled module."""
     model = small_unet()

@@ -154,7 +154,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m freeu.apps.evaluate",
+        prog="freeu eval",
         description="Evaluate FreeU settings under one protocol (same units, same noise, same resize) with paired "
         "bootstrap intervals; shards over processes with accelerate launch; resumes from the report folder.",
     )
@@ -167,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
-    args.argv = list(argv) if argv is not None else None
+    args.argv = ["eval", *argv] if argv is not None else None
     return run_command("eval", run, args)
 
 
@@ -290,12 +290,15 @@ def _launcher() -> str | None:
 
 def _command(args: argparse.Namespace, world: int) -> str:
     argv = getattr(args, "argv", None)
+    script = sys.argv[0] if sys.argv else "freeu"
     if argv is not None:
-        process = shlex.join(["python", "-m", "freeu.apps.evaluate", *argv])
-    elif sys.argv and sys.argv[0].endswith(os.path.join("evaluate", "__main__.py")):
-        process = shlex.join(["python", "-m", "freeu.apps.evaluate", *sys.argv[1:]])
+        process = shlex.join(["python", "-m", "freeu", *argv])
+    elif script.endswith(os.path.join("evaluate", "__main__.py")):
+        process = shlex.join(["python", "-m", "freeu", "eval", *sys.argv[1:]])
+    elif script.endswith(os.path.join("freeu", "__main__.py")):
+        process = shlex.join(["python", "-m", "freeu", *sys.argv[1:]])
     else:
-        process = shlex.join([os.path.basename(sys.argv[0]) if sys.argv else "freeu", *sys.argv[1:]])
+        process = shlex.join([os.path.basename(script), *sys.argv[1:]])
     stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     lines = [f"# {stamp}: freeu {__version__}, torch {torch.__version__}, {world} process(es), in {os.getcwd()}"]
     launcher = _launcher()
