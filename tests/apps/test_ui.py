@@ -303,13 +303,13 @@ def test_stop_button_cancels_a_running_generation(server, page) -> None:
     model = studio.model
     original = model.sample
 
-    def slow(sampling, count):  # hold the run until the test has pressed Stop
+    def slow(*args, **kwargs):  # hold the run until the test has pressed Stop
         started.set()
         for _ in range(200):
             if studio._cancel.is_set():
                 break
             threading.Event().wait(0.05)
-        return original(sampling, count)
+        return original(*args, **kwargs)
 
     model.sample = slow
     renders = studio.baseline_renders
