@@ -8,6 +8,7 @@ written to. The handle of the active application lives on the U-Net (attribute `
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import logging
@@ -139,14 +140,25 @@ class _ThreadCallState(_CallState, threading.local):
 
 
 class FreeUHandle:
-    """FreeU applied to one U-Net. ``remove()`` undoes it; as a context manager, leaving restores what was before."""
+    """FreeU applied to one U-Net. ``remove()`` undoes it; as a context manager, leaving restores what was before.
+
+    Lifecycle: applying to a patched U-Net replaces the installed handle (its hooks come off) and remembers it as
+    this handle's *previous*. Leaving a ``with`` block takes this handle's settings off and installs the nearest
+    previous handle that has not been removed or left itself, the same handle object, so its ``remove()`` keeps
+    working. ``remove()`` takes the settings off if they are installed and marks the handle as released either way:
+    no later block restores a released handle. So once every block has been left and every handle removed, in any
+    order, the U-Net is exactly as it was never patched.
+
+    A ``copy.deepcopy`` of a patched U-Net is patched with the same settings, independently: its own handle and its
+    own hooks (the stack of settings to restore is not copied).
+    """
 
     def __init__(
         self,
         unet: nn.Module,
         config: FreeUConfig,
         plans: list[JoinPlan],
-        previous: tuple[FreeUConfig, CustomUNet | None, Callable | None] | None,
+        previous: FreeUHandle | None,
         compiled: bool = False,
         layout: CustomUNet | None = None,
         observer: Callable[[JoinObservation], None] | None = None,
@@ -158,7 +170,8 @@ class FreeUHandle:
         self.config = config
         self.plans = plans
         self._previous = previous
-        self._hooks: list[RemovableHandle] = []
+        self._released = False
+        self._hooks: list[tuple[RemovableHandle, tuple[str, int | None, int | None]]] = []
         self._thread_call = _ThreadCallState()
         self._traced_call = _CallState()  # under torch.compile, which does not trace thread-local state
         self._needs_call_state = config.windowed or config.batch_size is not None
@@ -171,32 +184,71 @@ class FreeUHandle:
 
     # -- installation ---------------------------------------------------------------------------------------------
 
-    def _install(self) -> None:
+    def _hook_specs(self) -> list[tuple[str, int | None, int | None]]:
+        """What to install: ``("call", None, None)`` and ``("end", None, None)`` on the U-Net where a window or
+        per-sample factors need its inputs, and ``("join", plan index, stage or None)`` per skip join that acts or
+        is observed."""
+        specs: list[tuple[str, int | None, int | None]] = []
         if self._needs_call_state:
-            names = _parameter_names(self.unet)  # (sample, timestep, ...) in diffusers, (x, timesteps, ...) in LDM
-            sample_name = names[0] if names else "sample"
-            timestep_name = names[1] if len(names) > 1 else "timestep"
-            self._hooks.append(
-                self.unet.register_forward_pre_hook(self._call_hook(sample_name, timestep_name), with_kwargs=True)
-            )
-            self._hooks.append(self.unet.register_forward_hook(self._end_call_hook, always_call=True))
-        for p in self.plans:
+            specs += [("call", None, None), ("end", None, None)]
+        for i, p in enumerate(self.plans):
             untouched = p.stage is None or self.config.is_identity(p.stage)
-            if untouched and self._observer is None:
-                continue
-            hook = self._join_hook(p.join, None if untouched else p.stage)
-            self._hooks.append(p.join.module.register_forward_pre_hook(hook, with_kwargs=True))
+            if not (untouched and self._observer is None):
+                specs.append(("join", i, None if untouched else p.stage))
+        return specs
+
+    def _hook(self, spec: tuple[str, int | None, int | None]) -> Callable[..., Any]:
+        kind, index, stage = spec
+        if kind == "call":
+            names = _parameter_names(self.unet)  # (sample, timestep, ...) in diffusers, (x, timesteps, ...) in LDM
+            return self._call_hook(names[0] if names else "sample", names[1] if len(names) > 1 else "timestep")
+        if kind == "end":
+            return self._end_call_hook
+        assert index is not None
+        return self._join_hook(self.plans[index].join, stage)
+
+    def _install(self) -> None:
+        for spec in self._hook_specs():
+            kind, index, _ = spec
+            if kind == "call":
+                handle = self.unet.register_forward_pre_hook(self._hook(spec), with_kwargs=True)
+            elif kind == "end":
+                handle = self.unet.register_forward_hook(self._hook(spec), always_call=True)
+            else:
+                assert index is not None
+                handle = self.plans[index].join.module.register_forward_pre_hook(self._hook(spec), with_kwargs=True)
+            self._hooks.append((handle, spec))
         setattr(self.unet, _HANDLE_ATTR, self)
         self._guard_hooks_in_compiled_graphs()
         self._reset_compiled_graphs()
 
     def _uninstall(self) -> None:
-        for h in self._hooks:
+        for h, _ in self._hooks:
             h.remove()
         self._hooks.clear()
         if self.active:
             delattr(self.unet, _HANDLE_ATTR)
         self._reset_compiled_graphs()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FreeUHandle:
+        """The handle of a deep-copied U-Net: the copy's hooks are rebound to a new handle on the copy."""
+        new = copy.copy(self)
+        memo[id(self)] = new
+        new.unet = copy.deepcopy(self.unet, memo)  # through a U-Net's deepcopy: the copy already in the memo
+        new.plans = copy.deepcopy(self.plans, memo)
+        new._previous, new._released = None, self._released
+        new._thread_call, new._traced_call, new._tensors = _ThreadCallState(), _CallState(), {}
+        new._hooks = []
+        for handle, spec in self._hooks:
+            # the copies of the hook dicts (made now if the U-Net's deepcopy has not reached them yet): the same
+            # keys, with this handle's closures rebound to the new handle
+            hooks = copy.deepcopy(handle.hooks_dict_ref(), memo)
+            extras = [copy.deepcopy(ref(), memo) for ref in handle.extra_dict_ref]
+            hooks[handle.id] = new._hook(spec)
+            copied = RemovableHandle(hooks, extra_dict=extras)
+            copied.id = handle.id
+            new._hooks.append((copied, spec))
+        return new
 
     @staticmethod
     def _guard_hooks_in_compiled_graphs() -> None:
@@ -354,7 +406,9 @@ class FreeUHandle:
     # -- user API -------------------------------------------------------------------------------------------------
 
     def remove(self) -> bool:
-        """Take FreeU off the U-Net if these settings are still installed; ``False`` if they were already replaced."""
+        """Take these settings off the U-Net: ``True`` if they were installed (FreeU is off now), ``False`` if they
+        were already replaced or removed. Either way the handle is released: no block restores it later."""
+        self._released = True
         if not self.active:
             return False
         self._uninstall()
@@ -364,9 +418,16 @@ class FreeUHandle:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.remove() and self._previous is not None:
-            config, layout, observer = self._previous
-            _apply(self.unet, config, layout, observer, self._compiled)
+        """Leave the block: take these settings off and, if they were installed, put back the nearest previous
+        handle that is not released (none: FreeU is off)."""
+        if not self.remove():
+            return
+        previous = self._previous
+        while previous is not None and previous._released:
+            previous = previous._previous
+        if previous is not None:
+            previous._compiled = previous._compiled or self._compiled
+            previous._install()
 
     def __repr__(self) -> str:
         stages = [p.stage for p in self.plans]
@@ -448,17 +509,7 @@ def apply(
         b1=b1, b2=b2, s1=s1, s2=s2, version=version, convention=convention, threshold=threshold,
         start=start, stop=stop, ramp=ramp, num_train_timesteps=num_train_timesteps,
     )  # fmt: skip
-    return _apply(model, _resolve_config(config, preset, overrides), layout, observer)
-
-
-def _apply(
-    model: object,
-    resolved: FreeUConfig,
-    layout: CustomUNet | None,
-    observer: Callable[[JoinObservation], None] | None,
-    compiled: bool = False,
-) -> FreeUHandle:
-    """:func:`apply` with the settings resolved; ``compiled`` says the U-Net is known to sit in a compiled graph."""
+    resolved = _resolve_config(config, preset, overrides)
     unet, unet_layout = _layout(model, layout)
     _check_no_diffusers_freeu(unet)
     plans = _plans(unet_layout, resolved.convention)
@@ -478,11 +529,10 @@ def _apply(
             )
 
     old: FreeUHandle | None = getattr(unet, _HANDLE_ATTR, None)
-    previous = (old.config, old._layout, old._observer) if old is not None else None
     if old is not None:
-        old.remove()
-    compiled = compiled or holds_compiled_unet(model) or (old is not None and old._compiled)
-    handle = FreeUHandle(unet, resolved, plans, previous, compiled, layout, observer)
+        old._uninstall()  # replaced, not released: leaving this handle's block brings it back
+    compiled = holds_compiled_unet(model) or (old is not None and old._compiled)
+    handle = FreeUHandle(unet, resolved, plans, old, compiled, layout, observer)
     handle._install()
     logger.debug("FreeU applied: %r", handle)
     return handle

@@ -183,3 +183,13 @@ def test_preset_auto_reads_structure_not_names() -> None:
               down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
               up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"))  # fmt: skip
     assert detect_preset(xl)[0] == "sdxl"
+
+
+def test_sweep_with_all_four_factors_and_no_preset(sd_folder, tmp_path) -> None:
+    """The form the sweep's own error message offers: every factor given, two of them as lists, no --preset."""
+    code = main(["sweep", "--model", str(sd_folder), "--prompt", "x", "--steps", "1", "--b1", "1,1.2", "--b2", "1.4",
+                 "--s1", "0.9,1", "--s2", "0.2", "--out", str(tmp_path)])  # fmt: skip
+    assert code == 0
+    settings = read_settings(tmp_path / "sweep-seed0.png")
+    assert settings["preset"] is None and settings["freeu"]["b2"] == 1.4 and settings["freeu"]["s2"] == 0.2
+    assert settings["sweep"] == {"rows": ["b1", [1.0, 1.2]], "cols": ["s1", [0.9, 1.0]]}
