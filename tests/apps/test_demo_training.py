@@ -188,15 +188,15 @@ def test_interrupted_and_resumed_run_is_bit_exact(tmp_path: Path, monkeypatch: p
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(tiny_config(tmp_path / "resumed", 4))
     monkeypatch.setattr(data.PatchSampler, "sample", original)
-    ckpt = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
     assert ckpt["state"]["step"] == 2
     assert len(_records(tmp_path / "resumed" / "train_log.jsonl", ())) == 3  # step 3 logged after the checkpoint
 
     resumed = train(tiny_config(tmp_path / "resumed", 4))
     assert resumed["step"] == 4
 
-    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
-    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
     assert a["model"].keys() == b["model"].keys()
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
@@ -212,8 +212,48 @@ def test_interrupted_and_resumed_run_is_bit_exact(tmp_path: Path, monkeypatch: p
     # Export: float16 safetensors + config.json that load back into the best EMA weights.
     export_weights(tmp_path / "resumed", tmp_path / "export")
     unet, config = load_exported(tmp_path / "export")
-    best = torch.load(tmp_path / "resumed" / "best.pt", weights_only=False)
+    best = torch.load(tmp_path / "resumed" / "best.pt", weights_only=True)
     assert config["unet"] == TINY_UNET and config["training"]["ema_step"] == best["step"]
     assert config["training"]["held_out_images"] == list(data.HELD_OUT_IMAGES)
     for key, value in unet.state_dict().items():
         assert torch.equal(value, best["ema"][key].half().float()), key
+
+
+class _Payload:
+    """What a forged checkpoint could hold: unpickling it runs code (here: it writes a marker file)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+def test_forged_checkpoints_are_refused_without_running_their_code(tmp_path: Path) -> None:
+    marker = tmp_path / "ran.txt"
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"config": {}, "model": _Payload(marker)}, run / "checkpoint.pt")
+    with pytest.raises(ValueError, match="is not a checkpoint this script wrote"):
+        train(tiny_config(run, 2))  # resume path
+    with pytest.raises(ValueError, match="is not a checkpoint this script wrote"):
+        export_weights(run, tmp_path / "export")  # export path
+    assert not marker.exists()
+    assert not (tmp_path / "export").exists()
+
+
+def test_every_torch_load_in_the_project_is_weights_only() -> None:
+    """No torch.load may unpickle arbitrary objects: each call in src/, scripts/ and benchmarks/ passes
+    weights_only=True."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2]
+    calls = []
+    for folder in ("src", "scripts", "benchmarks"):
+        for path in (root / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
+                    safe = any(k.arg == "weights_only" and ast.unparse(k.value) == "True" for k in node.keywords)
+                    calls.append((str(path.relative_to(root)), node.lineno, safe))
+    assert len(calls) >= 3  # the training's loader and eval's caches: the scan sees them
+    assert [c for c in calls if not c[2]] == []

@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
 import signal
 import sys
@@ -170,6 +171,19 @@ def _atomic_write(path: Path, write: Any) -> None:
 
 def _save_torch(obj: Any, path: Path) -> None:
     _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def _load_torch(path: Path) -> Any:
+    """A checkpoint this script wrote, loaded with ``weights_only=True``: tensors and plain Python values only, so a
+    forged file cannot run code; ``ValueError`` naming the file when it holds anything else."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"{path} is not a checkpoint this script wrote: it holds more than tensors and plain values, and "
+            f"loading it could run code, so it was refused ({first})"
+        ) from None
 
 
 def _write_json(obj: Any, path: Path) -> None:
@@ -340,7 +354,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     }
 
     if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ckpt = _load_torch(ckpt_path)
         _check_resume(ckpt["config"], cfg, ckpt_path)
         unet.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
@@ -546,9 +560,9 @@ def export_weights(run_dir: str | Path, export_dir: str | Path = WEIGHTS_DIR) ->
     ckpt_path, best_path = run_dir / "checkpoint.pt", run_dir / "best.pt"
     if not ckpt_path.exists():
         raise FileNotFoundError(f"run_dir={str(run_dir)!r} has no checkpoint.pt: nothing to export")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    ckpt = _load_torch(ckpt_path)
     if best_path.exists():
-        best = torch.load(best_path, map_location="cpu", weights_only=False)
+        best = _load_torch(best_path)
         weights, step, metrics = best["ema"], best["step"], best["metrics"]
     else:
         logger.warning("%s has no best.pt (no evaluation yet): exporting the latest EMA weights", run_dir)
