@@ -128,6 +128,16 @@ def window_weight(progress: torch.Tensor, start: float, stop: float, ramp: float
     return ((progress >= start) & (progress <= stop)).to(progress.dtype)
 
 
+def _window_timestep_error(t: torch.Tensor, num_train_timesteps: int) -> str:
+    return (
+        f"FreeU: a step window reads the trajectory position as 1 - timestep / num_train_timesteps "
+        f"({num_train_timesteps}), but this U-Net received the timestep {float(t.min()):g}, outside [0, "
+        f"{num_train_timesteps}]. EDM-style schedulers (EDMEulerScheduler, EDMDPMSolverMultistepScheduler, e.g. "
+        "Playground v2.5) pass log(sigma) / 4 instead of a DDPM timestep, on which a window would silently mean "
+        "nothing: leave start, stop and ramp out (or set num_train_timesteps if your schedule counts otherwise)"
+    )
+
+
 class _CallState:
     """What the U-Net's own forward received, for the join hooks of the current call."""
 
@@ -324,9 +334,12 @@ class FreeUHandle:
             t = torch.as_tensor(self._call.timesteps, device=device).to(torch.float32).reshape(-1)
             if t.numel() not in (1, batch):
                 raise RuntimeError(f"FreeU: {t.numel()} timesteps for a U-Net batch of {batch}")
+            concrete = not _compiling() and t.device.type != "meta"  # values that can be read (not traced, not meta)
+            if concrete and bool(((t < 0) | (t > self.config.num_train_timesteps)).any()):
+                raise RuntimeError(_window_timestep_error(t, self.config.num_train_timesteps))
             progress = 1.0 - t.expand(batch) / self.config.num_train_timesteps
             weight = window_weight(progress, self.config.start, self.config.stop, self.config.ramp)
-            if not _compiling():
+            if concrete:
                 if not bool((weight > 0).any()):
                     return None  # outside the window: the join is left exactly as the host built it
                 if bool((weight == 1).all()):
@@ -356,8 +369,15 @@ class FreeUHandle:
         keyword = _input_name(join.module)
         version, threshold = self.config.version, self.config.threshold
         observer = self._observer
+        blocks = getattr(self.unet, "up_blocks", None)
+        up_block = blocks[join.block] if isinstance(blocks, nn.ModuleList) and 0 <= join.block < len(blocks) else None
 
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
+            if up_block is not None and _diffusers_freeu_on(up_block) and stage is not None:
+                raise RuntimeError(
+                    f"FreeU: diffusers' own FreeU was enabled on up_blocks.{join.block} after freeu.apply; FreeU "
+                    "would be applied twice. Call unet.disable_freeu() (or freeu.remove(unet) to use diffusers' one)"
+                )
             from_args = bool(args)
             x = args[0] if from_args else kwargs.get(keyword)
             if not isinstance(x, torch.Tensor):
@@ -454,9 +474,31 @@ def _resolve_config(config: FreeUConfig | None, preset: str | None, overrides: d
     return base.replace(**given) if given else base
 
 
+def _diffusers_freeu_on(block: nn.Module) -> bool:
+    """Whether diffusers' ``enable_freeu`` has set its factors on this up block (``disable_freeu`` sets None)."""
+    return any(getattr(block, key, None) is not None for key in _DIFFUSERS_FREEU_KEYS)
+
+
+def _check_window_schedule(model: object, config: FreeUConfig) -> None:
+    """A step window on a pipeline whose scheduler feeds the U-Net EDM's ``log(sigma) / 4`` instead of a DDPM
+    timestep would mean nothing: refuse it (given only the U-Net, the first out-of-range timestep is refused)."""
+    scheduler = getattr(model, "scheduler", None)
+    scheduler_config = getattr(scheduler, "config", None)
+    if not config.windowed or scheduler is None:
+        return
+    sigma_data = scheduler_config.get("sigma_data") if isinstance(scheduler_config, dict) else None
+    edm = type(scheduler).__name__.startswith("EDM") or sigma_data is not None
+    if edm:
+        raise ValueError(
+            f"start/stop/ramp: a step window reads the trajectory position from the DDPM timestep the U-Net "
+            f"receives, but {type(scheduler).__name__} passes EDM's log(sigma) / 4: the window would mean nothing. "
+            "Leave start, stop and ramp out for this pipeline"
+        )
+
+
 def _check_no_diffusers_freeu(unet: nn.Module) -> None:
     for i, block in enumerate(getattr(unet, "up_blocks", [])):
-        if any(getattr(block, key, None) is not None for key in _DIFFUSERS_FREEU_KEYS):
+        if _diffusers_freeu_on(block):
             raise ValueError(
                 f"diffusers' own FreeU is enabled on this U-Net (up_blocks.{i} has b1/b2/s1/s2 set); FreeU would be "
                 "applied twice. Call unet.disable_freeu() first."
@@ -512,6 +554,7 @@ def apply(
     resolved = _resolve_config(config, preset, overrides)
     unet, unet_layout = _layout(model, layout)
     _check_no_diffusers_freeu(unet)
+    _check_window_schedule(model, resolved)
     plans = _plans(unet_layout, resolved.convention)
     found = {p.stage for p in plans}
     if found == {None}:
