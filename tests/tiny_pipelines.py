@@ -83,3 +83,16 @@ def plain_call(pipe, *, prompt: str, seed: int, count: int, steps: int, guidance
     out = pipe(prompt=[prompt] * count, guidance_scale=guidance, num_inference_steps=steps, height=height,
                width=width, latents=noise.expand(count, -1, -1, -1).clone(), output_type="pil")  # fmt: skip
     return list(out.images)
+
+
+def ddpm_pipeline(folder: Path) -> Path:
+    """An unconditional pixel-space DDPMPipeline (a 16x16 UNet2DModel, widths 16/32/64: both official stages)."""
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(
+        sample_size=16, in_channels=3, out_channels=3, block_out_channels=(16, 32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3, norm_num_groups=8,
+    )  # fmt: skip
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000)
+    diffusers.DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder)
+    return folder

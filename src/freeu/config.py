@@ -17,12 +17,22 @@ VERSIONS: tuple[int, ...] = (1, 2)
 Factor = float | tuple[float, ...]
 
 
+#: The largest factor accepted: far beyond any published setting (b <= 1.6, s <= 1), and small enough that a
+#: float16 feature scaled by it cannot overflow where the feature itself is below 655.
+MAX_FACTOR = 100.0
+
+
 def _check_number(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a real number >= 0, got {type(value).__name__} {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} must be at most {MAX_FACTOR:g}, got an integer too large for a float") from None
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if value > MAX_FACTOR:
+        raise ValueError(f"{name} must be at most {MAX_FACTOR:g} (FreeU's factors stay near 1), got {value!r}")
     return value
 
 

@@ -102,6 +102,12 @@ def _check_scale(scale: float | torch.Tensor) -> None:
     if isinstance(scale, torch.Tensor):
         if not scale.is_floating_point():
             raise TypeError(f"fourier_filter: scale tensor must be floating point, got dtype {scale.dtype}")
+        # values are read where that costs nothing (a CPU tensor outside torch.compile); reading an accelerator's
+        # tensor would stall it, and the hooks pass factors FreeUConfig has already checked
+        readable = scale.device.type == "cpu" and not torch.compiler.is_compiling()
+        if readable and (not bool(torch.isfinite(scale).all()) or bool((scale < 0).any())):
+            raise ValueError("fourier_filter: scale must hold finite numbers >= 0, got a tensor with NaN, "
+                             "infinite or negative values")  # fmt: skip
         return
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise TypeError(f"fourier_filter: scale must be a real number or a tensor, got {type(scale).__name__}")

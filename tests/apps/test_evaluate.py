@@ -539,3 +539,32 @@ def test_guided_pipeline_with_guidance_baseline_fid_kid_and_clip(tmp_path, capsy
     assert records[1]["metrics"]["clip"] == pytest.approx(cosine, abs=1e-5)
     report = (out / "report.md").read_text()
     assert "| off@cfg6 | FreeU off, guidance 6 | 2 |" in report and "Δ CLIP score" in report
+
+
+def test_resume_remakes_a_truncated_png_and_never_follows_a_path_outside_the_folder(
+    demo_run, tiny_demo, tmp_path, capsys
+) -> None:
+    out = tmp_path / "report"
+    shutil.copytree(demo_run[0], out)
+    records = {r["key"]: r for r in _records(out)}
+    damaged, redirected = sorted(records.values(), key=lambda r: (r["config"], r["unit"]))[:2]
+    path = out / damaged["image"]
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated by a crash or a full disk
+    outside = tmp_path / "elsewhere.png"
+    shutil.copy(out / redirected["image"], outside)
+    part = out / "parts" / "gen-r0of1.jsonl"
+    lines = [json.loads(line) for line in part.read_text().splitlines()]
+    for line in lines:
+        if line["key"] == redirected["key"]:
+            line["image"] = str(outside)  # a hand-edited record pointing outside the report folder
+    part.write_text("".join(json.dumps(line, sort_keys=True) + "\n" for line in lines))
+    shutil.rmtree(out / "analysis")
+    capsys.readouterr()
+    assert main(["--model", str(tiny_demo), *FAST, *CONFIGS, "--out", str(out)]) == 0
+    assert "this process generated 2 images and reused 10 already on disk" in capsys.readouterr().out
+    after = {r["key"]: r for r in _records(out)}
+    assert after[redirected["key"]]["image"] == redirected["image"]  # inside the folder again
+    from PIL import Image
+
+    with Image.open(out / damaged["image"]) as img:
+        img.load()  # whole again

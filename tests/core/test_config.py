@@ -60,3 +60,10 @@ def test_config_normalises_to_float_and_compares_by_value() -> None:
 def test_public_api_is_exported() -> None:
     for name in freeu.__all__:
         assert hasattr(freeu, name), name
+
+
+@pytest.mark.parametrize(("field", "value"), [("b1", 1e30), ("s1", 1e300), ("b1", 10**400), ("s2", 100.5)])
+def test_huge_finite_factors_are_refused_naming_the_parameter(field, value) -> None:
+    with pytest.raises(ValueError, match=f"{field} must be at most 100"):
+        FreeUConfig(**{"b1": 1.0, "b2": 1.0, "s1": 1.0, "s2": 1.0, field: value})
+    assert FreeUConfig(**{"b1": 1.0, "b2": 1.0, "s1": 1.0, "s2": 1.0, field: 100}).to_dict()[field] == 100.0

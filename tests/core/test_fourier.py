@@ -267,8 +267,7 @@ def test_pieces_bound_the_temporaries_and_match_the_reference(monkeypatch, dtype
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             for r in out if isinstance(out, (tuple, list)) else [out]:
-                shared = r.untyped_storage().data_ptr() in owned
-                if isinstance(r, torch.Tensor) and not shared:
+                if isinstance(r, torch.Tensor) and r.untyped_storage().data_ptr() not in owned:
                     largest.append(r.untyped_storage().nbytes())  # a view counts as what it views
             return out
 
@@ -312,3 +311,10 @@ def test_a_square_over_the_whole_spectrum_scales_the_map(dtype) -> None:
         assert torch.equal(joined[:, 2:], out)
     x = torch.randn(2, 5, 3, 3, generator=gen)
     assert not torch.allclose(fourier_filter(x, 1, 0.3), x * 0.3, atol=1e-3)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -0.5, float("inf")])
+def test_a_tensor_scale_with_nan_negative_or_infinite_values_is_refused(bad) -> None:
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="scale must hold finite numbers >= 0"):
+        fourier_filter(x, 1, torch.tensor([0.2, bad]).view(2, 1))

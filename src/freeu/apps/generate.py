@@ -15,22 +15,27 @@ from freeu import __version__
 from .imaging import grid, read_settings, save_gif, save_png, side_by_side
 from .options import (
     FACTORS,
+    MAX_CELLS,
     add_freeu_options,
     add_model_options,
+    choice,
+    file_stem,
     freeu_overrides,
     non_negative,
     positive_int,
     resolve_freeu,
+    seed,
     vae_size,
+    writable_folder,
 )
-from .runtime import Model, Request, Size, is_demo_folder, load_model, peek_downsampling
+from .runtime import DTYPES, Model, Request, is_demo_folder, load_model, peek_downsampling, peek_takes_prompt
 
 __all__ = ["SweepAxis", "generate", "info", "register", "sweep"]
 
 MODEL_HELP = "demo (the bundled demo model), a folder of exported demo weights, or a local diffusers pipeline " \
              "folder / cached hub id (never downloaded)"  # fmt: skip
 #: What a sampling flag means when neither it nor ``--from IMAGE`` gives it.
-DEFAULTS = {"seed": 0, "steps": 25}
+DEFAULTS = {"seed": 0, "steps": 25, "dtype": "float32"}
 
 
 def register(subparsers: Any) -> None:
@@ -45,6 +50,9 @@ def register(subparsers: Any) -> None:
     _add_sampling(sw)
     add_freeu_options(sw, grid=True)
     sw.add_argument("--batch-size", type=positive_int, default=None, help="cells per batch (default: all)")
+    sw.add_argument(
+        "--max-cells", type=positive_int, default=MAX_CELLS, help=f"refuse larger grids (default {MAX_CELLS})"
+    )
     sw.add_argument("--measure-speedup", action="store_true", help="also run one cell at a time and compare")
     sw.set_defaults(handler=run_sweep, from_image=None)
 
@@ -57,13 +65,13 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     g = add_model_options(p, model_help=MODEL_HELP, title="sampling")
     g.add_argument("--prompt", help="the text prompt (text-to-image pipelines)")
     g.add_argument("--negative-prompt", default=None, help="the negative prompt")
-    g.add_argument("--seed", type=int, default=None, help="noise seed, the same for every setting (default 0)")
+    g.add_argument("--seed", type=seed, default=None, help="noise seed, the same for every setting (default 0)")
     g.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default 25)")
     g.add_argument("--guidance", type=non_negative, default=None, help="classifier-free guidance scale (default 7.5)")
     g.add_argument("--size", type=vae_size, default=None, help="SIZE or WIDTHxHEIGHT (default: the model's own)")
     g.add_argument("--frames", type=positive_int, default=None, help="frames per clip, video pipelines (default 8)")
     g.add_argument("--out", default="freeu-out", help="output folder (default freeu-out)")
-    g.add_argument("--name", default=None, help="file name stem (default from the seed)")
+    g.add_argument("--name", type=file_stem, default=None, help="file name stem, no folder (default from the seed)")
 
 
 def _fill(args: argparse.Namespace, settings: dict[str, Any] | None) -> None:
@@ -73,15 +81,19 @@ def _fill(args: argparse.Namespace, settings: dict[str, Any] | None) -> None:
     for key in ("model", "prompt", "negative_prompt", "seed", "steps", "guidance", "frames", "dtype"):
         if getattr(args, key, None) is None and settings.get(key) is not None:
             setattr(args, key, settings[key])
-    if args.size is None and settings.get("width"):
-        args.size = Size(height=int(settings["height"]), width=int(settings["width"]))
+    if args.size is None and settings.get("size") is not None:
+        args.size = settings["size"]
     for key, value in DEFAULTS.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.model is None:
         raise ValueError("--model is required (or --from IMAGE)")
-    if args.prompt is None and is_demo_folder(args.model) is None:
-        raise ValueError("--prompt is required for a pipeline (or --from IMAGE)")
+    conditional = peek_takes_prompt(args.model)
+    if args.prompt is None and conditional:
+        raise ValueError("--prompt is required for a text-to-image pipeline (or --from IMAGE)")
+    if args.prompt is not None and not conditional:
+        raise ValueError(f"--prompt: {args.model} is unconditional (it has no text encoder); leave --prompt out")
+    writable_folder("--out", args.out)
     if args.size is not None and is_demo_folder(args.model) is None:
         step = peek_downsampling(args.model)
         if step is not None and (args.size.width % step or args.size.height % step):
@@ -113,14 +125,64 @@ def _footer(args: argparse.Namespace, request: Request, what: str = "") -> str:
     return f"{args.model} | seed {args.seed}{what} | {request.steps} steps{guidance}{prompt}"
 
 
-def run_generate(args: argparse.Namespace) -> int:
-    settings = None
-    if args.from_image:
+#: The settings ``--from IMAGE`` reads, each checked by the parser of the flag it stands for.
+CARRIED: dict[str, tuple[str, Any]] = {
+    "model": ("--model", str),
+    "prompt": ("--prompt", str),
+    "negative_prompt": ("--negative-prompt", str),
+    "seed": ("--seed", seed),
+    "steps": ("--steps", positive_int),
+    "guidance": ("--guidance", non_negative),
+    "frames": ("--frames", positive_int),
+    "dtype": ("--dtype", choice(list(DTYPES))),
+}
+
+
+def carried_settings(path: str) -> dict[str, Any]:
+    """The settings an image carries, each refused exactly as its flag would refuse it (``ValueError``)."""
+    try:
+        settings = read_settings(path)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--from {path}: {error}") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"--from {path}: its freeu settings are {type(settings).__name__}, not a JSON object")
+    checked: dict[str, Any] = {}
+    for key, (flag, parse) in CARRIED.items():
+        value = settings.get(key)
+        if value is None:
+            continue
+        wrong_type = isinstance(value, bool) or not isinstance(value, str if parse is str else (int, float, str))
         try:
-            settings = read_settings(args.from_image)
-        except (OSError, ValueError) as error:
-            raise ValueError(f"--from: {error}") from None
-    overrides = freeu_overrides(args, carried=(settings or {}).get("freeu"), factors_required=True)
+            if wrong_type:
+                raise argparse.ArgumentTypeError(f"must be given as {'text' if parse is str else 'a number'}")
+            checked[key] = parse(value) if parse is str else parse(str(value))
+        except argparse.ArgumentTypeError as error:
+            raise ValueError(f"--from {path}: {key} {value!r} is refused as {flag} would refuse it: {error}") from None
+    width, height = settings.get("width"), settings.get("height")
+    if width is not None or height is not None:
+        try:
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in (width, height)):
+                raise argparse.ArgumentTypeError("must be whole numbers")
+            checked["size"] = vae_size(f"{width}x{height}")
+        except argparse.ArgumentTypeError as error:
+            raise ValueError(
+                f"--from {path}: width/height {width!r}x{height!r} refused as --size would: {error}"
+            ) from None
+    freeu = settings.get("freeu")
+    if freeu is not None and not isinstance(freeu, dict):
+        raise ValueError(f"--from {path}: its freeu factors are {type(freeu).__name__}, not a JSON object")
+    checked["freeu"] = freeu
+    return checked
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    settings = carried_settings(args.from_image) if args.from_image else None
+    try:
+        overrides = freeu_overrides(args, carried=(settings or {}).get("freeu"), factors_required=True)
+    except ValueError as error:
+        if settings is None or args.preset is not None:
+            raise
+        raise ValueError(f"--from {args.from_image}: {error}") from None
     _fill(args, settings)
     for path in generate(args, overrides):
         print(f"wrote {path}")
@@ -170,6 +232,12 @@ def run_sweep(args: argparse.Namespace) -> int:
     if len(swept) != 2:
         raise ValueError(
             f"freeu sweep needs exactly two factors with several values (rows, columns); got {swept or 'none'}"
+        )
+    cells = len(overrides[swept[0]]) * len(overrides[swept[1]])
+    if cells > args.max_cells:
+        raise ValueError(
+            f"--{swept[0]} and --{swept[1]} make a grid of {cells} cells, more than --max-cells {args.max_cells}; "
+            "use fewer values or raise --max-cells"
         )
     _fill(args, None)
     fixed = {k: v for k, v in overrides.items() if k not in swept}

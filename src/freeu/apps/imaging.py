@@ -121,8 +121,11 @@ def save_gif(frames: Sequence[Any], path: str | Path, settings: dict[str, Any], 
 def read_settings(path: str | Path) -> dict[str, Any]:
     """The settings a PNG (or GIF) written by this project carries; ``ValueError`` if it carries none."""
     image_cls, _, _, _ = _pil()
-    with image_cls.open(path) as img:
-        raw = img.info.get(METADATA_KEY) or img.info.get("comment")
+    try:
+        with image_cls.open(path) as img:
+            raw = img.info.get(METADATA_KEY) or img.info.get("comment")
+    except image_cls.DecompressionBombError as error:
+        raise ValueError(f"{path}: refused, its declared size is a decompression bomb ({error})") from None
     if raw is None:
         raise ValueError(f"{path} carries no freeu settings (it was not written by freeu generate or freeu sweep)")
     if isinstance(raw, bytes):

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from freeu.config import CONVENTIONS, PRESETS, FreeUConfig, get_preset
@@ -23,17 +25,29 @@ __all__ = [
     "FREEU_FIELDS",
     "add_freeu_options",
     "add_model_options",
+    "choice",
+    "device",
+    "file_stem",
     "freeu_overrides",
     "non_negative",
     "non_negative_int",
     "parse_values",
+    "port",
     "positive_int",
     "resolve_freeu",
+    "seed",
     "size",
     "vae_size",
+    "writable_folder",
 ]
 
 FACTORS = ("b1", "b2", "s1", "s2")
+#: At most this many values in one list or range (a typo like 0:2:0.001 should not build a huge grid).
+MAX_VALUES = 1000
+#: The default cap on the cells of a sweep grid and on eval's configurations (``--max-cells``, ``--max-configs``).
+MAX_CELLS = 64
+#: The largest image side ``--size`` accepts, in pixels.
+MAX_SIDE = 8192
 #: The other fields of :class:`freeu.FreeUConfig` that every command takes as flags.
 FREEU_FIELDS = ("version", "convention", "threshold", "start", "stop", "ramp")
 
@@ -70,6 +84,17 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def seed(text: str) -> int:
+    """A noise seed: an integer in [0, 2**63)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**63 - 1, got {text!r}")
+    return value
+
+
 def non_negative(text: str) -> float:
     """A finite number >= 0 (a guidance scale, a FreeU factor)."""
     try:
@@ -98,11 +123,12 @@ def size(text: str, minimum: int = 1, multiple: int = 1) -> Size:
     try:
         parts = [int(v) for v in text.lower().split("x")]
         width, height = (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
-        if len(parts) > 2 or width < minimum or height < minimum:
+        if len(parts) > 2 or not minimum <= width <= MAX_SIDE or not minimum <= height <= MAX_SIDE:
             raise ValueError
     except ValueError:
-        least = "" if minimum <= 1 else f", each >= {minimum}"
-        raise argparse.ArgumentTypeError(f"must be SIZE or WIDTHxHEIGHT in pixels{least}, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"must be SIZE or WIDTHxHEIGHT in pixels, each from {minimum} to {MAX_SIDE}, got {text!r}"
+        ) from None
     if width % multiple or height % multiple:
         raise argparse.ArgumentTypeError(
             f"width and height must be multiples of {multiple} (the VAE's downsampling), got {text}"
@@ -115,38 +141,113 @@ def vae_size(text: str) -> Size:
     return size(text, multiple=8)
 
 
-def parse_values(name: str, text: str) -> list[float]:
-    """``"1.2"``, ``"0.2,0.6,1.0"`` (commas or spaces) or ``"1.0:1.6:0.2"`` (start:stop:step, stop included) as a
-    list of numbers; a ``ValueError`` naming ``name`` otherwise."""
+def device(text: str) -> str:
+    """A torch device this machine has: ``cpu``, ``cuda``, ``cuda:N``, ``mps``, ..."""
+    import torch
+
+    try:
+        parsed = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"must be a torch device like cpu, cuda, cuda:1 or mps, got {text!r}"
+        ) from None
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+    }
+    if not available.get(parsed.type, True):
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has no {parsed.type} device (try cpu)")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} cuda device(s)")
+    return text
+
+
+def choice(options: list[str]) -> Any:
+    """A parser that accepts one of ``options`` (for values that do not come through argparse's ``choices``)."""
+
+    def parse(text: str) -> str:
+        if text not in options:
+            raise argparse.ArgumentTypeError(f"must be one of {', '.join(options)}, got {text!r}")
+        return text
+
+    return parse
+
+
+def port(text: str) -> int:
+    """A TCP port, 1 to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 1 to 65535, got {text!r}")
+    return value
+
+
+def file_stem(text: str) -> str:
+    """A file name stem (``--name``): no folder part, so that files stay inside ``--out``."""
+    if not text or text in (".", "..") or "/" in text or "\\" in text or "\0" in text:
+        raise argparse.ArgumentTypeError(f"must be a file name without a folder (files go into --out), got {text!r}")
+    return text
+
+
+def writable_folder(flag: str, folder: str | Path) -> Path:
+    """``folder`` created if missing and checked writable, before any long work; ``ValueError`` naming ``flag``."""
+    path = Path(folder).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {folder}: exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".freeu-write-test-"):
+            pass
+    except OSError as error:
+        raise ValueError(f"{flag} {folder}: cannot write there ({error.strerror or error})") from None
+    return path
+
+
+def parse_values(name: str, text: str, limit: int = MAX_VALUES) -> list[float]:
+    """``"1.2"``, ``"0.2,0.6,1.0"`` (commas or spaces) or ``"1.0:1.6:0.2"`` (start:stop:step: from start in steps of
+    step, never past stop, stop included when the steps land on it) as a list of at most ``limit`` finite numbers; a
+    ``ValueError`` naming ``name`` otherwise."""
     text = str(text)
+    what = (
+        f"{name} must be a number, a list like 0.2,0.6,1.0 or a range start:stop:step like 1.0:1.6:0.2 "
+        f"(finite numbers, step > 0, stop >= start), got {text!r}"
+    )
     try:
         if ":" in text:
             start, stop, step = (float(v) for v in text.split(":"))
-            if not step > 0 or not stop >= start:
+            if not all(math.isfinite(v) for v in (start, stop, step)) or not step > 0 or not stop >= start:
                 raise ValueError
-            count = int(round((stop - start) / step)) + 1
+            count = math.floor((stop - start) / step + 1e-9) + 1  # the tolerance keeps 1.0:1.6:0.2's 1.6
+            if count > limit:
+                raise ValueError(f"{name}: the range {text!r} gives {count} values, more than {limit}")
             values = [round(start + i * step, 10) for i in range(count)]
         else:
             values = [float(v) for v in text.replace(",", " ").split()]
-        if not values:
+            if len(values) > limit:
+                raise ValueError(f"{name}: {len(values)} values, more than {limit}")
+        if not values or not all(math.isfinite(v) for v in values):
             raise ValueError
-    except ValueError:
-        raise ValueError(
-            f"{name} must be a number, a list like 0.2,0.6,1.0 or a range start:stop:step like 1.0:1.6:0.2 "
-            f"(step > 0, stop >= start), got {text!r}"
-        ) from None
+    except ValueError as error:
+        raise ValueError(str(error) if str(error).startswith(f"{name}:") else what) from None
     return values
 
 
 def factor_values(text: str) -> list[float]:
     """An argparse type: :func:`parse_values` with every value a finite number >= 0."""
+    finite = f"must be a finite number >= 0 (or a list or range of them), got {text!r}"
     try:
-        values = parse_values("", text)
+        numbers = [float(v) for v in str(text).replace(":", " ").replace(",", " ").split()]
+    except ValueError:
+        numbers = []
+    if any(not (math.isfinite(v) and v >= 0) for v in numbers):
+        raise argparse.ArgumentTypeError(finite)
+    try:
+        return parse_values("", text)
     except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error).lstrip()) from None
-    if any(not (math.isfinite(v) and v >= 0) for v in values):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0 (or a list or range of them), got {text!r}")
-    return values
+        raise argparse.ArgumentTypeError(str(error).lstrip(": ")) from None
 
 
 # -- option groups ------------------------------------------------------------------------------------------------
@@ -159,9 +260,12 @@ def add_model_options(
     g = p.add_argument_group(title)
     g.add_argument("--model", default=model_default, help=model_help)
     g.add_argument(
-        "--device", default=None, help=f"torch device (default: cuda, else mps, else cpu; here {default_device()})"
+        "--device",
+        type=device,
+        default=None,
+        help=f"torch device (default: cuda, else mps, else cpu; here {default_device()})",
     )
-    g.add_argument("--dtype", choices=list(DTYPES), default="float32", help="default float32")
+    g.add_argument("--dtype", choices=list(DTYPES), default=None, help="default float32")
     return g
 
 
@@ -224,7 +328,10 @@ def freeu_overrides(
     if factors_required and args.preset is None and missing:
         raise ValueError(f"give --preset (auto or a name) or all four factors; missing: {', '.join(missing)}")
     first = {k: (v[0] if isinstance(v, list) else v) for k, v in overrides.items()}
-    FreeUConfig(**{"b1": 1, "b2": 1, "s1": 1, "s2": 1, **first})  # the fields together (start < stop, ramp)
+    try:
+        FreeUConfig(**{"b1": 1, "b2": 1, "s1": 1, "s2": 1, **first})  # the fields together (start < stop, ramp)
+    except TypeError as error:  # a carried value of the wrong type: a refused value like any other
+        raise ValueError(str(error)) from None
     return overrides
 
 

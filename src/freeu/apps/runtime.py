@@ -51,6 +51,7 @@ __all__ = [
     "is_demo_folder",
     "load_model",
     "peek_downsampling",
+    "peek_takes_prompt",
     "predicted_x0",
     "seed_noise",
     "to_pil",
@@ -535,10 +536,11 @@ def load_pipeline(model: str, dtype: str = "float32", device: str = "cpu") -> An
     return pipe.to(device)
 
 
-def load_model(model: str | None, *, device: str | None = None, dtype: str = "float32") -> Model:
+def load_model(model: str | None, *, device: str | None = None, dtype: str | None = None) -> Model:
     """The :class:`Model` that ``--model`` names (see the module's docs), on ``device`` (default
-    :func:`default_device`) in ``dtype``; :class:`ModelLoadError` when it cannot be had offline."""
+    :func:`default_device`) in ``dtype`` (default float32); :class:`ModelLoadError` when it cannot be had offline."""
     device = device or default_device()
+    dtype = dtype or "float32"
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     folder = is_demo_folder(model)
@@ -572,6 +574,22 @@ def _config_file(model: str, name: str) -> Path | None:
     except Exception:  # an id huggingface_hub rejects: the loader will say what is wrong
         return None
     return Path(found) if isinstance(found, str) else None
+
+
+def peek_takes_prompt(model: str | None) -> bool:
+    """Whether ``--model`` names a text-conditioned pipeline, read from its ``model_index.json`` alone (a text
+    encoder or tokenizer among its parts); ``True`` when that file is not on disk, ``False`` for the demo model."""
+    if is_demo_folder(model) is not None:
+        return False
+    assert model is not None
+    index = _config_file(model, "model_index.json")
+    if index is None:
+        return True
+    try:
+        parts = json.loads(index.read_text())
+    except (OSError, ValueError):
+        return True
+    return not isinstance(parts, dict) or bool({"text_encoder", "tokenizer"} & set(parts))
 
 
 def peek_downsampling(model: str) -> int | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
@@ -28,7 +29,7 @@ from freeu.config import PRESETS, FreeUConfig, get_preset
 
 from .errors import require
 from .imaging import grid, save_png
-from .options import add_model_options, parse_values, positive_int
+from .options import add_model_options, parse_values, port, positive_int, writable_folder
 from .runtime import Model, Request, load_model
 
 __all__ = ["Cancelled", "Sampling", "Studio", "build_app", "default_preset", "parse_values", "register", "run"]
@@ -401,23 +402,47 @@ def register(subparsers: Any) -> None:
     add_model_options(p, model_help="demo (the bundled demo model, default), a folder of exported demo weights, or "
                       "a diffusers pipeline folder / cached hub id", title="model")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860 or the next free one)")
+    p.add_argument("--port", type=port, default=None, help="port (default: Gradio's, 7860 or the next free one)")
     p.add_argument("--steps", type=positive_int, default=25, help="initial denoising steps (default 25)")
     p.add_argument("--out", default=None, help="folder for the PNGs (default: a new temporary folder)")
     p.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    """``freeu ui``: load the model, serve the page until Ctrl+C."""
-    _gradio()
-    studio = Studio(load_model(args.model, device=args.device, dtype=args.dtype), args.out)
-    app = build_app(studio, steps=args.steps)
-    device = next(studio.model.unet.parameters()).device
-    print(f"freeu ui: {studio.model.name} on {device}; PNGs go to {studio.out_dir}", flush=True)
+def check_address(host: str, port: int | None) -> None:
+    """``ValueError`` unless this machine can listen on ``host`` (and ``port``, when given) right now: an address
+    that is not one of this machine's fails at once instead of after the server's retries."""
     try:
-        launch(app, args.host, args.port, block=True, allowed=[studio.out_dir])
-    except KeyboardInterrupt:
-        pass
+        infos = socket.getaddrinfo(host, port or 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as error:
+        raise ValueError(f"--host {host!r}: not an address of this machine ({error})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            where = f"{host}:{port}" if port else host
+            raise ValueError(f"--host/--port: cannot listen on {where} ({error.strerror or error})") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """``freeu ui``: load the model, serve the page until Ctrl+C. A temporary PNG folder left empty is removed."""
+    _gradio()
+    check_address(args.host, args.port)
+    if args.out is not None:
+        writable_folder("--out", args.out)
+    studio = Studio(load_model(args.model, device=args.device, dtype=args.dtype), args.out)
+    try:
+        app = build_app(studio, steps=args.steps)
+        device = next(studio.model.unet.parameters()).device
+        print(f"freeu ui: {studio.model.name} on {device}; PNGs go to {studio.out_dir}", flush=True)
+        try:
+            launch(app, args.host, args.port, block=True, allowed=[studio.out_dir])
+        except KeyboardInterrupt:
+            pass
+        finally:
+            app.close()
     finally:
-        app.close()
+        if args.out is None and studio.out_dir.is_dir() and not any(studio.out_dir.iterdir()):
+            studio.out_dir.rmdir()
     return 0

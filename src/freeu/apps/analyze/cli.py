@@ -19,7 +19,9 @@ from ..options import (
     non_negative,
     positive_int,
     resolve_freeu,
+    seed,
     size,
+    writable_folder,
 )
 from ..runtime import Model, Request, load_model
 from .experiments import DEMO_SETTING, SPACES, SWEPT, b_sweep, features, trajectory
@@ -130,7 +132,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--guidance", type=non_negative, default=None, help="classifier-free guidance, pipelines (default 7.5)"
     )
     g.add_argument("--size", type=size, default=None, help="SIZE or WIDTHxHEIGHT, pipelines (default: the model's)")
-    g.add_argument("--seed", type=int, default=0, help="first seed; seeds are seed .. seed+count-1 (default 0)")
+    g.add_argument("--seed", type=seed, default=0, help="first seed; seeds are seed .. seed+count-1 (default 0)")
     g.add_argument("--count", type=positive_int, default=None,
                    help="samples per run (default 8 on the demo model, 2 on pipelines)")  # fmt: skip
     g.add_argument("--steps", type=positive_int, default=25, help="sampling steps (default 25)")
@@ -179,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
     """``freeu analyze``: every part of ``args.only`` into ``args.out``; prints a summary."""
     require("matplotlib", "plots", "freeu analyze's figures")
     overrides = freeu_overrides(args)
+    writable_folder("--out", args.out)
     print(f"loading {args.model or 'the bundled demo model'} ...", flush=True)
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     if model.video:

@@ -31,7 +31,7 @@ import freeu
 
 from ..errors import require
 from ..imaging import grid, save_png
-from ..options import positive_int
+from ..options import device, positive_int, seed, writable_folder
 from ..runtime import Request, default_device, load_demo, to_pil, to_unit_range
 from .data import HELD_OUT_IMAGES, HELD_OUT_SEED, PatchSampler
 from .metrics import high_frequency_share, radial_power_spectrum, rapsd_distance, swd_laplacian
@@ -245,9 +245,9 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("demo", help="FreeU on the bundled demo model: grid, spectra, figures (offline, CPU)")
     p.add_argument("--out", default="freeu-demo", help="output folder (default freeu-demo)")
     p.add_argument("--seeds", type=_seed_count, default=8, help="how many seeds, one column each (1-64, default 8)")
-    p.add_argument("--first-seed", type=int, default=0, help="the first seed (default 0)")
+    p.add_argument("--first-seed", type=seed, default=0, help="the first seed (default 0)")
     p.add_argument("--steps", type=positive_int, default=25, help="DDIM steps (default 25)")
-    p.add_argument("--device", default=None, help=f"torch device (default: cuda, else mps, else cpu; here "
+    p.add_argument("--device", type=device, default=None, help=f"torch device (default: cuda, else mps, else cpu; here "
                    f"{default_device()})")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=run)
@@ -257,6 +257,9 @@ def run(args: argparse.Namespace) -> int:
     """``freeu demo``: the grid, the spectra and the JSON; prints a summary."""
     require("diffusers", "demo", "freeu demo")
     seeds = range(args.first_seed, args.first_seed + args.seeds)
+    if seeds[-1] >= 2**63:
+        raise ValueError(f"--first-seed {args.first_seed}: the seeds must stay below 2**63")
+    writable_folder("--out", args.out)
     record = run_demo(args.out, seeds=seeds, steps=args.steps, device=args.device or default_device(),
                       progress=not args.no_progress)  # fmt: skip
     print(summary(record))

@@ -71,7 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "weights, or a diffusers pipeline folder / hub id in the local cache (never downloaded)",
     )
     g.add_argument("--seeds", type=_positive_int, default=256, help="seeds per prompt (default 256)")
-    g.add_argument("--first-seed", type=int, default=0, help="the first seed (default 0)")
+    g.add_argument("--first-seed", type=options.seed, default=0, help="the first seed (default 0)")
     g.add_argument("--steps", type=_positive_int, default=25, help="denoising steps (default 25)")
     g.add_argument("--prompt", action="append", default=None, help="a prompt (repeat for several); pipelines only")
     g.add_argument("--prompts", default=None, help="a text file with one prompt per line")
@@ -84,7 +84,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--size", type=options.vae_size, default=None, help="size SIZE or WIDTHxHEIGHT (pipelines)")
     g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32", help="default float32")
-    g.add_argument("--device", default=None, help="torch device (default: this process's accelerator, else cpu)")
+    g.add_argument(
+        "--device",
+        type=options.device,
+        default=None,
+        help="torch device (default: this process's accelerator, else cpu)",
+    )
     g.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch (default 64)")
     c = p.add_argument_group("configurations (FreeU off is always included, as 'off')")
     c.add_argument(
@@ -96,6 +101,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "overrides 'sd15 version=1 start=0.5'; lists or ranges make grids: 'g:sd15 b1=1.0:1.6:0.2'",
     )
     c.add_argument("--configs", default=None, metavar="FILE", help="configurations from a JSON or TOML file")
+    c.add_argument(
+        "--max-configs", type=_positive_int, default=options.MAX_CELLS,
+        help=f"refuse more configurations than this, after grids expand (default {options.MAX_CELLS})",
+    )  # fmt: skip
     c.add_argument(
         "--guidance-baselines",
         type=_guidances,
@@ -209,7 +218,10 @@ def _default_configs(demo: bool) -> list[EvalConfig]:
 def _prompts(args: argparse.Namespace) -> list[str]:
     prompts = list(args.prompt or [])
     if args.prompts:
-        lines = Path(args.prompts).read_text().splitlines()
+        try:
+            lines = Path(args.prompts).read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"--prompts {args.prompts}: cannot read it as text ({error})") from None
         prompts += [line.strip() for line in lines if line.strip()]
     return prompts
 
@@ -319,16 +331,26 @@ def _bar(total: int, desc: str, enabled: bool):
 
 def run(args: argparse.Namespace) -> int:
     """Generate (sharded, resumable), analyse (sharded), then on the main process: metrics, statistics, report."""
-    from ..runtime import Request, is_demo_folder, load_model
+    from ..runtime import Request, is_demo_folder, load_model, peek_takes_prompt
     from .generation import Store, analyze_shard, generate_shard, image_keys, make_units
 
     demo_dir = is_demo_folder(args.model)
     prompts = _prompts(args)
     configs = _configs(args, demo_dir is not None)
-    if demo_dir is not None and (prompts or args.negative_prompt):
-        raise ValueError("the demo model is unconditional: --prompt, --prompts and --negative-prompt need a pipeline")
-    if demo_dir is None and not prompts:
-        raise ValueError("a pipeline needs prompts: --prompt TEXT (repeatable) or --prompts FILE")
+    if len(configs) > args.max_configs:
+        raise ValueError(
+            f"{len(configs)} configurations (grids expand), more than --max-configs {args.max_configs}: use fewer "
+            "values or raise --max-configs"
+        )
+    if args.first_seed + args.seeds > 2**63:
+        raise ValueError(f"--first-seed {args.first_seed} --seeds {args.seeds}: the seeds must stay below 2**63")
+    options.writable_folder("--out", args.out)
+    conditional = peek_takes_prompt(args.model)
+    if not conditional and (prompts or args.negative_prompt):
+        what = "the demo model" if demo_dir is not None else args.model
+        raise ValueError(f"{what} is unconditional: --prompt, --prompts and --negative-prompt need a text pipeline")
+    if conditional and not prompts:
+        raise ValueError("a text-to-image pipeline needs prompts: --prompt TEXT (repeatable) or --prompts FILE")
     if demo_dir is not None and any(c.guidance is not None for c in configs):
         raise ValueError("the demo model is unconditional: no guidance scales (--guidance-baselines, guidance=)")
     state = _state(args.device)
@@ -339,6 +361,8 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=str(device), dtype=args.dtype)
     if model.video:
         raise ValueError("freeu eval scores still images; video pipelines are not supported")
+    if model.takes_prompt and not prompts:
+        raise ValueError("a text-to-image pipeline needs prompts: --prompt TEXT (repeatable) or --prompts FILE")
     request = model.check(Request(
         steps=args.steps, prompt=prompts[0] if model.takes_prompt else None,
         negative_prompt=args.negative_prompt if model.takes_prompt else None,
@@ -353,8 +377,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.model} takes no guidance scale: --guidance-baselines and guidance= do not apply")
 
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    units = make_units(seeds, prompts if demo_dir is None else None)
+    units = make_units(seeds, prompts if model.takes_prompt else None)
     eval_size = args.eval_size or request.size
+    from ..demo.metrics import gaussian_pyramid
+
+    try:  # the pyramid the SWD builds, on an empty image of the evaluation size: refused now, not after generating
+        gaussian_pyramid(torch.zeros(1, 1, *eval_size), args.swd_levels)
+    except ValueError as error:
+        raise ValueError(f"--swd-levels {args.swd_levels}: {error}") from None
     # everything the analysis needs is checked before the long part: an explicit path that does not work fails now
     from .features import Skipped, load_clip, load_feature_net
     from .generation import Analyzer
@@ -364,10 +394,10 @@ def run(args: argparse.Namespace) -> int:
         feature_net = load_feature_net(args.fid_features, device)
     else:
         feature_net = Skipped("FID, KID: skipped, they need a reference (--reference DIR)")
-    if demo_dir is None:
+    if model.takes_prompt:
         clip = load_clip(args.clip, device)
     else:
-        clip = Skipped("CLIP score: not applicable, the demo model has no prompts")
+        clip = Skipped("CLIP score: not applicable, the model takes no prompts")
     skipped = [m for m in (feature_net, clip) if isinstance(m, Skipped)]
     if reference is None:
         skipped.insert(0, "SWD, RAPSD: skipped, they need a reference (--reference DIR)")
@@ -411,7 +441,7 @@ def run(args: argparse.Namespace) -> int:
     header = {
         "model": f"{model.description}, {request.size} pixels, {sampler}{guided}",
         "units": f"{len(seeds)} seeds {seeds.start}..{seeds.stop - 1}"
-        + (f" x {len(prompts)} prompts" if demo_dir is None else ""),
+        + (f" x {len(prompts)} prompts" if model.takes_prompt else ""),
         "reference": reference_text,
         "eval_size": eval_size,
         "level": args.confidence,

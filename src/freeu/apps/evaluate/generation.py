@@ -142,9 +142,28 @@ class Store:
                     record = json.loads(line)
                 except json.JSONDecodeError:  # a line cut short by an interrupted run
                     continue
-                if isinstance(record, dict) and "key" in record and (self.out / record.get("image", "")).is_file():
+                if isinstance(record, dict) and "key" in record and self._complete_image(record.get("image")):
                     found[record["key"]] = record
         return found
+
+    def _complete_image(self, image: object) -> bool:
+        """Whether a record's image is a relative path inside the folder to a PNG that decodes (a hand-edited record
+        cannot point elsewhere; a truncated or damaged PNG is made again)."""
+        if not isinstance(image, str) or not image:
+            return False
+        relative = Path(image)
+        path = self.out / relative
+        if relative.is_absolute() or ".." in relative.parts or not path.is_file():
+            return False
+        from PIL import Image
+
+        try:
+            with Image.open(path) as img:
+                img.load()
+        except (OSError, ValueError, Image.DecompressionBombError):
+            logger.warning("%s is damaged: it will be made again", path)
+            return False
+        return True
 
     def repair(self) -> None:
         """Cut this process's own part back to its last complete line (an interrupted write leaves half a line)."""
