@@ -24,7 +24,7 @@ from torch.utils.hooks import RemovableHandle
 from .backbone import scaled_half
 from .config import Convention, Factor, FreeUConfig, Version, get_preset
 from .fourier import fourier_filter
-from .models import CustomUNet, SkipJoin, UNetLayout, UnsupportedModelError, describe, find_unet, holds_compiled_unet
+from .models import CustomUNet, SkipJoin, UNetLayout, UnsupportedModelError, describe, find_unet
 
 __all__ = ["FreeUHandle", "JoinObservation", "JoinPlan", "active_config", "apply", "plan", "remove", "window_weight"]
 
@@ -169,13 +169,11 @@ class FreeUHandle:
         config: FreeUConfig,
         plans: list[JoinPlan],
         previous: FreeUHandle | None,
-        compiled: bool = False,
         layout: CustomUNet | None = None,
         observer: Callable[[JoinObservation], None] | None = None,
     ):
         self.unet = unet
         self._observer = observer
-        self._compiled = compiled
         self._layout = layout
         self.config = config
         self.plans = plans
@@ -230,7 +228,6 @@ class FreeUHandle:
             self._hooks.append((handle, spec))
         setattr(self.unet, _HANDLE_ATTR, self)
         self._guard_hooks_in_compiled_graphs()
-        self._reset_compiled_graphs()
 
     def _uninstall(self) -> None:
         for h, _ in self._hooks:
@@ -238,7 +235,6 @@ class FreeUHandle:
         self._hooks.clear()
         if self.active:
             delattr(self.unet, _HANDLE_ATTR)
-        self._reset_compiled_graphs()
 
     def __deepcopy__(self, memo: dict[int, Any]) -> FreeUHandle:
         """The handle of a deep-copied U-Net: the copy's hooks are rebound to a new handle on the copy."""
@@ -266,23 +262,23 @@ class FreeUHandle:
 
         By default dynamo does not guard on hooks (``torch._dynamo.config.skip_nnmodule_hook_guards``), so a U-Net
         compiled after an unpatched one of the same class reuses the unpatched graph, and hooks added to a module
-        after it was compiled are never seen: FreeU would be silently dropped. With the guards on, a change of hooks
-        makes dynamo recompile. Graphs compiled before the switch have no such guards, so they are dropped once.
+        after it was compiled are never seen: FreeU would be silently dropped. With the guards on, every change of
+        FreeU's hooks (new settings are new hook objects) makes dynamo recompile the graphs that contain them, and
+        only those; a graph whose hooks come back is reused from its cache. Graphs compiled before the switch have no
+        such guards: where any exist they are dropped, once (they recompile at their next call).
         """
         try:
             import torch._dynamo.config as dynamo_config
+            from torch._dynamo.utils import counters
         except ImportError:  # pragma: no cover - a torch build without dynamo compiles nothing
             return
         if getattr(dynamo_config, "skip_nnmodule_hook_guards", False):
             dynamo_config.skip_nnmodule_hook_guards = False
-            torch.compiler.reset()
-            logger.info("FreeU: torch.compile now guards on module hooks (skip_nnmodule_hook_guards=False)")
-
-    def _reset_compiled_graphs(self) -> None:
-        """Graphs compiled before the hooks changed would keep the old behaviour silently: drop them."""
-        if self._compiled:
-            logger.info("FreeU changed on a torch.compile'd U-Net: resetting compiled graphs (they recompile)")
-            torch.compiler.reset()
+            if counters["stats"]["unique_graphs"] > 0:
+                torch.compiler.reset()
+                logger.info("FreeU: torch.compile now guards on module hooks; graphs compiled before were dropped")
+            else:
+                logger.info("FreeU: torch.compile now guards on module hooks (skip_nnmodule_hook_guards=False)")
 
     # -- hooks ----------------------------------------------------------------------------------------------------
 
@@ -446,7 +442,6 @@ class FreeUHandle:
         while previous is not None and previous._released:
             previous = previous._previous
         if previous is not None:
-            previous._compiled = previous._compiled or self._compiled
             previous._install()
 
     def __repr__(self) -> str:
@@ -574,8 +569,7 @@ def apply(
     old: FreeUHandle | None = getattr(unet, _HANDLE_ATTR, None)
     if old is not None:
         old._uninstall()  # replaced, not released: leaving this handle's block brings it back
-    compiled = holds_compiled_unet(model) or (old is not None and old._compiled)
-    handle = FreeUHandle(unet, resolved, plans, old, compiled, layout, observer)
+    handle = FreeUHandle(unet, resolved, plans, old, layout, observer)
     handle._install()
     logger.debug("FreeU applied: %r", handle)
     return handle
@@ -602,7 +596,6 @@ def remove(model: object) -> bool:
     handle = _installed(model)
     if handle is None:
         return False
-    handle._compiled = handle._compiled or holds_compiled_unet(model)
     return handle.remove()
 
 

@@ -133,3 +133,49 @@ def test_applying_to_the_bare_module_after_compiling_is_seen() -> None:
             expected = model(x, t).sample
             assert (compiled(x, t).sample - expected).abs().max().item() < 1e-5
         assert (compiled(x, t).sample - base).abs().max().item() < 1e-5
+
+
+def test_toggling_freeu_on_a_compiled_unet_recompiles_nothing_else() -> None:
+    """Other compiled models (a VAE, a text encoder) keep their graphs while FreeU goes on, changes and comes off
+    the compiled U-Net: dynamo's count of compiled graphs grows only by the U-Net's new settings."""
+    from torch._dynamo.utils import counters
+
+    model = small_unet()
+    freeu.apply(model, preset="sd15").remove()  # the hook guards are on from the first apply in a process
+    torch.compiler.reset()  # earlier tests' U-Net graphs would count against dynamo's per-function recompile limit
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 900])
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    other = torch.compile(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.SiLU()), backend="aot_eager")
+    holder = type("Pipe", (), {})()
+    holder.unet = compiled
+    with torch.no_grad():
+        base, first = compiled(x, t).sample, other(x)
+        graphs = counters["stats"]["unique_graphs"]
+        for n, settings in enumerate((dict(preset="sd15"), dict(preset="sd15", b1=1.1), dict(preset="sdxl")), 1):
+            handle = freeu.apply(holder, **settings)
+            assert (compiled(x, t).sample - model(x, t).sample).abs().max().item() < 1e-5
+            assert torch.equal(other(x), first)
+            assert counters["stats"]["unique_graphs"] == graphs + n  # the U-Net's new graph, and nothing else
+        handle.remove()
+        assert (compiled(x, t).sample - base).abs().max().item() < 1e-5  # its first graph, from the cache
+        assert counters["stats"]["unique_graphs"] == graphs + 3
+
+
+def test_the_first_apply_drops_compiled_graphs_only_where_some_exist() -> None:
+    """The switch to hook guards drops graphs compiled without them, once per process, and only if there are any."""
+    script = """
+import torch, freeu
+from torch import nn
+resets = []
+torch.compiler.reset = lambda: resets.append(1)
+conv = nn.Conv2d(64, 8, 1)
+layout = freeu.CustomUNet(joins={"0": 32}, base_channels=8)
+model = nn.Sequential(conv)
+freeu.apply(model, b1=1.2, b2=1, s1=0.9, s2=1, layout=layout).remove()
+assert resets == [], resets  # nothing was compiled before: nothing to drop
+"""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr

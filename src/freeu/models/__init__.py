@@ -62,11 +62,6 @@ def _holder_chain(model: object) -> list[object]:
     return chain
 
 
-def holds_compiled_unet(model: object) -> bool:
-    """Whether the U-Net is reached through a ``torch.compile`` wrapper (``pipe.unet = torch.compile(pipe.unet)``)."""
-    return any(isinstance(getattr(m, "_orig_mod", None), nn.Module) for m in _holder_chain(model))
-
-
 def find_unet(model: object) -> nn.Module:
     """The U-Net itself, found by structure in ``model`` or the wrappers that usually hold it."""
     candidate = _holder_chain(model)[-1]
