@@ -292,6 +292,11 @@ class FreeUHandle:
                 raise RuntimeError(
                     f"FreeU: a step window needs the timestep, but the U-Net's forward got no {timestep_name!r}"
                 )
+            if self.config.windowed and not _compiling():  # once per call, not per join
+                t = torch.as_tensor(timesteps)
+                steps = self.config.num_train_timesteps
+                if t.device.type != "meta" and bool(((t < 0) | (t > steps)).any()):
+                    raise RuntimeError(_window_timestep_error(t, steps))
             self._call.batch = sample.shape[0]
             self._call.timesteps = timesteps
 
@@ -331,8 +336,6 @@ class FreeUHandle:
             if t.numel() not in (1, batch):
                 raise RuntimeError(f"FreeU: {t.numel()} timesteps for a U-Net batch of {batch}")
             concrete = not _compiling() and t.device.type != "meta"  # values that can be read (not traced, not meta)
-            if concrete and bool(((t < 0) | (t > self.config.num_train_timesteps)).any()):
-                raise RuntimeError(_window_timestep_error(t, self.config.num_train_timesteps))
             progress = 1.0 - t.expand(batch) / self.config.num_train_timesteps
             weight = window_weight(progress, self.config.start, self.config.stop, self.config.ramp)
             if concrete:
