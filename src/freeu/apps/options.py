@@ -62,59 +62,51 @@ FACTOR_HELP = {
 # -- value parsers ------------------------------------------------------------------------------------------------
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1."""
+def _integer(text: str, low: int, high: float, what: str) -> int:
+    """``text`` as an integer in ``[low, high]``, else ``ArgumentTypeError`` saying it ``must be {what}``."""
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+        value = None
+    if value is None or not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
     return value
+
+
+def _real(text: str, low: float, high: float, what: str) -> float:
+    """``text`` as a finite number in ``[low, high]``, else ``ArgumentTypeError`` saying it ``must be {what}``."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and low <= value <= high):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    return _integer(text, 1, math.inf, "an integer >= 1")
 
 
 def non_negative_int(text: str) -> int:
     """An integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return value
+    return _integer(text, 0, math.inf, "an integer >= 0")
 
 
 def seed(text: str) -> int:
     """A noise seed: an integer in [0, 2**63)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**63 - 1, got {text!r}")
-    return value
+    return _integer(text, 0, 2**63 - 1, "an integer from 0 to 2**63 - 1")
 
 
 def non_negative(text: str) -> float:
     """A finite number >= 0 (a guidance scale, a FreeU factor)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
+    return _real(text, 0.0, math.inf, "a finite number >= 0")
 
 
 def fraction(text: str) -> float:
     """A number in [0, 1] (a point of the denoising trajectory)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a fraction of the denoising trajectory in [0, 1], got {text!r}")
-    return value
+    return _real(text, 0.0, 1.0, "a fraction of the denoising trajectory in [0, 1]")
 
 
 def size(text: str, minimum: int = 1, multiple: int = 1) -> Size:
@@ -176,13 +168,7 @@ def choice(options: list[str]) -> Any:
 
 def port(text: str) -> int:
     """A TCP port, 1 to 65535."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port from 1 to 65535, got {text!r}")
-    return value
+    return _integer(text, 1, 65535, "a port from 1 to 65535")
 
 
 def file_stem(text: str) -> str:
