@@ -122,15 +122,22 @@ class UNetModel(nn.Module):
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
         self.out = nn.Sequential(nn.GroupNorm(8, ch), nn.SiLU(), nn.Conv2d(model_channels, out_channels, 3, padding=1))
 
-    def forward(self, x, timesteps=None, context=None, **kwargs):
+    def forward(self, x, timesteps=None, context=None, transformer_options=None, **kwargs):
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
         hs, h = [], x
         for module in self.input_blocks:
             h = module(h, emb, context)
             hs.append(h)
         h = self.middle_block(h, emb, context)
-        for module in self.output_blocks:
-            h = th.cat([h, hs.pop()], dim=1)
+        # ComfyUI's and Forge's hosts call their output-block patches on (h, hsp) just before the concatenation
+        patches = (transformer_options or {}).get("patches", {}).get("output_block_patch", [])
+        for index, module in enumerate(self.output_blocks):
+            hsp = hs.pop()
+            if patches:
+                transformer_options["block"] = ("output", index)
+                for patch in patches:
+                    h, hsp = patch(h, hsp, transformer_options)
+            h = th.cat([h, hsp], dim=1)
             h = module(h, emb, context)
         return self.out(h)
 

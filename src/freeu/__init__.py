@@ -12,6 +12,7 @@ from .backbone import scale_backbone
 from .config import PRESETS, FreeUConfig, Preset, get_preset
 from .fourier import fourier_filter
 from .hooks import FreeUHandle, JoinObservation, JoinPlan, active_config, apply, plan, remove
+from .hosts import output_block_patch
 from .models import CustomUNet, SkipJoin, UnsupportedModelError
 
 __version__ = "0.1.0"
@@ -30,6 +31,7 @@ __all__ = [
     "apply",
     "fourier_filter",
     "get_preset",
+    "output_block_patch",
     "plan",
     "remove",
     "scale_backbone",

@@ -1,0 +1,90 @@
+"""freeu.output_block_patch: FreeU through a host's per-call patch (ComfyUI's and Forge's output_block_patch) gives
+what freeu.apply's hooks give on the same U-Net, leaves the host's tensors alone and keeps nothing installed."""
+
+from __future__ import annotations
+
+import ldm_standin
+import pytest
+import torch
+from conftest import rerandomise_zeros
+
+import freeu
+
+NUM_RES_BLOCKS = 2
+
+
+@pytest.fixture(scope="module")
+def unet() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return rerandomise_zeros(ldm_standin.UNetModel(num_res_blocks=NUM_RES_BLOCKS))
+
+
+def inputs(timesteps=(10, 900)) -> dict:
+    gen = torch.Generator().manual_seed(3)
+    return {"x": torch.randn(2, 4, 16, 16, generator=gen), "timesteps": torch.tensor(timesteps)}
+
+
+def through_patch(unet, config, progress=None, **call) -> torch.Tensor:
+    patch = freeu.output_block_patch(config, model_channels=32, num_res_blocks=NUM_RES_BLOCKS, progress=progress)
+    with torch.no_grad():
+        return unet(**inputs(**call), transformer_options={"patches": {"output_block_patch": [patch]}})
+
+
+def through_hooks(unet, config, **call) -> torch.Tensor:
+    with freeu.apply(unet, config), torch.no_grad():
+        return unet(**inputs(**call))
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("convention", ["official", "diffusers"])
+def test_the_patch_gives_what_the_hooks_give(unet, version, convention) -> None:
+    config = freeu.FreeUConfig(1.5, 1.6, 0.9, 0.2, version=version, convention=convention)
+    with torch.no_grad():
+        plain = unet(**inputs())
+    patched = through_patch(unet, config)
+    assert (patched - through_hooks(unet, config)).abs().max().item() <= 1e-6
+    assert (patched - plain).abs().max().item() > 1e-3
+    assert freeu.active_config(unet) is None and not any(m._forward_pre_hooks for m in unet.modules())
+
+
+def test_a_window_from_the_hosts_progress_gives_what_the_hooks_window_gives(unet) -> None:
+    config = freeu.FreeUConfig(1.5, 1.6, 0.9, 0.2, start=0.2, stop=0.95, ramp=0.1)
+
+    def progress_at(timesteps):  # what a host computes from its own schedule (here: 1 - t / 1000)
+        return lambda options: 1.0 - torch.tensor(timesteps, dtype=torch.float32) / 1000
+
+    for timesteps in ((100, 700), (500, 500)):  # a half and a full weight; full weights in both samples
+        patched = through_patch(unet, config, progress_at(timesteps), timesteps=timesteps)
+        hooked = through_hooks(unet, config, timesteps=timesteps)
+        assert (patched - hooked).abs().max().item() <= 1e-6, timesteps
+    with torch.no_grad():  # both samples outside the window: exactly the host's own result
+        plain = unet(**inputs(timesteps=(990, 995)))
+    assert torch.equal(through_patch(unet, config, progress_at((990, 995)), timesteps=(990, 995)), plain)
+
+
+def test_identity_joins_return_the_hosts_tensors_and_the_rest_never_writes_them() -> None:
+    h, hsp = torch.randn(2, 128, 4, 4), torch.randn(2, 64, 4, 4)
+    saved = h.clone(), hsp.clone()
+    identity = freeu.output_block_patch(freeu.FreeUConfig(1, 1, 1, 1), model_channels=32)
+    out = identity(h, hsp, {})
+    assert out[0] is h and out[1] is hsp
+    untouched = freeu.output_block_patch(freeu.FreeUConfig(1.5, 1.6, 0.9, 0.2), model_channels=16)
+    assert untouched(h, hsp, {})[0] is h  # 128 is neither 4x nor 2x 16... it is 8x: no stage
+    acting = freeu.output_block_patch(freeu.FreeUConfig(1.5, 1.6, 0.9, 0.2), model_channels=32)
+    new_h, new_hsp = acting(h, hsp, {})
+    assert torch.equal(h, saved[0]) and torch.equal(hsp, saved[1])
+    assert not torch.equal(new_h, h) and not torch.equal(new_hsp, hsp)
+
+
+@pytest.mark.parametrize(
+    ("config", "kwargs", "message"),
+    [
+        (freeu.FreeUConfig((1.1, 1.2), 1.6, 0.9, 0.2), {}, "per-sample factors are for freeu.apply"),
+        (freeu.FreeUConfig(1.5, 1.6, 0.9, 0.2, start=0.5), {}, "needs progress"),
+        (freeu.FreeUConfig(1.5, 1.6, 0.9, 0.2, convention="diffusers"), {}, "needs num_res_blocks"),
+        (freeu.FreeUConfig(1.5, 1.6, 0.9, 0.2), {"model_channels": 0}, "model_channels must be an int >= 1"),
+    ],
+)
+def test_what_a_host_patch_cannot_do_is_refused_when_it_is_built(config, kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        freeu.output_block_patch(config, **{"model_channels": 32, **kwargs})
