@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	# test-only: the original LDM UNetModel; its pinned requirements are heavy and old, and einops suffices
 	$(PY) -m pip install --quiet --no-deps stable-diffusion-sdkit==2.1.5
+	# test-only: ComfyUI's model code imports torchvision; the registry's build for torch 2.13 pins that torch
+	$(PY) -m pip install --quiet --no-deps torchvision==0.28.0
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 

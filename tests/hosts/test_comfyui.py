@@ -1,0 +1,78 @@
+"""The "FreeU (freeu)" ComfyUI node pack (integrations/comfyui) in the real ComfyUI: its UNetModel, ModelPatcher and
+built-in FreeU / FreeU_V2 nodes, run in a fresh interpreter (tests/hosts/comfy_probe.py).
+
+ComfyUI comes from a checkout named by FREEU_COMFYUI, or from the source snapshot the project's workplace keeps
+beside the repository (extracted into a temporary folder); the test is skipped, saying why, when neither is there.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACK = ROOT / "integrations" / "comfyui"
+SNAPSHOTS = sorted((ROOT.parent / "shared" / "vendor").glob("comfyui-*.tar.gz"))
+NEEDS = ("einops", "psutil", "av", "safetensors", "torchvision", "scipy", "torchsde", "PIL")
+
+
+@pytest.fixture(scope="module")
+def comfyui(tmp_path_factory) -> Path:
+    missing = [name for name in NEEDS if importlib.util.find_spec(name) is None]
+    if missing:
+        pytest.skip(f"ComfyUI's modules need {', '.join(missing)} (requirements-dev.txt installs them)")
+    if os.environ.get("FREEU_COMFYUI"):
+        return Path(os.environ["FREEU_COMFYUI"])
+    if not SNAPSHOTS:
+        pytest.skip("no ComfyUI: set FREEU_COMFYUI to a ComfyUI checkout (no snapshot beside the repository)")
+    folder = tmp_path_factory.mktemp("comfyui")
+    with tarfile.open(SNAPSHOTS[-1]) as archive:
+        archive.extractall(folder, filter="data")
+    return folder / "ComfyUI"
+
+
+@pytest.fixture(scope="module")
+def measured(comfyui) -> dict:
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("comfy_probe.py")), str(comfyui), str(PACK)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_node_equals_the_builtin_nodes(measured) -> None:
+    assert measured["v2_vs_builtin"] <= 1e-5  # FreeU_V2, float32, relative to the output scale
+    assert measured["v1_vs_builtin"] <= 1e-5  # FreeU
+    assert measured["v2_vs_off"] > 1e-3  # and it does something
+
+
+def test_identity_branches_and_chains_behave_as_comfyui_users_expect(measured) -> None:
+    assert measured["identity_equals_off"]  # b = s = 1: bit for bit no node
+    assert measured["branch_without_node_equals_off"]  # the input MODEL is untouched
+    assert measured["second_node_replaces"]  # a second node replaces the first one's patch
+
+
+def test_a_window_changes_the_result_only_inside_it(measured) -> None:
+    assert measured["window_inside_equals_node"] and measured["window_outside_equals_off"]
+    assert measured["window_changes_inside"] > 1e-3
+
+
+def test_at_64_px_the_node_is_finite_where_freeu_v2_is_nan(measured) -> None:
+    assert measured["builtin_v2_nan_at_64px"] and measured["node_finite_at_64px"]
+
+
+def test_no_fft_and_no_complex_tensor_in_a_run_with_the_node(measured) -> None:
+    assert measured["node_fft_calls"] == [] and measured["node_complex_tensors"] == 0
+    assert measured["builtin_fft_calls"] > 0  # the spy sees FFTs where there are some
+
+
+def test_an_unsupported_model_is_refused_naming_what_was_found(measured) -> None:
+    assert "needs a U-Net with skip joins" in measured["unsupported"] and "Linear" in measured["unsupported"]
