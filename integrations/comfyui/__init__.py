@@ -1,6 +1,7 @@
 """ComfyUI node pack "FreeU (freeu)": FreeU from the ``freeu`` library on ComfyUI's own per-model patch mechanism.
 
-Install: copy or link this folder into ``ComfyUI/custom_nodes/`` and ``pip install freeu`` into ComfyUI's Python.
+Install: copy or link this folder into ``ComfyUI/custom_nodes/`` and install the ``freeu`` library into ComfyUI's
+Python (``pip install`` the repository this folder comes from).
 The node clones the MODEL and registers one ``output_block_patch`` on the clone (what ComfyUI's built-in FreeU nodes
 do), built by :func:`freeu.output_block_patch`: nothing is installed on the shared diffusion model, a branch without
 the node samples as if the node did not exist, and a second FreeU (freeu) node later in the chain replaces the
