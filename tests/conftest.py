@@ -100,3 +100,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def comfyui(tmp_path_factory):
+    """The real ComfyUI's source folder (tests/hosts; see comfy_host.py), or the test is skipped saying why."""
+    from comfy_host import find_comfyui
+
+    return find_comfyui(tmp_path_factory)

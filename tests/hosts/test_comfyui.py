@@ -1,41 +1,19 @@
 """The "FreeU (freeu)" ComfyUI node pack (integrations/comfyui) in the real ComfyUI: its UNetModel, ModelPatcher and
 built-in FreeU / FreeU_V2 nodes, run in a fresh interpreter (tests/hosts/comfy_probe.py).
 
-ComfyUI comes from a checkout named by FREEU_COMFYUI, or from the source snapshot the project's workplace keeps
-beside the repository (extracted into a temporary folder); the test is skipped, saying why, when neither is there.
+ComfyUI comes from tests/hosts/conftest.py (a checkout, or the snapshot beside the repository; skipped otherwise).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-PACK = ROOT / "integrations" / "comfyui"
-SNAPSHOTS = sorted((ROOT.parent / "shared" / "vendor").glob("comfyui-*.tar.gz"))
-NEEDS = ("einops", "psutil", "av", "safetensors", "torchvision", "scipy", "torchsde", "PIL")
-
-
-@pytest.fixture(scope="module")
-def comfyui(tmp_path_factory) -> Path:
-    missing = [name for name in NEEDS if importlib.util.find_spec(name) is None]
-    if missing:
-        pytest.skip(f"ComfyUI's modules need {', '.join(missing)} (requirements-dev.txt installs them)")
-    if os.environ.get("FREEU_COMFYUI"):
-        return Path(os.environ["FREEU_COMFYUI"])
-    if not SNAPSHOTS:
-        pytest.skip("no ComfyUI: set FREEU_COMFYUI to a ComfyUI checkout (no snapshot beside the repository)")
-    folder = tmp_path_factory.mktemp("comfyui")
-    with tarfile.open(SNAPSHOTS[-1]) as archive:
-        archive.extractall(folder, filter="data")
-    return folder / "ComfyUI"
+from comfy_host import PACK
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,151 @@
+"""The node pack in a running ComfyUI, the way users run it: the HTTP server on 127.0.0.1 loads the pack from
+custom_nodes/, a workflow over a random-weight SD 1.5 diffusion model (written by the test) is queued through the
+API, and the latents ComfyUI saves are compared (float32 on the CPU; a few minutes on 2 cores, marked slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from comfy_host import PACK
+
+pytestmark = pytest.mark.slow
+HERE = Path(__file__).resolve().parent
+FREEU = {"b1": 1.3, "b2": 1.4, "s1": 0.9, "s2": 0.2}  # FreeU_V2's defaults
+OURS = dict(preset="custom", **FREEU, version="2", convention="official", threshold=1, start_percent=0.0,
+            end_percent=1.0, ramp=0.0)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def model_file(comfyui, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "sd15_random.safetensors"
+    done = subprocess.run([sys.executable, str(HERE / "write_sd15.py"), str(comfyui), str(path)],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _get(port: int, path: str) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as response:
+        return json.loads(response.read())
+
+
+def run_workflow(comfyui: Path, base: Path, model: Path, prompt: dict, with_pack: bool) -> dict[str, torch.Tensor]:
+    """Start ComfyUI on 127.0.0.1 with ``base`` as its folder, queue ``prompt``, return the saved latents by name."""
+    from safetensors.torch import load_file
+
+    for sub in ("custom_nodes", "models/diffusion_models", "frontend", "output"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    shutil.copytree(HERE / "comfy_test_pack", base / "custom_nodes" / "freeu_test_pack", dirs_exist_ok=True)
+    if with_pack:
+        shutil.copytree(PACK, base / "custom_nodes" / "freeu", dirs_exist_ok=True)
+    link = base / "models" / "diffusion_models" / model.name
+    if not link.exists():
+        link.symlink_to(model)
+    port = _free_port()
+    log = (base / "server.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory",
+         str(base), "--front-end-root", str(base / "frontend"), "--disable-auto-launch", "--database-url",
+         "sqlite:///:memory:"],
+        cwd=comfyui, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, (base / "server.log").read_text()[-3000:]
+            try:
+                nodes = _get(port, "/object_info")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "ComfyUI did not answer in 180 s"
+                time.sleep(1)
+        assert ("FreeU_freeu" in nodes) == with_pack and "FreeU_V2" in nodes
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/prompt", data=json.dumps({"prompt": prompt}).encode(),
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=30) as response:
+            prompt_id = json.loads(response.read())["prompt_id"]
+        deadline = time.monotonic() + 900
+        while prompt_id not in (history := _get(port, f"/history/{prompt_id}")):
+            assert server.poll() is None and time.monotonic() < deadline, (base / "server.log").read_text()[-3000:]
+            time.sleep(1)
+        status = history[prompt_id]["status"]
+        assert status["status_str"] == "success", json.dumps(status)[-3000:]
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        log.close()
+    return {p.name.split("_0")[0]: load_file(p)["latent_tensor"] for p in (base / "output" / "latents").glob("*")}
+
+
+def workflow(model_name: str, branches: dict[str, tuple[str, dict] | None], small: set[str] = frozenset()) -> dict:
+    """Every branch samples the same seed (4 Euler steps, 128 px; ``small`` ones 64 px) from the one loaded model,
+    through its own model node (``None``: the model as loaded), and saves its latent as ``latents/NAME``."""
+    prompt: dict = {
+        "model": {"class_type": "UNETLoader", "inputs": {"unet_name": model_name, "weight_dtype": "default"}},
+        "cond": {"class_type": "FreeUTestZeroConditioning", "inputs": {"width": 768}},
+        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 1}},
+        "latent64": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+    }
+    for name, patch in branches.items():
+        source = ["model", 0]
+        if patch is not None:
+            kind, inputs = patch
+            prompt[f"{name}-model"] = {"class_type": kind, "inputs": {"model": ["model", 0], **inputs}}
+            source = [f"{name}-model", 0]
+        prompt[f"{name}-sample"] = {"class_type": "KSampler", "inputs": {
+            "model": source, "seed": 1, "steps": 4, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
+            "positive": ["cond", 0], "negative": ["cond", 0], "latent_image": ["latent64" if name in small else
+            "latent", 0], "denoise": 1.0}}  # fmt: skip
+        prompt[f"{name}-save"] = {
+            "class_type": "SaveLatent",
+            "inputs": {"samples": [f"{name}-sample", 0], "filename_prefix": f"latents/{name}"},
+        }
+    return prompt
+
+
+def test_the_node_in_a_running_comfyui(comfyui, model_file, tmp_path) -> None:
+    branches = {
+        "off": None,
+        "builtinv2": ("FreeU_V2", FREEU),
+        "oursv2": ("FreeU_freeu", OURS),
+        "builtinv1": ("FreeU", {"b1": 1.1, "b2": 1.2, "s1": 0.9, "s2": 0.2}),
+        "oursv1": ("FreeU_freeu", {**OURS, "b1": 1.1, "b2": 1.2, "version": "1"}),
+        "identity": ("FreeU_freeu", {**OURS, "b1": 1.0, "b2": 1.0, "s1": 1.0, "s2": 1.0}),
+        "firsthalf": ("FreeU_freeu", {**OURS, "start_percent": 0.0, "end_percent": 0.5}),
+        "nostep": ("FreeU_freeu", {**OURS, "start_percent": 0.8, "end_percent": 0.9}),  # between sampled sigmas
+        "builtinv2small": ("FreeU_V2", FREEU),
+        "oursv2small": ("FreeU_freeu", OURS),
+    }
+    latents = run_workflow(comfyui, tmp_path / "with", model_file, workflow(model_file.name, branches,
+                           {"builtinv2small", "oursv2small"}), with_pack=True)  # fmt: skip
+    scale = latents["off"].abs().max().item()
+    assert (latents["oursv2"] - latents["builtinv2"]).abs().max().item() <= 1e-5 * scale
+    assert (latents["oursv1"] - latents["builtinv1"]).abs().max().item() <= 1e-5 * scale
+    effect = 1e-4 * scale  # ten times the tolerance above: random weights give large latents and small changes
+    assert (latents["oursv2"] - latents["off"]).abs().max().item() > effect  # FreeU does something here
+    assert torch.equal(latents["identity"], latents["off"])
+    assert torch.equal(latents["nostep"], latents["off"])  # no sampled step inside the window: nothing changes
+    first_half = (latents["firsthalf"] - latents["off"]).abs().max().item()
+    assert first_half > effect and not torch.equal(latents["firsthalf"], latents["oursv2"])
+    assert torch.isnan(latents["builtinv2small"]).any() and torch.isfinite(latents["oursv2small"]).all()
+    without = run_workflow(comfyui, tmp_path / "without", model_file, workflow(model_file.name, {"off": None}),
+                           with_pack=False)  # fmt: skip
+    assert torch.equal(without["off"], latents["off"])  # a branch without the node = a workflow without the pack
