@@ -12,8 +12,10 @@ $(STAMP): pyproject.toml requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	# test-only: the original LDM UNetModel; its pinned requirements are heavy and old, and einops suffices
 	$(PY) -m pip install --quiet --no-deps stable-diffusion-sdkit==2.1.5
-	# test-only: ComfyUI's model code imports torchvision; the registry's build for torch 2.13 pins that torch
-	$(PY) -m pip install --quiet --no-deps torchvision==0.28.0
+	# test-only: ComfyUI's model code imports torchvision. The registry's build for torch 2.13 is a CUDA build that
+	# breaks transformers' imports on a CPU torch, so it goes into its own folder, on the path of the ComfyUI
+	# subprocesses only (tests/comfy_host.py)
+	$(PY) -m pip install --quiet --no-deps --target $(VENV)/comfyui-extras torchvision==0.28.0
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 

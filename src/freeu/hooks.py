@@ -324,8 +324,12 @@ class FreeUHandle:
         batch = self._call.batch
         if batch is None:
             raise RuntimeError(
-                f"FreeU hook on {where} ran outside the U-Net's forward; a step window and per-sample factors read "
-                "the U-Net's own inputs, so call the U-Net, not its blocks"
+                f"FreeU hook on {where}: a step window and per-sample factors read the U-Net's own inputs (timestep, "
+                "batch) in a forward pre-hook on the U-Net, and it did not run for this call. Either a block was "
+                "called outside the U-Net's forward (call the U-Net), or FreeU was applied while the U-Net's forward "
+                "was already running, e.g. from a wrapper inside it such as a ComfyUI DIFFUSION_MODEL wrapper: apply "
+                "FreeU before the U-Net is called, or, in ComfyUI or Forge, install freeu.output_block_patch "
+                "through the host's own per-model patch instead"
             )
         if rows % batch:
             raise RuntimeError(f"FreeU hook on {where}: {rows} rows is not a multiple of the U-Net batch {batch}")

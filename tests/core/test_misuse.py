@@ -48,3 +48,23 @@ def test_a_window_on_a_pipeline_with_an_edm_scheduler_is_refused_before_anything
         freeu.apply(pipe, preset="sd15", start=0.2, stop=0.9)
     assert freeu.active_config(sd15) is None
     freeu.apply(pipe, preset="sd15").remove()  # no window: fine
+
+
+def test_a_window_applied_from_inside_the_forward_says_what_is_needed(sd15) -> None:
+    """A host wrapper that runs inside the U-Net's forward (after its pre-hooks) and applies FreeU there."""
+    inputs = unet_inputs(sd15)
+    handles = []
+
+    def wrapper(module, args, kwargs):
+        if not handles:
+            handles.append(freeu.apply(sd15, preset="sd15", start=0.2))
+
+    inside = sd15.register_forward_pre_hook(wrapper, with_kwargs=True)
+    try:
+        with pytest.raises(RuntimeError, match="FreeU was applied while the U-Net's forward was already running"):
+            run(sd15, inputs)
+    finally:
+        inside.remove()
+        handles[0].remove()
+    with freeu.apply(sd15, preset="sd15", start=0.2):  # applied before the call: the window works
+        run(sd15, inputs)

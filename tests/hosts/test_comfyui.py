@@ -7,20 +7,19 @@ ComfyUI comes from tests/hosts/conftest.py (a checkout, or the snapshot beside t
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from comfy_host import PACK
+from comfy_host import PACK, subprocess_env
 
 
 @pytest.fixture(scope="module")
 def measured(comfyui) -> dict:
     done = subprocess.run(
         [sys.executable, str(Path(__file__).with_name("comfy_probe.py")), str(comfyui), str(PACK)],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        capture_output=True, text=True, timeout=600, env=subprocess_env(),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout.strip().splitlines()[-1])

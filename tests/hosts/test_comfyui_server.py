@@ -5,7 +5,6 @@ API, and the latents ComfyUI saves are compared (float32 on the CPU; a few minut
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from comfy_host import PACK
+from comfy_host import PACK, subprocess_env
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).resolve().parent
@@ -29,7 +28,7 @@ OURS = dict(preset="custom", **FREEU, version="2", convention="official", thresh
 def model_file(comfyui, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("models") / "sd15_random.safetensors"
     done = subprocess.run([sys.executable, str(HERE / "write_sd15.py"), str(comfyui), str(path)],
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+                          capture_output=True, text=True, timeout=600, env=subprocess_env())  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return path
 
@@ -63,7 +62,7 @@ def run_workflow(comfyui: Path, base: Path, model: Path, prompt: dict, with_pack
         [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory",
          str(base), "--front-end-root", str(base / "frontend"), "--disable-auto-launch", "--database-url",
          "sqlite:///:memory:"],
-        cwd=comfyui, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        cwd=comfyui, stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(),
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 180
