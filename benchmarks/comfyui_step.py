@@ -11,7 +11,6 @@ ComfyUI comes from ``--comfyui DIR`` (a checkout), ``FREEU_COMFYUI``, or the sou
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import tarfile
@@ -27,20 +26,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(Path(sys.prefix) / "comfyui-extras"))
 import benchlib  # noqa: E402
 
-# torchvision 0.28 (the registry's build for torch 2.13) registers meta kernels for two ops its C extension would
-# define; on a CPU torch that extension does not load, so the schemas are defined here (no kernels) first.
-_TORCHVISION = torch.library.Library("torchvision", "DEF")
-_TORCHVISION.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-_TORCHVISION.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-
-SD15_UNET = dict(
-    use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
-    adm_in_channels=None, in_channels=4, model_channels=320, num_res_blocks=[2, 2, 2, 2],
-    transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], channel_mult=[1, 2, 4, 4], transformer_depth_middle=1,
-    use_linear_in_transformer=False, context_dim=768, num_heads=8,
-    transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], use_temporal_attention=False,
-    use_temporal_resblock=False,
-)  # fmt: skip
+sys.path.insert(0, str(ROOT / "tests" / "hosts"))
+import comfy_setup  # noqa: E402
 
 
 def comfyui_folder(given: str | None) -> Path:
@@ -64,36 +51,12 @@ def main() -> int:
     args = p.parse_args()
     comfy_dir = comfyui_folder(args.comfyui)
     device = benchlib.setup("cpu", args.threads)
-    sys.path.insert(0, str(comfy_dir))
-    sys.argv = [sys.argv[0], "--cpu"]
-    import comfy.options
-
-    comfy.options.enable_args_parsing()
-    import comfy.cli_args  # noqa: F401
-    import comfy.latent_formats
-    import comfy.model_base
-    import comfy.model_management  # noqa: F401
+    comfy_setup.start(str(comfy_dir))
     import comfy.model_patcher
-    import comfy.supported_models_base
     from comfy_extras.nodes_freelunch import FreeU, FreeU_V2
 
-    spec = importlib.util.spec_from_file_location("freeu_comfyui", ROOT / "integrations" / "comfyui" / "__init__.py")
-    pack = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pack)
-
-    class SD15(comfy.supported_models_base.BASE):
-        unet_config: dict = {}
-        unet_extra_config = {"num_heads": 8, "num_head_channels": -1}
-        latent_format = comfy.latent_formats.SD15
-
-    config = SD15(SD15_UNET)
-    config.set_inference_dtype(torch.float32, None)
-    model = comfy.model_base.BaseModel(config, device=device)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for parameter in model.diffusion_model.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
-    plain = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
+    pack = comfy_setup.load_pack(str(ROOT / "integrations" / "comfyui"))
+    plain = comfy_setup.patcher(comfy_setup.SD15_UNET, std=0.02)
     ours = dict(preset="custom", b1=1.3, b2=1.4, s1=0.9, s2=0.2, convention="official", threshold=1,
                 start_percent=0.0, end_percent=1.0, ramp=0.0)  # fmt: skip
     patchers = {

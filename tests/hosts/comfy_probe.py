@@ -6,64 +6,24 @@ Usage: python comfy_probe.py COMFYUI_DIR PACK_DIR
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import comfy_setup  # noqa: E402
+
 torch.set_num_threads(1)
-# torchvision 0.28 (the registry's build for torch 2.13) registers meta kernels for two ops its C extension would
-# define; on a CPU torch the extension does not load, so the schemas are defined here (no kernels) first. ComfyUI
-# imports torchvision through a model family SD never uses.
-_TORCHVISION = torch.library.Library("torchvision", "DEF")
-_TORCHVISION.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-_TORCHVISION.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-
 comfy_dir, pack_dir = sys.argv[1], sys.argv[2]
-sys.path.insert(0, comfy_dir)
-sys.argv = [sys.argv[0], "--cpu"]
-import comfy.options  # noqa: E402
-
-comfy.options.enable_args_parsing()
-import comfy.cli_args  # noqa: E402, F401
-import comfy.latent_formats  # noqa: E402
-import comfy.model_base  # noqa: E402
-import comfy.model_management  # noqa: E402, F401
+comfy_setup.start(comfy_dir)
 import comfy.model_patcher  # noqa: E402
-import comfy.supported_models_base  # noqa: E402
 from comfy_extras.nodes_freelunch import FreeU, FreeU_V2  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
-spec = importlib.util.spec_from_file_location("freeu_comfyui", f"{pack_dir}/__init__.py")
-pack = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(pack)
-Node = pack.FreeUNode
-
-UNET = {
-    "use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 32,
-    "num_res_blocks": [1, 1, 1], "channel_mult": [1, 2, 4], "transformer_depth": [1, 1, 0],
-    "transformer_depth_middle": 1, "transformer_depth_output": [1, 1, 1, 1, 0, 0], "use_spatial_transformer": True,
-    "legacy": False, "context_dim": 32, "use_linear_in_transformer": False, "adm_in_channels": None,
-    "use_temporal_attention": False, "use_temporal_resblock": False,
-}  # fmt: skip
-
-
-class TinySD(comfy.supported_models_base.BASE):
-    unet_config: dict = {}
-    unet_extra_config = {"num_heads": 4, "num_head_channels": -1}
-    latent_format = comfy.latent_formats.SD15
-
-
-config = TinySD(UNET)
-config.set_inference_dtype(torch.float32, None)
-base_model = comfy.model_base.BaseModel(config, device=torch.device("cpu"))
-torch.manual_seed(0)
-with torch.no_grad():
-    for p in base_model.diffusion_model.parameters():
-        p.copy_(torch.randn_like(p) * 0.05)
-cpu = torch.device("cpu")
-plain = comfy.model_patcher.ModelPatcher(base_model, load_device=cpu, offload_device=cpu)
+Node = comfy_setup.load_pack(pack_dir).FreeUNode
+plain = comfy_setup.patcher(comfy_setup.SMALL_UNET)
 ctx = torch.randn(1, 7, 32, generator=torch.Generator().manual_seed(1))
 
 
