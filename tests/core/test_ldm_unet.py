@@ -4,11 +4,14 @@ from the LDM package when it is installed. Oracle: the authors' README code, whi
 
 from __future__ import annotations
 
+import copy
+
 import ldm_standin
 import pytest
 import torch
 from conftest import rerandomise_zeros
 from reference import TorchWithReferenceCat, official_stage
+from torch import nn
 
 import freeu
 from freeu import FreeUConfig
@@ -156,3 +159,21 @@ def test_real_ldm_full_size_stage_tables(config, official, diffusers) -> None:
         unet = _real_unet(openaimodel, num_head_channels=64, **config)
     assert [p.stage for p in freeu.plan(unet)] == official
     assert [p.stage for p in freeu.plan(unet, "diffusers")] == diffusers
+
+
+def test_the_ldm_layout_is_recognised_by_structure_under_another_class_name() -> None:
+    """Forge runs the LDM layout as IntegratedUNet2DConditionModel: same blocks, same joins, another name."""
+    original = rerandomise_zeros(ldm_standin.UNetModel())
+    renamed = copy.deepcopy(original)
+    renamed.__class__ = type("IntegratedUNet2DConditionModel", (nn.Module,), {"forward": ldm_standin.UNetModel.forward})
+    assert "UNetModel" not in {c.__name__ for c in type(renamed).__mro__}
+    assert [(p.join.name, p.stage) for p in freeu.plan(renamed)] == [
+        (p.join.name, p.stage) for p in freeu.plan(original)
+    ]
+    inputs = {"x": torch.randn(2, 4, 16, 16), "timesteps": torch.tensor([10, 900])}
+    with torch.no_grad():
+        plain = renamed(**inputs)
+        with freeu.apply(renamed, preset="sd15"), freeu.apply(original, preset="sd15"):
+            assert torch.equal(renamed(**inputs), original(**inputs))
+            assert (renamed(**inputs) - plain).abs().max().item() > 1e-3
+        assert torch.equal(renamed(**inputs), plain)

@@ -1,6 +1,7 @@
 """The original Stable Diffusion U-Net: ``openaimodel.UNetModel`` of the LDM and SGM code bases (also the layout
-that ComfyUI and A1111 run). Its forward pushes every input block's output on a stack ``hs`` and, before each output
-block, runs ``h = cat([h, hs.pop()], dim=1)``; the first layer of each output block, a ``ResBlock``, consumes that.
+that ComfyUI, A1111 and Forge run; recognised by its structure, whatever its class is called). Its forward pushes
+every input block's output on a stack ``hs`` and, before each output block, runs ``h = cat([h, hs.pop()], dim=1)``;
+the first layer of each output block, a ``ResBlock``, consumes that.
 
 The join is hooked on that ``ResBlock`` rather than on the output block itself, because some hosts call the layers
 of a block one by one instead of the container. Widths are read from the layers (``channels``/``out_channels``) and
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import SkipJoin, UNetLayout, UnsupportedModelError, class_names
+from .base import SkipJoin, UNetLayout, UnsupportedModelError
 
 __all__ = ["describe", "is_ldm_unet"]
 
@@ -20,7 +21,15 @@ _REQUIRED = ("input_blocks", "middle_block", "output_blocks", "model_channels")
 
 
 def is_ldm_unet(module: object) -> bool:
-    return "UNetModel" in class_names(module) and all(hasattr(module, a) for a in _REQUIRED)
+    """The LDM layout by its structure, whatever the class is called (``UNetModel`` in LDM, SGM and ComfyUI,
+    ``IntegratedUNet2DConditionModel`` in Forge): input, middle and output blocks and a base width. :func:`describe`
+    then checks every join's widths."""
+    return (
+        all(hasattr(module, a) for a in _REQUIRED)
+        and isinstance(module.input_blocks, nn.ModuleList)
+        and isinstance(module.output_blocks, nn.ModuleList)
+        and isinstance(module.model_channels, int)
+    )
 
 
 def _width_after(layers: nn.Module, width: int) -> int:
