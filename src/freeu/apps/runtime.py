@@ -360,8 +360,7 @@ class PipelineModel(Model):
         sample = self.unet.config.sample_size
         sample = sample if isinstance(sample, int) else sample[0]
         self.size = Size(height=sample * self.factor, width=sample * self.factor)
-        scheduler = type(pipe.scheduler).__name__
-        self.fingerprint = f"pipeline:{name}:{type(pipe).__name__}:{scheduler}"
+        self.fingerprint = _pipeline_fingerprint(pipe, name)
         self.description = f"{type(pipe).__name__} {name}"
 
     @property
@@ -473,6 +472,11 @@ class PipelineModel(Model):
 # -- loading --------------------------------------------------------------------------------------------------------
 
 
+def _pipeline_fingerprint(pipe: Any, name: str) -> str:
+    """What identifies a pipeline's images in resumable runs: what was named, the pipeline and scheduler classes."""
+    return f"pipeline:{name}:{type(pipe).__name__}:{type(pipe.scheduler).__name__}"
+
+
 def is_demo_folder(model: str | Path | None) -> Path | None:
     """The weights folder ``model`` names in the demo's format (``None``/``"demo"``: the bundled one), else ``None``.
 
@@ -554,8 +558,7 @@ def load_model(model: str | None, *, device: str | None = None, dtype: str | Non
     pipe.set_progress_bar_config(disable=True)
     unet = find_unet(pipe)
     if "UNet2DModel" in class_names(unet) and "prompt" not in inspect.signature(pipe.__call__).parameters:
-        return UNetModel(unet, pipe.scheduler, str(model), fingerprint=f"pipeline:{model}:{type(pipe).__name__}:"
-                         f"{type(pipe.scheduler).__name__}")  # fmt: skip
+        return UNetModel(unet, pipe.scheduler, str(model), fingerprint=_pipeline_fingerprint(pipe, str(model)))
     return PipelineModel(pipe, str(model))
 
 

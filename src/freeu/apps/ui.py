@@ -38,7 +38,6 @@ logger = logging.getLogger(__name__)
 
 Factor = Literal["b1", "b2", "s1", "s2"]
 FACTORS: tuple[str, ...] = ("b1", "b2", "s1", "s2")
-DEMO = "demo"
 #: Pixels on the page for the shorter side of small images (enlarged by a whole factor, nearest neighbour).
 DISPLAY = 256
 MAX_CELLS = 64
