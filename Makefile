@@ -3,6 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# test-only: the real Forge runs in an environment of its own (tests/forge_host.py), built from the requirements of
+# the Forge snapshot beside the repository when there is one
+FORGE_SNAPSHOT := $(lastword $(sort $(wildcard ../shared/vendor/forge-*.tar.gz)))
+FORGE_VENV := $(VENV)/forge
+FORGE_STAMP := $(FORGE_VENV)/.installed
+FORGE_ENV := $(if $(FORGE_SNAPSHOT),$(FORGE_STAMP))
 
 .PHONY: demo test test-fast lint bench clean
 
@@ -19,10 +25,26 @@ $(STAMP): pyproject.toml requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+# Forge pins gradio 4, transformers 4.46, numpy 1.26 (not the test environment's). Its torch line is left out
+# (2.13.0, the CPU build on disk, instead), so is its setuptools 69 (torch 2.13 needs >= 77, and Forge imports
+# pkg_resources, which setuptools 81 drops: 80.9.0 fits both). torchvision, which Forge imports but does not pin,
+# is the build for torch 2.13, --no-deps (tests/hosts/forge_setup.py makes it importable on a CPU torch).
+$(FORGE_STAMP): $(FORGE_SNAPSHOT) pyproject.toml
+	test -x $(FORGE_VENV)/bin/python || $(PYTHON) -m venv $(FORGE_VENV)
+	$(FORGE_VENV)/bin/python -m pip install --quiet torch==2.13.0 setuptools==80.9.0
+	$(FORGE_VENV)/bin/python -m pip install --quiet --no-deps torchvision==0.28.0
+	tar -xzOf $(FORGE_SNAPSHOT) stable-diffusion-webui-forge/requirements_versions.txt \
+		| grep -vE '^(torch|setuptools)\b' > $(FORGE_VENV)/forge-requirements.txt
+	echo torch==2.13.0 > $(FORGE_VENV)/forge-constraints.txt
+	$(FORGE_VENV)/bin/python -m pip install --quiet -r $(FORGE_VENV)/forge-requirements.txt setuptools==80.9.0 \
+		joblib -c $(FORGE_VENV)/forge-constraints.txt
+	$(FORGE_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	touch $(FORGE_STAMP)
+
 demo: $(STAMP)
 	$(PY) -m freeu demo
 
-test: $(STAMP)
+test: $(STAMP) $(FORGE_ENV)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	# tests/apps/test_ui.py drives Debian's chromium headless (skipped without it); installed where we may, never fatal

@@ -108,3 +108,13 @@ def comfyui(tmp_path_factory):
     from comfy_host import find_comfyui
 
     return find_comfyui(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def forge(tmp_path_factory):
+    """``(Forge's folder, the Python that runs it)`` (tests/hosts; see forge_host.py), or the test is skipped saying
+    why."""
+    from forge_host import find_forge, forge_python
+
+    python = forge_python()
+    return find_forge(tmp_path_factory), python

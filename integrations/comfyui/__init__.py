@@ -18,8 +18,8 @@ from comfy_api.latest import IO, ComfyExtension
 from typing_extensions import override
 
 import freeu
+from freeu import hosts
 
-MARK = "_freeu_comfyui_patch"
 CUSTOM = "custom"
 AUTO = "auto"
 
@@ -36,33 +36,6 @@ def _unet_config(model: Any) -> dict[str, Any]:
             f"fine-tunes); this model's diffusion model is {kind} ({type(base).__name__}), which has none"
         )
     return config
-
-
-def _auto_preset(config: dict[str, Any]) -> str:
-    """The preset of the U-Net's layout, from its structure: SDXL has added conditioning and 2048-wide context."""
-    context = config.get("context_dim")
-    if config.get("adm_in_channels") and context == 2048:
-        return "sdxl"
-    if context == 1024:
-        return "sd21"
-    if context == 768 and config.get("model_channels") == 320:
-        return "sd15"
-    raise ValueError(
-        f"preset auto knows the SD 1.x, SD 2.x and SDXL U-Nets; this one has model_channels "
-        f"{config.get('model_channels')} and context_dim {context}: choose a preset or custom"
-    )
-
-
-def _percent_at(sampling: Any, sigma: float) -> float:
-    """The percent of the schedule whose sigma is ``sigma`` (``percent_to_sigma`` decreases from 0 to 1)."""
-    low, high = 0.0, 1.0
-    for _ in range(40):
-        middle = (low + high) / 2
-        if float(sampling.percent_to_sigma(middle)) > sigma:
-            low = middle
-        else:
-            high = middle
-    return (low + high) / 2
 
 
 class FreeUNode(IO.ComfyNode):
@@ -151,33 +124,13 @@ class FreeUNode(IO.ComfyNode):
             config = freeu.FreeUConfig(b1, b2, s1, s2, version=int(version), convention=convention,
                                        threshold=threshold, **window)  # fmt: skip
         else:
-            name = _auto_preset(unet) if preset == AUTO else preset
+            name = hosts.ldm_preset(unet) if preset == AUTO else preset
             config = freeu.get_preset(name).config.replace(threshold=threshold, **window)
+        # start/end_percent mean what they mean in every ComfyUI node: the inverse of the model's percent_to_sigma
         sampling = model.get_model_object("model_sampling")
-        known: dict[float, float] = {}
-
-        def progress(transformer_options: dict[str, Any]) -> list[float]:
-            """ComfyUI's own percent of the schedule at each sample's sigma: the inverse of the model's
-            ``percent_to_sigma`` (what start_percent/end_percent mean in every ComfyUI node), for any schedule."""
-            sigmas = [float(s) for s in transformer_options["sigmas"].reshape(-1)]
-            for sigma in sigmas:
-                if sigma not in known:
-                    known[sigma] = _percent_at(sampling, sigma)
-            return [known[s] for s in sigmas]
-
-        levels = unet.get("num_res_blocks")
-        per_level = levels[0] if isinstance(levels, (list, tuple)) and len(set(levels)) == 1 else levels
-        patch = freeu.output_block_patch(
-            config, model_channels=int(unet["model_channels"]),
-            num_res_blocks=per_level if isinstance(per_level, int) else None,
-            progress=progress if config.windowed else None,
-        )  # fmt: skip
-        setattr(patch, MARK, True)
+        patch = hosts.ldm_output_block_patch(config, unet, percent_to_sigma=sampling.percent_to_sigma)
         clone = model.clone()
-        patches = clone.model_options.setdefault("transformer_options", {}).setdefault("patches", {})
-        earlier = patches.get("output_block_patch", [])
-        patches["output_block_patch"] = [p for p in earlier if not getattr(p, MARK, False)]  # replace, never stack
-        clone.set_model_output_block_patch(patch)
+        hosts.set_output_block_patch(clone, patch)  # replaces an earlier FreeU (freeu) patch, never stacks
         return IO.NodeOutput(clone)
 
 

@@ -11,11 +11,16 @@ Stages: under the official convention by the backbone width (4x and 2x ``model_c
 convention by the decoder level of the output block (``index // (num_res_blocks + 1)``). A step window needs the
 position along the trajectory, which only the host knows: ``progress(transformer_options)`` returns it in ``[0, 1]``
 (0 = pure noise), one value or one per latent sample, with the meaning :class:`freeu.FreeUConfig` gives it.
+
+Both hosts keep the U-Net's settings as a dict (ComfyUI's ``model_config.unet_config``, Forge's
+``diffusion_model.config``) and give each model a ``percent_to_sigma`` (the noise level at a fraction of the
+schedule). :func:`ldm_output_block_patch` builds the patch from those two, :func:`ldm_preset` names the preset of
+the layout, and :func:`set_output_block_patch` registers a patch on the host's clone in place of an earlier one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -25,7 +30,14 @@ from .config import FreeUConfig
 from .fourier import fourier_filter
 from .hooks import window_weight
 
-__all__ = ["Progress", "output_block_patch"]
+__all__ = [
+    "Progress",
+    "ldm_output_block_patch",
+    "ldm_preset",
+    "output_block_patch",
+    "schedule_progress",
+    "set_output_block_patch",
+]
 
 #: ``progress(transformer_options)``: the trajectory position of this call in ``[0, 1]``, a number or one per sample.
 Progress = Callable[[dict[str, Any]], "float | torch.Tensor"]
@@ -50,8 +62,9 @@ def output_block_patch(
         progress: the trajectory position of a call (see the module's docs); needed by a step window.
 
     Returns:
-        The patch. Joins outside both stages, identity factors and calls outside the window return ``h`` and
-        ``hsp`` themselves; otherwise new tensors (the host's are never written).
+        The patch, with its settings as its ``freeu_config`` attribute. Joins outside both stages, identity factors
+        and calls outside the window return ``h`` and ``hsp`` themselves; otherwise new tensors (the host's are
+        never written).
 
     Raises:
         ValueError: a per-sample config, a window without ``progress``, the diffusers convention without
@@ -107,4 +120,99 @@ def output_block_patch(
                 s = (1.0 + weight * (float(s) - 1.0)).view(-1, 1)
         return scale_backbone(h, b, config.version), fourier_filter(hsp, config.threshold, s)
 
+    patch.freeu_config = config  # type: ignore[attr-defined]
     return patch
+
+
+def ldm_preset(unet_config: Mapping[str, Any]) -> str:
+    """The preset of a Stable Diffusion U-Net from its LDM settings, never from a checkpoint's name: SDXL has added
+    conditioning (``adm_in_channels``) and 2048-wide text context, SD 2.x 1024-wide context, SD 1.x 768-wide context
+    and a base width of 320. ``ValueError`` for any other layout (the SDXL refiner, SD 1.x-like models of another
+    width): the caller names a preset instead."""
+    context = unet_config.get("context_dim")
+    if unet_config.get("adm_in_channels") and context == 2048:
+        return "sdxl"
+    if context == 1024:
+        return "sd21"
+    if context == 768 and unet_config.get("model_channels") == 320:
+        return "sd15"
+    raise ValueError(
+        f"preset auto knows the SD 1.x, SD 2.x and SDXL U-Nets; this one has model_channels "
+        f"{unet_config.get('model_channels')} and context_dim {context}: choose a preset or custom"
+    )
+
+
+def schedule_progress(percent_to_sigma: Callable[[float], float]) -> Progress:
+    """``progress`` for hosts that pass each sample's noise level as ``transformer_options["sigmas"]``: the fraction
+    of the schedule at that level, the inverse of the model's ``percent_to_sigma`` (which falls from the largest
+    level at 0 to 0 at 1; what start/end percentages mean in ComfyUI and Forge, for any sampler and schedule).
+    For the usual discrete schedules that fraction is ``1 - timestep / 999``, :class:`freeu.FreeUConfig`'s measure.
+    Each level is solved once (bisection to 1e-12) and remembered."""
+    known: dict[float, float] = {}
+
+    def fraction(sigma: float) -> float:
+        low, high = 0.0, 1.0
+        for _ in range(40):
+            middle = (low + high) / 2
+            if float(percent_to_sigma(middle)) > sigma:
+                low = middle
+            else:
+                high = middle
+        return (low + high) / 2
+
+    def progress(transformer_options: dict[str, Any]) -> list[float]:
+        sigmas = transformer_options.get("sigmas")
+        if sigmas is None:
+            raise ValueError("a step window needs transformer_options['sigmas'] (the noise level of each sample)")
+        levels = [float(s) for s in torch.as_tensor(sigmas).reshape(-1)]
+        for sigma in levels:
+            if sigma not in known:
+                known[sigma] = fraction(sigma)
+        return [known[s] for s in levels]
+
+    return progress
+
+
+def ldm_output_block_patch(
+    config: FreeUConfig,
+    unet_config: Mapping[str, Any],
+    *,
+    percent_to_sigma: Callable[[float], float] | None = None,
+) -> Patch:
+    """:func:`output_block_patch` for a host's LDM U-Net, from the settings dict the host keeps for it.
+
+    Args:
+        config: the settings (one value per factor).
+        unet_config: the U-Net's LDM settings: ``model_channels`` and ``num_res_blocks`` (an int, or one per level,
+            all equal, as ComfyUI and Forge keep it).
+        percent_to_sigma: the model's noise level at a fraction of the schedule; needed by a step window, whose
+            position comes from ``transformer_options["sigmas"]`` (:func:`schedule_progress`).
+
+    Raises:
+        ValueError: no ``model_channels`` (not a U-Net with skip joins), a window without ``percent_to_sigma``, and
+            what :func:`output_block_patch` refuses.
+    """
+    channels = unet_config.get("model_channels")
+    if channels is None:
+        raise ValueError("unet_config has no model_channels: FreeU needs a U-Net with skip joins (the LDM layout)")
+    if config.windowed and percent_to_sigma is None:
+        raise ValueError("a step window (start, stop, ramp) needs percent_to_sigma: the model's noise schedule")
+    levels = unet_config.get("num_res_blocks")
+    if isinstance(levels, (list, tuple)):
+        levels = levels[0] if levels and len(set(levels)) == 1 else None
+    return output_block_patch(
+        config,
+        model_channels=int(channels),
+        num_res_blocks=levels,
+        progress=schedule_progress(percent_to_sigma) if config.windowed and percent_to_sigma else None,
+    )
+
+
+def set_output_block_patch(patcher: Any, patch: Patch) -> None:
+    """Register ``patch`` on a host's model patcher (ComfyUI's or Forge's ``ModelPatcher``; give it a clone) in
+    place of any patch of this library registered before (one with a ``freeu_config``): settings replace, they never
+    stack. Other output-block patches are kept, in their order."""
+    options = patcher.model_options.setdefault("transformer_options", {})
+    patches = options.setdefault("patches", {})
+    patches["output_block_patch"] = [p for p in patches.get("output_block_patch", []) if not hasattr(p, "freeu_config")]
+    patcher.set_model_output_block_patch(patch)

@@ -88,3 +88,98 @@ def test_identity_joins_return_the_hosts_tensors_and_the_rest_never_writes_them(
 def test_what_a_host_patch_cannot_do_is_refused_when_it_is_built(config, kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
         freeu.output_block_patch(config, **{"model_channels": 32, **kwargs})
+
+
+# ---- the pieces both hosts share: preset, schedule position, the patch from the host's settings, registration ----
+
+SD15 = {"model_channels": 320, "context_dim": 768, "adm_in_channels": None, "num_res_blocks": [2, 2, 2, 2]}
+
+
+@pytest.mark.parametrize(
+    "config, preset",
+    [
+        (SD15, "sd15"),
+        ({**SD15, "context_dim": 1024}, "sd21"),
+        ({**SD15, "context_dim": 2048, "adm_in_channels": 2816}, "sdxl"),
+    ],
+)
+def test_the_preset_of_an_ldm_layout(config, preset) -> None:
+    assert freeu.hosts.ldm_preset(config) == preset
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {**SD15, "context_dim": 1280, "adm_in_channels": 2560},  # the SDXL refiner
+        {**SD15, "model_channels": 32},
+    ],
+)
+def test_a_layout_without_a_preset_is_refused_naming_what_was_found(config) -> None:
+    with pytest.raises(ValueError, match=rf"model_channels {config['model_channels']} and context_dim"):
+        freeu.hosts.ldm_preset(config)
+
+
+def test_the_schedule_position_inverts_the_hosts_percent_to_sigma_once_per_level() -> None:
+    calls = []
+
+    def percent_to_sigma(percent: float) -> float:  # a discrete VP-like schedule: falls from 14.6 to 0.03
+        calls.append(percent)
+        return 999999999.9 if percent <= 0 else 0.0 if percent >= 1 else 0.03 * (14.6 / 0.03) ** (1 - percent)
+
+    progress = freeu.hosts.schedule_progress(percent_to_sigma)
+    levels = [percent_to_sigma(p) for p in (0.1, 0.5, 0.9)]
+    got = progress({"sigmas": torch.tensor(levels + levels)})  # two guidance branches: the same levels twice
+    assert got == pytest.approx([0.1, 0.5, 0.9] * 2, abs=1e-6)  # the levels went through float32
+    before = len(calls)
+    assert progress({"sigmas": torch.tensor(levels[:1])}) == pytest.approx([0.1], abs=1e-6)
+    assert len(calls) == before  # remembered
+    with pytest.raises(ValueError, match=r"transformer_options\['sigmas'\]"):
+        progress({})
+
+
+def test_the_patch_from_the_hosts_settings_is_the_patch_from_its_widths(unet) -> None:
+    config = freeu.FreeUConfig(1.5, 1.6, 0.9, 0.2, convention="diffusers")
+    settings = {"model_channels": 32, "num_res_blocks": [NUM_RES_BLOCKS] * 3}
+    patch = freeu.hosts.ldm_output_block_patch(config, settings)
+    assert patch.freeu_config is config
+    with torch.no_grad():
+        via_settings = unet(**inputs(), transformer_options={"patches": {"output_block_patch": [patch]}})
+    assert torch.equal(via_settings, through_patch(unet, config))
+
+
+@pytest.mark.parametrize(
+    "settings, config, message",
+    [
+        ({"num_res_blocks": 2}, freeu.FreeUConfig(1.5, 1.6, 0.9, 0.2), "has no model_channels"),
+        ({"model_channels": 32}, freeu.FreeUConfig(1.5, 1.6, 0.9, 0.2, start=0.2), "needs percent_to_sigma"),
+        (
+            {"model_channels": 32, "num_res_blocks": [2, 1, 2]},
+            freeu.FreeUConfig(1.5, 1.6, 0.9, 0.2, convention="diffusers"),
+            "needs num_res_blocks",
+        ),
+    ],
+)
+def test_host_settings_that_cannot_place_freeu_are_refused(settings, config, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        freeu.hosts.ldm_output_block_patch(config, settings)
+
+
+def test_registration_replaces_an_earlier_freeu_patch_and_keeps_the_hosts_others() -> None:
+    class Patcher:  # what ComfyUI's and Forge's ModelPatcher offer for this
+        def __init__(self) -> None:
+            self.model_options: dict = {"transformer_options": {}}
+
+        def set_model_output_block_patch(self, patch) -> None:
+            patches = self.model_options["transformer_options"].setdefault("patches", {})
+            patches.setdefault("output_block_patch", []).append(patch)
+
+    def other(h, hsp, options):
+        return h, hsp
+
+    patcher = Patcher()
+    first = freeu.hosts.ldm_output_block_patch(freeu.FreeUConfig(1.5, 1.6, 0.9, 0.2), {"model_channels": 32})
+    second = freeu.hosts.ldm_output_block_patch(freeu.FreeUConfig(1.1, 1.2, 0.9, 0.2), {"model_channels": 32})
+    freeu.hosts.set_output_block_patch(patcher, first)
+    patcher.set_model_output_block_patch(other)
+    freeu.hosts.set_output_block_patch(patcher, second)
+    assert patcher.model_options["transformer_options"]["patches"]["output_block_patch"] == [other, second]

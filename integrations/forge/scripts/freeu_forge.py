@@ -1,0 +1,236 @@
+"""Forge extension "FreeU (freeu)": FreeU from the ``freeu`` library in Stable Diffusion WebUI Forge.
+
+Install: copy or link the folder above ``scripts/`` into Forge's ``extensions/`` and install the ``freeu`` library
+into Forge's Python (``pip install`` the repository this folder comes from). An always-visible script (txt2img and
+img2img) with: enable, preset (every ``freeu`` preset, ``auto`` from the U-Net's layout, or ``custom``: the
+controls), b1, b2, s1, s2, version, convention, threshold and a step window (start, end, ramp) as fractions of the
+schedule.
+
+Before each sampling pass the script clones the pass's U-Net patcher and registers one output-block patch on the
+clone, built by :func:`freeu.hosts.ldm_output_block_patch`; nothing is kept on the class, the module or the shared
+model between generations, so jobs with different settings never see each other's. The window's position comes from
+each call's noise level (``transformer_options["sigmas"]``), not from a step counter.
+
+API (``/sdapi/v1/txt2img`` and ``img2img``): ``"alwayson_scripts": {"FreeU (freeu)": {"args": [...]}}`` with the
+arguments in the order of :data:`ARGS`, or with one dict of them by name (``{"enabled": true, "preset": "sdxl"}``;
+a name left out keeps its default, an unknown one is refused, and factors given by name without a preset mean
+``custom``). The settings go into the infotext under the keys of :data:`INFOTEXT` and are read back from it (paste
+parameters, or the API's ``infotext``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import gradio as gr
+from modules import scripts
+from modules.ui_components import InputAccordion
+
+try:
+    import freeu
+    from freeu import hosts
+except ImportError as error:  # Forge prints this at start-up, naming the script
+    raise ImportError(
+        "FreeU (freeu) needs the freeu library in Forge's Python: run `pip install /path/to/the/freeu/repository` "
+        "with the Python of Forge's environment (venv/bin/python), then restart Forge"
+    ) from error
+
+TITLE = "FreeU (freeu)"
+CUSTOM = "custom"
+AUTO = "auto"
+PRESETS = [AUTO, CUSTOM, *sorted(freeu.PRESETS)]
+FACTORS = ("b1", "b2", "s1", "s2")
+_CUSTOM_DEFAULTS = freeu.get_preset("sd15").config
+
+#: The script's arguments, in the order of ``alwayson_scripts`` ``args``, with their defaults.
+ARGS: dict[str, Any] = {
+    "enabled": False,
+    "preset": AUTO,
+    "b1": _CUSTOM_DEFAULTS.b1,
+    "b2": _CUSTOM_DEFAULTS.b2,
+    "s1": _CUSTOM_DEFAULTS.s1,
+    "s2": _CUSTOM_DEFAULTS.s2,
+    "version": "2",
+    "convention": "official",
+    "threshold": 1,
+    "start": 0.0,
+    "end": 1.0,
+    "ramp": 0.0,
+}
+#: The infotext key of a refused setting's message (the image beside it ran without FreeU).
+ERROR = "FreeU error"
+#: The infotext key of each setting (written when enabled; their presence means enabled when read back).
+INFOTEXT: dict[str, str] = {name: f"FreeU {name}" for name in ARGS if name != "enabled"}
+
+
+def read_args(args: tuple[Any, ...] | list[Any]) -> dict[str, Any]:
+    """The settings from the script's arguments: by position (:data:`ARGS`' order) or one dict by name.
+
+    Raises:
+        ValueError: an unknown name, too many arguments, a value of the wrong kind; each names the argument.
+    """
+    if len(args) >= 1 and isinstance(args[0], dict):
+        named = dict(args[0])
+        unknown = sorted(set(named) - set(ARGS))
+        if unknown:
+            raise ValueError(f"{TITLE}: unknown argument(s) {unknown}; the arguments are {list(ARGS)}")
+        if "preset" not in named and any(name in named for name in FACTORS):
+            named["preset"] = CUSTOM  # factors by name are the user's factors, never silently replaced by auto
+        return _checked({**ARGS, **named})
+    if len(args) > len(ARGS):
+        raise ValueError(f"{TITLE}: {len(args)} arguments given; it takes at most {len(ARGS)}: {list(ARGS)}")
+    return _checked({**ARGS, **dict(zip(ARGS, args, strict=False))})
+
+
+def _checked(settings: dict[str, Any]) -> dict[str, Any]:
+    enabled = settings["enabled"]
+    if not isinstance(enabled, bool):
+        raise ValueError(f"{TITLE}: enabled must be true or false, got {enabled!r}")
+    if settings["preset"] not in PRESETS:
+        raise ValueError(f"{TITLE}: preset must be one of {PRESETS}, got {settings['preset']!r}")
+    for name in (*FACTORS, "start", "end", "ramp"):
+        value = settings[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{TITLE}: {name} must be a finite number, got {value!r}")
+        settings[name] = float(value)
+    if str(settings["version"]) not in ("1", "2"):
+        raise ValueError(f"{TITLE}: version must be 1 or 2, got {settings['version']!r}")
+    settings["version"] = str(settings["version"])
+    threshold = settings["threshold"]
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold != int(threshold):
+        raise ValueError(f"{TITLE}: threshold must be a whole number >= 1, got {threshold!r}")
+    settings["threshold"] = int(threshold)
+    return settings
+
+
+def resolve(settings: dict[str, Any], unet_config: dict[str, Any]) -> tuple[str, freeu.FreeUConfig]:
+    """``(preset name, config)`` of the settings on a U-Net with these LDM settings (``auto`` names the preset it
+    found). Every value is checked by :class:`freeu.FreeUConfig`; its errors name the setting."""
+    window = dict(start=settings["start"], stop=settings["end"], ramp=settings["ramp"])
+    try:
+        if settings["preset"] == CUSTOM:
+            config = freeu.FreeUConfig(
+                *(settings[name] for name in FACTORS),
+                version=int(settings["version"]),
+                convention=settings["convention"],
+                threshold=settings["threshold"],
+                **window,
+            )
+            return CUSTOM, config
+        name = hosts.ldm_preset(unet_config) if settings["preset"] == AUTO else settings["preset"]
+        return name, freeu.get_preset(name).config.replace(threshold=settings["threshold"], **window)
+    except ValueError as error:  # FreeUConfig calls the end of the window "stop"
+        raise ValueError(f"{TITLE}: {str(error).replace('stop', 'end')}") from None
+
+
+def infotext(settings: dict[str, Any], config: freeu.FreeUConfig) -> dict[str, Any]:
+    """The infotext entries of a generation: the preset as chosen (``auto`` stays ``auto``) and the values that ran."""
+    values = {
+        "preset": settings["preset"],
+        "b1": config.b1,
+        "b2": config.b2,
+        "s1": config.s1,
+        "s2": config.s2,
+        "version": str(config.version),
+        "convention": config.convention,
+        "threshold": config.threshold,
+        "start": config.start,
+        "end": config.stop,
+        "ramp": config.ramp,
+    }
+    return {INFOTEXT[name]: value for name, value in values.items()}
+
+
+def _unet_config(unet: Any) -> dict[str, Any]:
+    diffusion = unet.model.diffusion_model
+    config = dict(getattr(diffusion, "config", None) or {})
+    if "model_channels" not in config:
+        raise ValueError(
+            f"{TITLE} needs a U-Net with skip joins (SD 1.x, SD 2.x, SDXL and their fine-tunes); this model's "
+            f"diffusion model is {type(diffusion).__name__}, which has none: turn FreeU off for it"
+        )
+    return config
+
+
+class FreeUScript(scripts.Script):
+    sorting_priority = 12.5  # just after Forge's built-in FreeU
+
+    def title(self) -> str:
+        return TITLE
+
+    def show(self, is_img2img: bool) -> Any:
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img: bool) -> list[Any]:
+        with InputAccordion(ARGS["enabled"], label=TITLE, elem_id=self.elem_id("enabled")) as enabled:
+            preset = gr.Dropdown(
+                label="Preset", choices=PRESETS, value=ARGS["preset"],
+                info="auto: from the U-Net's layout; custom: the controls below; a name: that published setting",
+            )  # fmt: skip
+            with gr.Row():
+                b1 = gr.Slider(label="b1: backbone, stage 1", minimum=0, maximum=3, step=0.01, value=ARGS["b1"])
+                b2 = gr.Slider(label="b2: backbone, stage 2", minimum=0, maximum=3, step=0.01, value=ARGS["b2"])
+            with gr.Row():
+                s1 = gr.Slider(label="s1: skip, stage 1", minimum=0, maximum=3, step=0.01, value=ARGS["s1"])
+                s2 = gr.Slider(label="s2: skip, stage 2", minimum=0, maximum=3, step=0.01, value=ARGS["s2"])
+            with gr.Row():
+                version = gr.Radio(label="Version", choices=["2", "1"], value=ARGS["version"])
+                convention = gr.Radio(
+                    label="Stages", choices=["official", "diffusers"], value=ARGS["convention"],
+                    info="official: by backbone width (the authors, Forge); diffusers: by decoder level",
+                )  # fmt: skip
+                threshold = gr.Slider(label="Threshold", minimum=1, maximum=16, step=1, value=ARGS["threshold"])
+            with gr.Row():
+                start = gr.Slider(label="Start (fraction of the schedule)", minimum=0, maximum=1, step=0.01,
+                                  value=ARGS["start"])  # fmt: skip
+                end = gr.Slider(label="End", minimum=0, maximum=1, step=0.01, value=ARGS["end"])
+                ramp = gr.Slider(label="Ramp", minimum=0, maximum=0.5, step=0.01, value=ARGS["ramp"])
+        custom_controls = [b1, b2, s1, s2, version, convention]
+
+        def show_preset(name: str) -> list[Any]:
+            """A named preset shows its values in the controls it sets; only custom leaves them editable."""
+            if name in freeu.PRESETS:
+                config = freeu.get_preset(name).config
+                values = [config.b1, config.b2, config.s1, config.s2, str(config.version), config.convention]
+                return [gr.update(value=v, interactive=False) for v in values]
+            return [gr.update(interactive=name == CUSTOM) for _ in custom_controls]
+
+        preset.change(fn=show_preset, inputs=[preset], outputs=custom_controls, show_progress=False)
+        components = [enabled, preset, b1, b2, s1, s2, version, convention, threshold, start, end, ramp]
+        self.infotext_fields = [(enabled, lambda params: INFOTEXT["b1"] in params)] + [
+            (component, INFOTEXT[name]) for name, component in zip(list(ARGS)[1:], components[1:], strict=True)
+        ]
+        self.paste_field_names = list(INFOTEXT.values())
+        return components
+
+    def process(self, p: Any, *args: Any) -> None:
+        """Check the settings before anything is sampled, and write them into the infotext. Forge reports a
+        script's error on its console and samples on without the script, so a refused setting is also written into
+        the infotext (``FreeU error``), next to the image it did not change."""
+        try:
+            settings = read_args(args)
+            if not settings["enabled"]:
+                return
+            _, config = resolve(settings, _unet_config(p.sd_model.forge_objects.unet))
+        except ValueError as error:
+            p.extra_generation_params[ERROR] = str(error)
+            raise
+        p.extra_generation_params.update(infotext(settings, config))
+
+    def process_before_every_sampling(self, p: Any, *args: Any, **kwargs: Any) -> None:
+        """Register FreeU on a clone of this pass's U-Net (Forge resets the U-Net before every pass)."""
+        if ERROR in p.extra_generation_params:
+            return  # refused in process(), already reported
+        settings = read_args(args)
+        if not settings["enabled"]:
+            return
+        unet = p.sd_model.forge_objects.unet
+        unet_config = _unet_config(unet)
+        _, config = resolve(settings, unet_config)
+        patch = hosts.ldm_output_block_patch(
+            config, unet_config, percent_to_sigma=unet.model.predictor.percent_to_sigma
+        )
+        clone = unet.clone()
+        hosts.set_output_block_patch(clone, patch)  # replaces an earlier pass's patch, never stacks
+        p.sd_model.forge_objects.unet = clone
