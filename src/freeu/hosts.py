@@ -5,7 +5,8 @@ transformer_options)`` just before each output block's ``cat([h, hsp])``: ``h`` 
 skip feature, and ``transformer_options["block"]`` is ``("output", index)``. The host keeps the patch on its own
 per-model clone, so nothing is installed on modules that other models share and nothing stays behind after a run;
 :func:`output_block_patch` builds such a patch from a :class:`freeu.FreeUConfig`, with the same operators as
-:func:`freeu.apply` (the backbone scaling and the FFT-free skip filter, never writing into the host's tensors).
+:func:`freeu.apply` (the backbone scaling and the skip filter, never writing into the host's tensors); the filter
+takes its FFT-free projection at every threshold, so no host's device needs an FFT.
 
 Stages: under the official convention by the backbone width (4x and 2x ``model_channels``), under the diffusers
 convention by the decoder level of the output block (``index // (num_res_blocks + 1)``). A step window needs the
@@ -118,7 +119,9 @@ def output_block_patch(
                 weight = weight.repeat(h.shape[0] // weight.numel())
                 b = 1.0 + weight * (float(b) - 1.0)
                 s = (1.0 + weight * (float(s) - 1.0)).view(-1, 1)
-        return scale_backbone(h, b, config.version), fourier_filter(hsp, config.threshold, s)
+        # the projection at every threshold (auto would take an FFT above threshold 4): hosts run on devices and in
+        # dtypes where an FFT fails, and the projection is exact there too
+        return scale_backbone(h, b, config.version), fourier_filter(hsp, config.threshold, s, method="projection")
 
     patch.freeu_config = config  # type: ignore[attr-defined]
     return patch

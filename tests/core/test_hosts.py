@@ -183,3 +183,20 @@ def test_registration_replaces_an_earlier_freeu_patch_and_keeps_the_hosts_others
     patcher.set_model_output_block_patch(other)
     freeu.hosts.set_output_block_patch(patcher, second)
     assert patcher.model_options["transformer_options"]["patches"]["output_block_patch"] == [other, second]
+
+
+@pytest.mark.parametrize("threshold", [1, 5, 12])
+def test_a_host_patch_never_takes_an_fft_at_any_threshold(monkeypatch, threshold) -> None:
+    config = freeu.FreeUConfig(1.0, 1.0, 0.3, 0.3, version=1, threshold=threshold)
+    patch = freeu.output_block_patch(config, model_channels=32)
+    gen = torch.Generator().manual_seed(0)
+    h, hsp = torch.randn(2, 128, 24, 24, generator=gen), torch.randn(2, 128, 24, 24, generator=gen)
+    expected = freeu.fourier_filter(hsp, threshold, 0.3, method="fft")
+
+    def no_fft(*args, **kwargs):
+        raise AssertionError("an FFT was taken")
+
+    for name in ("fft", "fftn", "fft2", "rfft", "rfftn", "rfft2", "ifftn", "irfftn"):
+        monkeypatch.setattr(torch.fft, name, no_fft)
+    _, filtered = patch(h, hsp, {})
+    assert (filtered - expected).abs().max().item() <= 1e-5
