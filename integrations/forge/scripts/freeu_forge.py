@@ -163,21 +163,26 @@ class FreeUScript(scripts.Script):
         return scripts.AlwaysVisible
 
     def ui(self, is_img2img: bool) -> list[Any]:
+        editable = ARGS["preset"] == CUSTOM  # a preset (auto included) sets b1 to convention; custom leaves them free
+
+        def factor(name: str, label: str) -> Any:
+            return gr.Slider(label=label, minimum=0, maximum=3, step=0.01, value=ARGS[name], interactive=editable)
+
         with InputAccordion(ARGS["enabled"], label=TITLE, elem_id=self.elem_id("enabled")) as enabled:
             preset = gr.Dropdown(
                 label="Preset", choices=PRESETS, value=ARGS["preset"],
                 info="auto: from the U-Net's layout; custom: the controls below; a name: that published setting",
             )  # fmt: skip
             with gr.Row():
-                b1 = gr.Slider(label="b1: backbone, stage 1", minimum=0, maximum=3, step=0.01, value=ARGS["b1"])
-                b2 = gr.Slider(label="b2: backbone, stage 2", minimum=0, maximum=3, step=0.01, value=ARGS["b2"])
+                b1 = factor("b1", "b1: backbone, stage 1")
+                b2 = factor("b2", "b2: backbone, stage 2")
             with gr.Row():
-                s1 = gr.Slider(label="s1: skip, stage 1", minimum=0, maximum=3, step=0.01, value=ARGS["s1"])
-                s2 = gr.Slider(label="s2: skip, stage 2", minimum=0, maximum=3, step=0.01, value=ARGS["s2"])
+                s1 = factor("s1", "s1: skip, stage 1")
+                s2 = factor("s2", "s2: skip, stage 2")
             with gr.Row():
-                version = gr.Radio(label="Version", choices=["2", "1"], value=ARGS["version"])
+                version = gr.Radio(label="Version", choices=["2", "1"], value=ARGS["version"], interactive=editable)
                 convention = gr.Radio(
-                    label="Stages", choices=["official", "diffusers"], value=ARGS["convention"],
+                    label="Stages", choices=["official", "diffusers"], value=ARGS["convention"], interactive=editable,
                     info="official: by backbone width (the authors, Forge); diffusers: by decoder level",
                 )  # fmt: skip
                 threshold = gr.Slider(label="Threshold", minimum=1, maximum=16, step=1, value=ARGS["threshold"])
