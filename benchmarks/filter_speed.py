@@ -7,12 +7,15 @@ contender over all of a model's tensors, in a rotating order; the tables quote m
 
 - ``filter``: ``freeu.fourier_filter`` vs ``diffusers.utils.torch_utils.fourier_filter`` vs ``x.clone()`` on the
   skip features.
+- ``controls``: the filter with a gain on the high frequencies and with a cutoff as a fraction of the map (a
+  rectangle of bins) against today's filter (threshold 1, high frequencies untouched), with every ``torch.fft``
+  call counted (none is expected).
 - ``join``: the work FreeU adds at a join, ours vs diffusers: our forward pre-hook as ``freeu.apply`` installs it
   (version 1 and 2), which takes the host's ``cat([backbone, skip])`` and returns a new one, vs diffusers'
   ``apply_freeu``, which scales the backbone half in place and filters the skip before the host's cat; the floor is
   one copy of the joined tensor (a hook that may not write into the host's tensor has to produce at least that).
 
-    python benchmarks/filter_speed.py [--sections filter,join] [--models sd15,sdxl]
+    python benchmarks/filter_speed.py [--sections filter,controls,join] [--models sd15,sdxl]
         [--dtypes float32,bfloat16,float16] [--batch 2] [--latent N] [--repeats 30] [--device cpu]
 """
 
@@ -116,6 +119,81 @@ def filter_section(
         "compute the same filter."
     )
     return bl.Section("filter", "Skip filter alone", headers, rows, note)
+
+
+class _FFTCounter:
+    """Counts calls of ``torch.fft``'s transforms while active (they still run)."""
+
+    NAMES = ("fft", "ifft", "fft2", "ifft2", "fftn", "ifftn", "rfft", "irfft", "rfft2", "irfft2", "rfftn", "irfftn")
+
+    def __enter__(self) -> _FFTCounter:
+        self.calls, self._saved = 0, {name: getattr(torch.fft, name) for name in self.NAMES}
+        for name, fn in self._saved.items():
+
+            def counted(*args, _fn=fn, **kwargs):  # noqa: ANN002, ANN003, ANN202
+                self.calls += 1
+                return _fn(*args, **kwargs)
+
+            setattr(torch.fft, name, counted)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name, fn in self._saved.items():
+            setattr(torch.fft, name, fn)
+
+
+def _controls_row(
+    layout: str, dtype_name: str, batch: int, latent: int | None, repeats: int, device: torch.device
+) -> list[str]:
+    from freeu.fourier import cutoff_threshold
+
+    used, joins = skip_joins(layout, latent)
+    dtype = getattr(torch, dtype_name)
+    gen = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(batch, p.join.skip_channels, n, n, generator=gen).to(device, dtype) for p, n in joins]
+    scales = [bl.FACTORS[f"s{p.stage}"] for p, _ in joins]
+    cutoffs = [cutoff_threshold(n, n, 0.1) for _, n in joins]
+    idx = range(len(inputs))
+    fns = {
+        "today": lambda i: freeu.fourier_filter(inputs[i], 1, scales[i]),
+        "high": lambda i: freeu.fourier_filter(inputs[i], 1, scales[i], high=1.1),
+        "cutoff": lambda i: freeu.fourier_filter(inputs[i], cutoffs[i], scales[i], method="projection"),
+    }
+    worst = max(
+        _max_diff(fns["high"](i), freeu.fourier_filter(inputs[i].double(), 1, scales[i], high=1.1, method="fft"))
+        for i in idx
+    )
+    contenders = [bl.Contender(name, lambda fn=fn: [fn(i) for i in idx]) for name, fn in fns.items()]
+    with _FFTCounter() as counter:
+        times = bl.interleaved(contenders, repeats, device)
+    med = {name: bl.median(t) for name, t in times.items()}
+    sizes = sorted({n for _, n in joins})
+    return [
+        layout, dtype_name, f"{len(inputs)} @ {used}x{used}", bl.fmt_ms(med["today"]), bl.fmt_ms(med["high"]),
+        bl.fmt_ratio(med["high"] / med["today"]), ", ".join(f"{cutoff_threshold(n, n, 0.1)[0]} @ {n}" for n in sizes),
+        bl.fmt_ms(med["cutoff"]), bl.fmt_ratio(med["cutoff"] / med["today"]), str(counter.calls), f"{worst:.1e}",
+    ]  # fmt: skip
+
+
+def controls_section(
+    models: list[str], dtypes: list[str], batch: int, latent: int | None, repeats: int, device: torch.device
+) -> bl.Section:
+    rows = [_controls_row(m, d, batch, latent, repeats, device) for m in models for d in dtypes]
+    headers = [
+        "model", "dtype", "tensors @ latent", "today (ms)", "high gain 1.1 (ms)", "high / today",
+        "cutoff 0.1: half-width @ map", "cutoff 0.1 (ms)", "cutoff / today", "torch.fft calls",
+        "max abs diff high gain vs float64 FFT",
+    ]  # fmt: skip
+    note = (
+        f"The skip filter's new controls on the same tensors as section a (batch {batch}, {repeats} interleaved "
+        "repetitions, medians of one pass). Today: `fourier_filter(x, 1, s)`. High gain: the same with `high=1.1` "
+        "on every frequency outside the square (`high * x + (s - high) * P x`: the same projection, one more "
+        "scaled term). Cutoff 0.1: the rectangle sd-webui-freeu's `skip_cutoff=0.1` gives "
+        "(`cutoff_threshold`: `max(1, floor(n // 2 * 0.1))` bins each side), by projection. `torch.fft calls` "
+        "counts every transform called during all the timed repetitions. The last column compares the high gain "
+        "with the FFT reference in float64."
+    )
+    return bl.Section("controls", "Skip filter with a high-frequency gain or a cutoff", headers, rows, note)
 
 
 def _installed_hooks(unet: torch.nn.Module, plans: list[freeu.JoinPlan]) -> list:
@@ -230,7 +308,7 @@ def join_section(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default="filter,join", help="comma list of filter, join")
+    parser.add_argument("--sections", default="filter,controls,join", help="comma list of filter, controls, join")
     parser.add_argument("--models", default="sd15,sdxl", help="comma list of sd15, sd21, sdxl")
     parser.add_argument("--dtypes", "--dtype", default=",".join(bl.DTYPES))
     parser.add_argument("--batch", type=int, default=2)
@@ -242,7 +320,7 @@ def main() -> None:
     device = bl.setup(args.device, args.threads)
     models, dtypes = args.models.split(","), args.dtypes.split(",")
     print(bl.environment(device) + "\n")
-    runners = {"filter": filter_section, "join": join_section}
+    runners = {"filter": filter_section, "controls": controls_section, "join": join_section}
     for key in args.sections.split(","):
         print(runners[key](models, dtypes, args.batch, args.latent, args.repeats, device).markdown(), flush=True)
 

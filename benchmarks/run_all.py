@@ -5,6 +5,7 @@
 Sections (each also runnable alone through its own script):
 
 - ``filter``  skip filter alone, ours vs diffusers vs a copy (filter_speed.py)
+- ``controls`` the skip filter with a high-frequency gain or a cutoff, against today's (filter_speed.py)
 - ``join``    the whole work FreeU adds at a skip join, ours vs diffusers vs a copy (filter_speed.py)
 - ``unet``    U-Net forward with FreeU off / ours / diffusers' enable_freeu (unet_overhead.py)
 - ``share``   FreeU's share of a forward at full size, ours vs diffusers (unet_overhead.py --share-only)
@@ -38,7 +39,7 @@ import peak_memory
 import torch
 import unet_overhead
 
-SECTIONS = ("filter", "join", "unet", "share", "memory", "compile", "sweep")
+SECTIONS = ("filter", "join", "unet", "share", "memory", "compile", "sweep", "controls")
 TITLES = {
     "filter": "a. Skip filter alone",
     "join": "b. One skip join: the work FreeU adds",
@@ -47,6 +48,7 @@ TITLES = {
     "memory": "e. Extra peak memory of a forward with FreeU",
     "compile": "f. torch.compile(fullgraph=True)",
     "sweep": "g. A sweep of N settings as one batch",
+    "controls": "h. Skip filter with a high-frequency gain or a cutoff",
 }
 
 # settings per run kind; "device" defaults differ where a GPU affords the native latent sizes
@@ -103,6 +105,10 @@ def _runners(s: dict, device: torch.device) -> dict[str, Callable[[], bl.Section
     split = str.split
     return {
         "filter": lambda: filter_speed.filter_section(
+            split(s["filter_models"], ","), split(s["dtypes"], ","), s["filter_batch"], s["filter_latent"],
+            s["filter_repeats"], device,
+        ),
+        "controls": lambda: filter_speed.controls_section(
             split(s["filter_models"], ","), split(s["dtypes"], ","), s["filter_batch"], s["filter_latent"],
             s["filter_repeats"], device,
         ),

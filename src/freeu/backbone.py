@@ -5,6 +5,10 @@ Version 2 (CVPR paper Eq. 2-4, the authors' README code since 2023-10-18, ComfyU
 by ``alpha = (b - 1) * m + 1``, where ``m`` is the channel mean of the sample min-max normalised over its positions to
 ``[0, 1]``: the factor runs from 1 (least active position) to ``b`` (most active).
 
+A channel window (sd-webui-freeu's backbone offset and width) scales another range of channels instead of the first
+half: ``[floor(offset * C), floor((offset + width) * C))``, continued from channel 0 past the last one
+(:func:`channel_window`); version 2's map still comes from the mean over all ``C`` channels.
+
 The authors' version 2 divides by ``max - min`` with no epsilon, so a constant mean map (a ``1 x 1`` feature, say)
 gives NaN there. Here such a sample counts as all at its maximum and gets the full ``b`` (as in version 1); every
 other input gives the reference numbers.
@@ -12,13 +16,14 @@ other input gives the reference numbers.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
 
 from .fourier import channels_per_piece, traced
 
-__all__ = ["scale_backbone", "scaled_half", "structure_factor"]
+__all__ = ["channel_window", "scale_backbone", "scaled_half", "structure_factor"]
 
 Version = Literal[1, 2]
 
@@ -86,10 +91,47 @@ def scaled_half(
     return half * factor if isinstance(factor, float) else (half * factor).to(x.dtype)
 
 
-def scale_backbone(x: torch.Tensor, b: float | torch.Tensor, version: Version = 2) -> torch.Tensor:
+def channel_window(channels: int, offset: float = 0.0, width: float = 0.5) -> list[tuple[int, int]]:
+    """The half-open channel ranges a window scales: ``[floor(offset * C), floor((offset + width) * C))``, the part
+    past the last channel continued from channel 0. The default is ``[(0, C // 2)]``, the paper's first half.
+
+    Args:
+        channels: the backbone width ``C``.
+        offset: where the window starts, a fraction of ``C`` in ``[0, 1)``.
+        width: how much it covers, a fraction of ``C`` in ``[0, 1]``.
+    """
+    for name, value, interval in (("offset", offset, "[0, 1)"), ("width", width, "[0, 1]")):
+        number = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+        if not number or not 0 <= value <= 1 or (name == "offset" and value == 1):
+            raise ValueError(f"the channel window's {name} must be in {interval} (a fraction of the channels), "
+                             f"got {value!r}")  # fmt: skip
+    # a decimal fraction of the channels lands on the channel it names (0.3 * 1280 is 383.99... in binary)
+    begin, end = math.floor(offset * channels + 1e-9), math.floor((offset + width) * channels + 1e-9)
+    if end <= channels:
+        return [(begin, end)] if end > begin else []
+    return [(begin, channels), (0, min(end - channels, begin))]
+
+
+def scale_backbone(
+    x: torch.Tensor, b: float | torch.Tensor, version: Version = 2, *, window: tuple[float, float] = (0.0, 0.5)
+) -> torch.Tensor:
     """A new ``(B, C, H, W)`` tensor: ``x`` with its first ``C // 2`` channels scaled by FreeU's backbone factor.
 
-    ``b`` is a number or a tensor of shape ``(B,)`` (one factor per sample). ``x`` is not modified.
+    ``b`` is a number or a tensor of shape ``(B,)`` (one factor per sample). ``x`` is not modified. ``window``:
+    ``(offset, width)`` of the scaled channels as fractions of ``C`` (:func:`channel_window`); the default is the
+    first half.
     """
-    first = scaled_half(x, b, version)
-    return torch.cat([first, x[:, first.shape[1] :]], dim=1)
+    if tuple(window) == (0.0, 0.5):
+        first = scaled_half(x, b, version)
+        return torch.cat([first, x[:, first.shape[1] :]], dim=1)
+    if x.dim() != 4:
+        raise ValueError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
+    if isinstance(version, bool) or version not in (1, 2):
+        raise ValueError(f"version must be 1 or 2, got {version!r}")
+    ranges = channel_window(x.shape[1], *window)
+    factor = _per_sample(b, x.shape[0], x.device) if version == 1 else structure_factor(x, b)
+    result = x.clone()
+    for begin, end in ranges:
+        part = x[:, begin:end] * factor
+        result[:, begin:end] = part if isinstance(factor, float) else part.to(x.dtype)
+    return result

@@ -10,6 +10,11 @@ and ``H, W >= 3``), so it is applied here as a projection onto a few real cosine
 products in float32 (float64 for float64 input), no complex dtype and no ``torch.fft``. That works in every float
 dtype, on every device that has a matrix product, and costs little more than a copy.
 
+Two extensions keep that form. A rectangle ``[H//2 - th, H//2 + th) x [W//2 - tw, W//2 + tw)`` (``threshold`` as a
+pair ``(th, tw)``; sd-webui-freeu's cutoff, a fraction of each half-size, gives one, see :func:`cutoff_threshold`)
+changes other bins, projected the same way. A gain ``high`` on every bin outside the square makes the mask ``high``
+outside and ``scale`` inside, so the result is ``high * x + (scale - high) * P x``: still one projection.
+
 Square and spectrum: bins of the square that fall outside the spectrum (``t > H//2``) are dropped, so a large ``t``
 covers the whole spectrum. The reference code slices with ``H//2 - t`` directly, which for ``t > H//2`` wraps around
 as a negative Python index and selects other rows (sometimes none); for every ``t <= H//2``, and for ``t = 1`` at
@@ -24,7 +29,7 @@ from typing import Literal
 
 import torch
 
-__all__ = ["fourier_filter", "filtered_frequencies"]
+__all__ = ["cutoff_threshold", "fourier_filter", "filtered_frequencies"]
 
 FilterMethod = Literal["auto", "projection", "fft"]
 _METHODS = ("auto", "projection", "fft")
@@ -37,14 +42,29 @@ def _axis_frequencies(n: int, threshold: int) -> range:
     return range(max(-threshold, -(n // 2)), min(threshold, n - n // 2))
 
 
-def filtered_frequencies(height: int, width: int, threshold: int = 1) -> list[tuple[int, int]]:
-    """The (row, column) frequencies, in ``[-n//2, n - n//2)``, that the mask scales for an ``height x width`` map."""
-    return [(k, m) for k in _axis_frequencies(height, threshold) for m in _axis_frequencies(width, threshold)]
+def _pair(threshold: int | tuple[int, int]) -> tuple[int, int]:
+    return (threshold, threshold) if isinstance(threshold, int) else (threshold[0], threshold[1])
+
+
+def filtered_frequencies(height: int, width: int, threshold: int | tuple[int, int] = 1) -> list[tuple[int, int]]:
+    """The (row, column) frequencies, in ``[-n//2, n - n//2)``, that the mask scales for an ``height x width`` map;
+    ``threshold`` is one half-width or ``(rows, columns)``."""
+    rows, cols = _pair(threshold)
+    return [(k, m) for k in _axis_frequencies(height, rows) for m in _axis_frequencies(width, cols)]
+
+
+def cutoff_threshold(height: int, width: int, cutoff: float) -> tuple[int, int]:
+    """The ``(rows, columns)`` half-widths of a cutoff given as a fraction of the map (sd-webui-freeu's
+    ``skip_cutoff``): ``max(1, floor(n // 2 * cutoff))`` on each axis, so 0 is the published ``threshold = 1`` and 1
+    reaches the edges of the spectrum."""
+    if isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)) or not 0 <= cutoff <= 1:
+        raise ValueError(f"cutoff must be a number in [0, 1] (a fraction of the map), got {cutoff!r}")
+    return max(1, math.floor(height // 2 * cutoff)), max(1, math.floor(width // 2 * cutoff))
 
 
 @functools.lru_cache(maxsize=128)
 def _mode_basis(
-    height: int, width: int, threshold: int, device: torch.device, dtype: torch.dtype
+    height: int, width: int, threshold: tuple[int, int], device: torch.device, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Real modes spanning the masked bins: ``(project, reconstruct)``, each ``(modes, height * width)``.
 
@@ -80,16 +100,17 @@ def _mode_basis(
 
 
 def _basis(
-    height: int, width: int, threshold: int, device: torch.device, dtype: torch.dtype
+    height: int, width: int, threshold: int | tuple[int, int], device: torch.device, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The cached basis in eager mode; under torch.compile the builder is traced (shapes only: it constant-folds)."""
+    threshold = _pair(threshold)  # one cache entry for t and (t, t)
     if torch.compiler.is_compiling():
         return _mode_basis.__wrapped__(height, width, threshold, device, dtype)
     return _mode_basis(height, width, threshold, device, dtype)
 
 
 @functools.lru_cache(maxsize=256)
-def _num_modes(height: int, width: int, threshold: int) -> int:
+def _num_modes(height: int, width: int, threshold: tuple[int, int]) -> int:
     """How many real modes the projection uses (7 for ``threshold = 1`` and ``H, W >= 3``)."""
     weights = {}
     for k, m in filtered_frequencies(height, width, threshold):
@@ -115,21 +136,34 @@ def _check_scale(scale: float | torch.Tensor) -> None:
         raise ValueError(f"fourier_filter: scale must be a finite number >= 0, got {scale!r}")
 
 
-def _check_threshold(threshold: int) -> None:
-    if isinstance(threshold, bool) or not isinstance(threshold, int):
-        raise TypeError(f"fourier_filter: threshold must be an int >= 1, got {threshold!r}")
-    if threshold < 1:
-        raise ValueError(f"fourier_filter: threshold must be an int >= 1, got {threshold}")
+def _check_threshold(threshold: int | tuple[int, int]) -> tuple[int, int]:
+    """``(rows, columns)`` of a valid threshold: an int >= 1 or a pair of them."""
+    parts = threshold if isinstance(threshold, tuple) and len(threshold) == 2 else (threshold,)
+    for part in parts:
+        if isinstance(part, bool) or not isinstance(part, int):
+            raise TypeError(f"fourier_filter: threshold must be an int >= 1 or a pair of them, got {threshold!r}")
+        if part < 1:
+            raise ValueError(f"fourier_filter: threshold must be an int >= 1 or a pair of them, got {threshold!r}")
+    return _pair(threshold)
+
+
+def _check_high(high: float) -> None:
+    if isinstance(high, bool) or not isinstance(high, (int, float)):
+        raise TypeError(f"fourier_filter: high must be a real number, got {type(high).__name__}")
+    if not math.isfinite(high) or high < 0:
+        raise ValueError(f"fourier_filter: high must be a finite number >= 0, got {high!r}")
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _per_row_scale(scale: float | torch.Tensor, lead: torch.Size, dtype: torch.dtype) -> float | torch.Tensor:
-    """``scale - 1`` as a python float, or as a ``(rows, 1)`` tensor for a tensor scale broadcast over ``lead``."""
+def _per_row_scale(
+    scale: float | torch.Tensor, lead: torch.Size, dtype: torch.dtype, high: float = 1.0
+) -> float | torch.Tensor:
+    """``scale - high`` as a python float, or as a ``(rows, 1)`` tensor for a tensor scale broadcast over ``lead``."""
     if not isinstance(scale, torch.Tensor):
-        return float(scale) - 1.0
+        return float(scale) - high
     try:
         expanded = torch.broadcast_to(scale.to(dtype), lead)
     except RuntimeError as error:
@@ -137,7 +171,7 @@ def _per_row_scale(scale: float | torch.Tensor, lead: torch.Size, dtype: torch.d
             f"fourier_filter: a scale tensor must broadcast to the input's leading dims {tuple(lead)}, "
             f"got shape {tuple(scale.shape)}"
         ) from error
-    return expanded.reshape(-1, 1) - 1.0
+    return expanded.reshape(-1, 1) - high
 
 
 def _rows_view(t: torch.Tensor) -> torch.Tensor | None:
@@ -169,7 +203,7 @@ def channels_per_piece(batch: int, size: int, device: torch.device) -> int:
 
 
 def _filter_projection_into(
-    x: torch.Tensor, threshold: int, scale: float | torch.Tensor, out: torch.Tensor | None
+    x: torch.Tensor, threshold: tuple[int, int], scale: float | torch.Tensor, out: torch.Tensor | None, high: float
 ) -> torch.Tensor | None:
     """The projection written straight into ``out`` (a new tensor in ``x``'s layout if ``None``), ``None`` where the
     layouts do not allow it.
@@ -194,7 +228,8 @@ def _filter_projection_into(
     height, width = x.shape[-2:]
     acc = _accumulation_dtype(x.dtype)
     project, reconstruct = _basis(height, width, threshold, x.device, acc)
-    gain = _per_row_scale(scale, x.shape[:-2], acc)
+    gain = _per_row_scale(scale, x.shape[:-2], acc, high)
+    beta = {} if high == 1 else {"beta": high}  # high * x + (scale - high) * P x
     batch, size, channels = x3.shape[0], height * width, x3.shape[2 if last else 1]
     if isinstance(gain, torch.Tensor):
         gain = gain.view(batch, 1, channels) if last else gain.view(batch, channels, 1)
@@ -219,9 +254,9 @@ def _filter_projection_into(
             coefficients = coefficients * gain[piece]
         pair = (basis, coefficients) if last else (coefficients, basis)
         if x.dtype == acc:
-            torch.baddbmm(source, *pair, alpha=alpha, out=out3[piece])
+            torch.baddbmm(source, *pair, alpha=alpha, out=out3[piece], **beta)
         else:  # the float32 piece is ours: the sum goes into it, then rounds once into out
-            out3[piece].copy_(torch.baddbmm(source, *pair, alpha=alpha, out=source))
+            out3[piece].copy_(torch.baddbmm(source, *pair, alpha=alpha, out=source, **beta))
     return out
 
 
@@ -234,7 +269,9 @@ def traced(*values: object) -> bool:
     return grads and torch.is_grad_enabled()
 
 
-def _filter_projection(x: torch.Tensor, threshold: int, scale: float | torch.Tensor) -> torch.Tensor:
+def _filter_projection(
+    x: torch.Tensor, threshold: tuple[int, int], scale: float | torch.Tensor, high: float
+) -> torch.Tensor:
     height, width = x.shape[-2:]
     acc = _accumulation_dtype(x.dtype)
     project, reconstruct = _basis(height, width, threshold, x.device, acc)
@@ -242,32 +279,34 @@ def _filter_projection(x: torch.Tensor, threshold: int, scale: float | torch.Ten
     if flat.dtype != acc:
         flat = flat.to(acc)
     coefficients = flat @ project.T
-    coefficients = coefficients * _per_row_scale(scale, x.shape[:-2], acc)
-    out = torch.addmm(flat, coefficients, reconstruct)
+    coefficients = coefficients * _per_row_scale(scale, x.shape[:-2], acc, high)
+    out = torch.addmm(flat, coefficients, reconstruct, **({} if high == 1 else {"beta": high}))
     return out.view(x.shape).to(x.dtype)
 
 
-def _filter_fft(x: torch.Tensor, threshold: int, scale: float | torch.Tensor) -> torch.Tensor:
+def _filter_fft(x: torch.Tensor, threshold: tuple[int, int], scale: float | torch.Tensor, high: float) -> torch.Tensor:
     height, width = x.shape[-2:]
     acc = _accumulation_dtype(x.dtype)
     spectrum = torch.fft.fftshift(torch.fft.fft2(x.to(acc)), dim=(-2, -1))
     inside = torch.zeros(height, width, dtype=acc, device=x.device)
-    r0, r1 = max(height // 2 - threshold, 0), min(height // 2 + threshold, height)
-    c0, c1 = max(width // 2 - threshold, 0), min(width // 2 + threshold, width)
+    rows, cols = threshold
+    r0, r1 = max(height // 2 - rows, 0), min(height // 2 + rows, height)
+    c0, c1 = max(width // 2 - cols, 0), min(width // 2 + cols, width)
     inside[r0:r1, c0:c1] = 1.0
-    gain = _per_row_scale(scale, x.shape[:-2], acc)
+    gain = _per_row_scale(scale, x.shape[:-2], acc, high)
     if isinstance(gain, torch.Tensor):
         gain = gain.view(*x.shape[:-2], 1, 1)
-    mask = 1.0 + gain * inside
+    mask = high + gain * inside
     filtered = torch.fft.ifft2(torch.fft.ifftshift(spectrum * mask, dim=(-2, -1))).real
     return filtered.to(x.dtype)
 
 
 def fourier_filter(
     x: torch.Tensor,
-    threshold: int = 1,
+    threshold: int | tuple[int, int] = 1,
     scale: float | torch.Tensor = 1.0,
     *,
+    high: float = 1.0,
     method: FilterMethod = "auto",
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -277,6 +316,11 @@ def fourier_filter(
     bfloat16, float32 or float64, on any device; the result has ``x``'s dtype and shape. ``x`` has shape
     ``(..., H, W)`` and is never modified. ``scale`` is a number ``>= 0`` or a tensor that broadcasts to
     ``x.shape[:-2]`` (e.g. shape ``(B, 1)`` for one value per sample). ``scale == 1`` returns ``x`` itself.
+
+    ``threshold``: the half-width of the square of scaled frequencies (1 in every published setting), or
+    ``(rows, columns)`` for a rectangle (:func:`cutoff_threshold` turns a fraction of the map into one).
+    ``high``: the gain of every frequency outside the square (sd-webui-freeu's ``skip_high_end_factor``), a number
+    ``>= 0``; the default 1 leaves them alone, and ``scale == high == 1`` returns ``x`` itself.
 
     ``method``: ``"projection"`` (real arithmetic, no FFT), ``"fft"`` (the reference algorithm, in float32/64), or
     ``"auto"``: projection unless the threshold is so large that an FFT is cheaper. Where the square holds every bin
@@ -297,8 +341,9 @@ def fourier_filter(
         raise TypeError(f"fourier_filter: x must be a floating point tensor (float16/bfloat16/32/64), got {x.dtype}")
     if x.dim() < 2:
         raise ValueError(f"fourier_filter: x must have at least 2 dims (..., H, W), got shape {tuple(x.shape)}")
-    _check_threshold(threshold)
+    threshold = _check_threshold(threshold)
     _check_scale(scale)
+    _check_high(high)
     if method not in _METHODS:
         raise ValueError(f"fourier_filter: method must be one of {_METHODS}, got {method!r}")
     if out is not None and (out.shape != x.shape or out.dtype != x.dtype or out.device != x.device):
@@ -306,12 +351,13 @@ def fourier_filter(
             f"fourier_filter: out must match x's shape, dtype and device {tuple(x.shape)}, {x.dtype}, {x.device}; "
             f"got {tuple(out.shape)}, {out.dtype}, {out.device}"
         )
-    if not isinstance(scale, torch.Tensor) and scale == 1:
+    if not isinstance(scale, torch.Tensor) and scale == 1 and high == 1:
         return x if out is None else out.copy_(x)
     if x.numel() == 0:
         return x.clone() if out is None else out
     height, width = x.shape[-2:]
-    covered = len(_axis_frequencies(height, threshold)) == height and len(_axis_frequencies(width, threshold)) == width
+    rows, cols = threshold
+    covered = len(_axis_frequencies(height, rows)) == height and len(_axis_frequencies(width, cols)) == width
     if covered and method != "fft" and not isinstance(scale, torch.Tensor):
         # the square holds every bin (a 2 x 2 map at t = 1, say): the filter scales the map, in one rounding
         return torch.mul(x, scale) if out is None else torch.mul(x, scale, out=out)
@@ -319,8 +365,9 @@ def fourier_filter(
         count = _num_modes.__wrapped__ if torch.compiler.is_compiling() else _num_modes  # dynamo skips caches
         method = "projection" if count(height, width, threshold) <= _MAX_PROJECTION_MODES else "fft"
     if method == "projection" and (out is not None or not traced(x, scale)):
-        written = _filter_projection_into(x, threshold, scale, out)
+        written = _filter_projection_into(x, threshold, scale, out, high)
         if written is not None:
             return written
-    result = _filter_fft(x, threshold, scale) if method == "fft" else _filter_projection(x, threshold, scale)
+    filtered = _filter_fft if method == "fft" else _filter_projection
+    result = filtered(x, threshold, scale, high)
     return result if out is None else out.copy_(result)

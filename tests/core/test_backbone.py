@@ -117,3 +117,72 @@ def test_half_precision_goes_in_pieces(monkeypatch, dtype: torch.dtype) -> None:
     ref = reference_v2(x, 1.5)
     ulp = torch.finfo(dtype).eps * ref.abs().clamp_min(torch.finfo(dtype).tiny)  # subnormal results round absolutely
     assert ((scale_backbone(x, 1.5, version=2).double() - ref).abs() <= 2 * ulp).all()
+
+
+# ---- a channel window (sd-webui-freeu's backbone offset and width) ---------------------------------------------------
+
+
+def reference_window(x: torch.Tensor, b: float, offset: float, width: float, version: int) -> torch.Tensor:
+    """float64, per channel: scaled when its index i has ``floor(o C) <= i' < floor((o + w) C)`` for i' = i or
+    i + C (the window continues from channel 0); version 2's map from the mean over all channels."""
+    import math
+
+    x64 = x.double()
+    channels = x.shape[1]
+    begin, end = math.floor(offset * channels), math.floor((offset + width) * channels)
+    inside = [begin <= i < end or begin <= i + channels < end for i in range(channels)]
+    out = x64.clone()
+    for n in range(x.shape[0]):
+        if version == 1:
+            factor = torch.tensor(b, dtype=torch.float64)
+        else:
+            mean = x64[n].mean(dim=0)
+            factor = (b - 1) * (mean - mean.min()) / (mean.max() - mean.min()) + 1
+        for i in range(channels):
+            if inside[i]:
+                out[n, i] = x64[n, i] * factor
+    return out
+
+
+def sd_webui_freeu_channels(channels: int, offset: float, width: float) -> set[int]:
+    """sd-webui-freeu's region, transcribed for 0 <= offset, 0 <= width, offset + width <= 1: channels
+    ``round(offset * n)`` to ``round((offset + width) * n)``, both included (Python's round)."""
+    return set(range(round(offset * channels), round((offset + width) * channels) + 1))
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize(
+    "offset, width", [(0.0, 0.5), (0.25, 0.5), (0.5, 0.5), (0.1, 0.2), (0.75, 0.5), (0.0, 1.0), (0.6, 0.0)]
+)
+@pytest.mark.parametrize("channels", [10, 13, 64])
+def test_a_channel_window_matches_the_reference(version, offset, width, channels) -> None:
+    x = torch.randn(2, channels, 5, 6, generator=torch.Generator().manual_seed(channels))
+    out = scale_backbone(x, 1.4, version, window=(offset, width))
+    assert (out.double() - reference_window(x, 1.4, offset, width, version)).abs().max().item() < 1e-5
+    assert not torch.equal(x, out) or width == 0 or channels * width < 1
+
+
+def test_the_default_window_is_bit_identical_and_sd_webui_freeus_default_is_reproducible() -> None:
+    from freeu.backbone import channel_window
+
+    x = torch.randn(2, 1280, 4, 4, generator=torch.Generator().manual_seed(1))
+    for version in (1, 2):
+        assert torch.equal(scale_backbone(x, 1.3, version, window=(0.0, 0.5)), scale_backbone(x, 1.3, version))
+    assert channel_window(1280) == [(0, 640)] and channel_window(13) == [(0, 6)]
+    # sd-webui-freeu's default (offset 0, width 0.5) scales 641 of 1280 channels (its end is included): the same
+    # channels as offset round(o n) / n and width (round((o + w) n) - round(o n) + 1) / n here, at each stage's width
+    for n, offset, width in ((1280, 0.0, 0.5), (640, 0.0, 0.5), (320, 0.1, 0.3), (1280, 0.3, 0.25)):
+        theirs = sd_webui_freeu_channels(n, offset, width)
+        ours_offset = round(offset * n) / n
+        ours_width = (round((offset + width) * n) - round(offset * n) + 1) / n
+        [(begin, end)] = channel_window(n, ours_offset, ours_width)
+        assert set(range(begin, end)) == theirs, (n, offset, width)
+    assert len(sd_webui_freeu_channels(1280, 0.0, 0.5)) == 641
+
+
+def test_a_bad_channel_window_is_refused_naming_the_field() -> None:
+    x = torch.randn(1, 8, 2, 2)
+    for window, field in (((1.0, 0.5), "offset"), ((-0.1, 0.5), "offset"), ((0.0, 1.5), "width"),
+                          ((0.0, float("nan")), "width")):  # fmt: skip
+        with pytest.raises(ValueError, match=f"channel window's {field} must be in"):
+            scale_backbone(x, 1.2, 1, window=window)

@@ -318,3 +318,86 @@ def test_a_tensor_scale_with_nan_negative_or_infinite_values_is_refused(bad) -> 
     x = torch.randn(2, 3, 8, 8)
     with pytest.raises(ValueError, match="scale must hold finite numbers >= 0"):
         fourier_filter(x, 1, torch.tensor([0.2, bad]).view(2, 1))
+
+
+# ---- a rectangle, a cutoff as a fraction of the map, a gain for the high frequencies ------------------------------
+
+
+def reference_general(x: torch.Tensor, rows: int, cols: int, low: float, high: float) -> torch.Tensor:
+    """The reference above with a rectangle and a second gain: float64 FFT, mask ``high`` everywhere and ``low`` on
+    ``[H//2 - rows, H//2 + rows) x [W//2 - cols, W//2 + cols)`` (clipped to the spectrum), ifft, real part."""
+    x = x.double()
+    height, width = x.shape[-2:]
+    spectrum = torch.fft.fftshift(torch.fft.fftn(x, dim=(-2, -1)), dim=(-2, -1))
+    mask = torch.full((height, width), float(high), dtype=torch.float64)
+    crow, ccol = height // 2, width // 2
+    mask[max(crow - rows, 0) : crow + rows, max(ccol - cols, 0) : ccol + cols] = low
+    return torch.fft.ifftn(torch.fft.ifftshift(spectrum * mask, dim=(-2, -1)), dim=(-2, -1)).real
+
+
+def sd_webui_freeu_cutoff(height: int, width: int, cutoff: float) -> tuple[int, int]:
+    """sd-webui-freeu's skip_cutoff, transcribed: ``crow, ccol = H // 2, W // 2``;
+    ``tr = max(1, floor(crow * cutoff))``, ``tc = max(1, floor(ccol * cutoff))``."""
+    crow, ccol = height // 2, width // 2
+    return max(1, math.floor(crow * cutoff)), max(1, math.floor(ccol * cutoff))
+
+
+@pytest.mark.parametrize("size", [(8, 8), (13, 64), (33, 17), (64, 64), (96, 80), (9, 11)], ids=str)
+@pytest.mark.parametrize("high", [1.0, 0.0, 0.7, 1.3])
+@pytest.mark.parametrize("rows, cols", [(1, 1), (1, 3), (3, 2), (4, 4)])
+def test_a_rectangle_and_a_high_gain_match_the_fft_reference(size, high, rows, cols) -> None:
+    assert rows <= size[0] // 2 and cols <= size[1] // 2  # where the literal slice is a centred rectangle
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 3, *size, generator=gen) * 3 + 1
+    for low in (0.0, 0.2, 1.6):
+        expected = reference_general(x, rows, cols, low, high)
+        for method in ("projection", "fft", "auto"):
+            out = fourier_filter(x, (rows, cols), low, high=high, method=method)
+            err = (out.double() - expected).abs().max().item()
+            assert err < 2e-5, (method, low, err)
+
+
+def test_a_high_gain_with_per_sample_scales_in_every_layout_and_half_precision() -> None:
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 6, 24, 20, generator=gen) * 2
+    scale = torch.tensor([0.3, 1.4]).view(2, 1)
+    for dtype, tolerance in ((torch.float32, 2e-5), (torch.float16, 2e-2), (torch.bfloat16, 1e-1)):
+        for layout in (torch.contiguous_format, torch.channels_last):
+            source = x.to(dtype).contiguous(memory_format=layout)
+            out = fourier_filter(source, (2, 3), scale, high=0.8)
+            assert out.dtype == dtype and out.is_contiguous(memory_format=layout)
+            for i, low in enumerate((0.3, 1.4)):
+                expected = reference_general(source[i].double(), 2, 3, low, 0.8)
+                assert (out[i].double() - expected).abs().max().item() < tolerance * 8, (dtype, layout)
+
+
+@pytest.mark.parametrize("cutoff", [0.0, 0.1, 0.25, 0.5, 0.99, 1.0])
+@pytest.mark.parametrize("size", [(64, 64), (32, 48), (13, 9), (8, 8), (1, 5)], ids=str)
+def test_a_cutoff_fraction_is_sd_webui_freeus_rectangle(cutoff, size) -> None:
+    from freeu.fourier import cutoff_threshold
+
+    rows, cols = cutoff_threshold(*size, cutoff)
+    assert (rows, cols) == sd_webui_freeu_cutoff(*size, cutoff)
+    x = torch.randn(1, 2, *size, generator=torch.Generator().manual_seed(9))
+    if rows <= max(size[0] // 2, 1) and cols <= max(size[1] // 2, 1) and min(size) > 1:
+        expected = reference_general(x, rows, cols, 0.4, 1.2)
+        assert (fourier_filter(x, (rows, cols), 0.4, high=1.2).double() - expected).abs().max().item() < 2e-5
+
+
+def test_the_defaults_are_bit_identical_and_the_new_controls_are_validated() -> None:
+    x = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(10))
+    plain = fourier_filter(x, 1, 0.3)
+    assert torch.equal(fourier_filter(x, (1, 1), 0.3, high=1.0), plain)
+    assert fourier_filter(x, (2, 3), 1.0, high=1.0) is x  # identity: both gains 1
+    assert not torch.equal(fourier_filter(x, 1, 1.0, high=0.5), x)  # one gain 1 is not the identity
+    for bad, error in (((1, 0), ValueError), ((1, 2, 3), TypeError), ((1.0, 2), TypeError), (0, ValueError)):
+        with pytest.raises(error, match="threshold must be an int >= 1 or a pair"):
+            fourier_filter(x, bad, 0.3)
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="high must be a finite number >= 0"):
+            fourier_filter(x, 1, 0.3, high=bad)
+    from freeu.fourier import cutoff_threshold
+
+    for bad in (-0.1, 1.5, True, "0.5"):
+        with pytest.raises(ValueError, match=r"cutoff must be a number in \[0, 1\]"):
+            cutoff_threshold(16, 16, bad)
