@@ -41,6 +41,43 @@ def reference_backbone(x: torch.Tensor, b: float, version: int) -> torch.Tensor:
     return x
 
 
+def reference_stage(x: torch.Tensor, h: torch.Tensor, stage, version: int, threshold: int) -> tuple:
+    """A :class:`freeu.Stage` from docs/method.md section 1, in float64: the backbone channels
+    ``[floor(o C), floor((o + w) C))`` (continued from channel 0) times ``b`` (version 2: the map from the mean over
+    all channels); the skip's FFT with mask ``high`` everywhere and ``s`` on the half-open rectangle around
+    ``(H//2, W//2)`` of half-widths ``max(1, floor(n // 2 * cutoff))`` (or ``threshold``), ifft, real part."""
+    import math
+
+    dtype = x.dtype
+    x64, h64 = x.double(), h.double()
+    channels = x.shape[1]
+    offset, width = stage.window
+    begin, end = math.floor(offset * channels + 1e-9), math.floor((offset + width) * channels + 1e-9)
+    inside = [begin <= i < end or begin <= i + channels < end for i in range(channels)]
+    if version == 1:
+        factor = torch.tensor(float(stage.b), dtype=torch.float64)
+    else:
+        mean = x64.mean(1, keepdim=True)
+        low = mean.flatten(1).min(1).values.view(-1, 1, 1, 1)
+        high = mean.flatten(1).max(1).values.view(-1, 1, 1, 1)
+        factor = (stage.b - 1) * (mean - low) / (high - low) + 1
+    out = x64.clone()
+    for i in range(channels):
+        if inside[i]:
+            out[:, i : i + 1] = x64[:, i : i + 1] * factor
+    height, width_ = h.shape[-2:]
+    crow, ccol = height // 2, width_ // 2
+    if stage.cutoff is None:
+        rows = cols = threshold
+    else:
+        rows, cols = max(1, math.floor(crow * stage.cutoff)), max(1, math.floor(ccol * stage.cutoff))
+    spectrum = torch.fft.fftshift(torch.fft.fftn(h64, dim=(-2, -1)), dim=(-2, -1))
+    mask = torch.full((height, width_), float(stage.high), dtype=torch.float64)
+    mask[crow - rows : crow + rows, ccol - cols : ccol + cols] = float(stage.s)
+    filtered = torch.fft.ifftn(torch.fft.ifftshift(spectrum * mask, dim=(-2, -1)), dim=(-2, -1)).real
+    return out.to(dtype), filtered.to(dtype)
+
+
 class TorchWithReferenceCat:
     """Stands in for the ``torch`` module inside a host's model code; only ``cat`` of a decoder skip pair differs.
 
@@ -71,7 +108,9 @@ class TorchWithReferenceCat:
             x, h = tensors
             stage = self._stage_of(x, caller, self.index)
             self.index += 1
-            if stage is not None:
+            if stage is not None and self._config.stages:  # the controls beyond b and s, or a third stage
+                x, h = reference_stage(x, h, self._config.stage(stage), self._config.version, self._config.threshold)
+            elif stage is not None:
                 b, s = self._config.stage_factors(stage)
                 x = reference_backbone(x, b, self._config.version)
                 h = reference_fourier(h, self._config.threshold, s)

@@ -109,6 +109,15 @@ class FreeUNode(IO.ComfyNode):
                     step=0.001,
                     tooltip="linear fade at both ends of the window, as a fraction of the schedule",
                 ),
+                IO.String.Input(
+                    "stages",
+                    default="",
+                    optional=True,
+                    tooltip="more stages and controls, STAGE:KEY=VALUE,... with ; between stages, e.g. "
+                    "'3:b=1.1,s=0.9; 1:high=1.1,window=0.25/0.5,cutoff=0.1': b, s, high (gain of the skip's other "
+                    "frequencies), window (OFFSET/WIDTH of the scaled backbone channels), cutoff (the square as a "
+                    "fraction of the map)",
+                ),
             ],  # fmt: skip
             outputs=[IO.Model.Output()],
         )
@@ -116,7 +125,7 @@ class FreeUNode(IO.ComfyNode):
     @classmethod
     def execute(
         cls, model: Any, preset: str, b1: float, b2: float, s1: float, s2: float, version: str, convention: str,
-        threshold: int, start_percent: float, end_percent: float, ramp: float,
+        threshold: int, start_percent: float, end_percent: float, ramp: float, stages: str = "",
     ) -> IO.NodeOutput:  # fmt: skip
         unet = _unet_config(model)
         window = dict(start=start_percent, stop=end_percent, ramp=ramp)
@@ -126,6 +135,7 @@ class FreeUNode(IO.ComfyNode):
         else:
             name = hosts.ldm_preset(unet) if preset == AUTO else preset
             config = freeu.get_preset(name).config.replace(threshold=threshold, **window)
+        config = config.with_stages(freeu.config.parse_stage_settings(stages or ""))
         # start/end_percent mean what they mean in every ComfyUI node: the inverse of the model's percent_to_sigma
         sampling = model.get_model_object("model_sampling")
         patch = hosts.ldm_output_block_patch(config, unet, percent_to_sigma=sampling.percent_to_sigma)

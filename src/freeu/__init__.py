@@ -9,7 +9,7 @@ demo model, analyses, evaluation, the page). The method it implements is describ
 """
 
 from .backbone import scale_backbone
-from .config import PRESETS, FreeUConfig, Preset, get_preset
+from .config import PRESETS, FreeUConfig, Preset, Stage, get_preset
 from .fourier import fourier_filter
 from .hooks import FreeUHandle, JoinObservation, JoinPlan, active_config, apply, plan, remove
 from .hosts import output_block_patch
@@ -26,6 +26,7 @@ __all__ = [
     "JoinPlan",
     "Preset",
     "SkipJoin",
+    "Stage",
     "UnsupportedModelError",
     "active_config",
     "apply",

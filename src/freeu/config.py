@@ -6,7 +6,17 @@ import dataclasses
 import math
 from typing import Literal
 
-__all__ = ["FreeUConfig", "Preset", "PRESETS", "get_preset", "Convention", "Factor", "Version"]
+__all__ = [
+    "FreeUConfig",
+    "Stage",
+    "Preset",
+    "PRESETS",
+    "get_preset",
+    "parse_stage_settings",
+    "Convention",
+    "Factor",
+    "Version",
+]
 
 Convention = Literal["official", "diffusers"]
 Version = Literal[1, 2]
@@ -57,6 +67,138 @@ def _format(value: Factor) -> str:
     return ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else f"{value:g}"
 
 
+#: The backbone channels the paper scales: the first half, as ``(offset, width)`` fractions of the channels.
+FIRST_HALF = (0.0, 0.5)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """The settings of one FreeU stage: the paper's two numbers and the controls sd-webui-freeu adds.
+
+    ``b`` amplifies the backbone channels of ``window`` (``(offset, width)`` as fractions of the channels; the
+    default is the paper's first half), ``s`` is the gain of the skip's lowest frequencies and ``high`` the gain of
+    all the others (1: untouched). ``cutoff`` sets the square of low frequencies as a fraction of each map's
+    half-size (``max(1, floor(n // 2 * cutoff))`` bins per axis, sd-webui-freeu's ``skip_cutoff``); ``None`` uses
+    the config's ``threshold`` (bins). ``b`` and ``s`` may hold one value per sample, like ``b1``.
+    """
+
+    b: Factor = 1.0
+    s: Factor = 1.0
+    high: float = 1.0
+    window: tuple[float, float] = FIRST_HALF
+    cutoff: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "b", _check_factor("b", self.b))
+        object.__setattr__(self, "s", _check_factor("s", self.s))
+        object.__setattr__(self, "high", _check_number("high", self.high))
+        window = self.window
+        if not isinstance(window, (tuple, list)) or len(window) != 2:
+            raise ValueError(f"window must be (offset, width), fractions of the channels, got {window!r}")
+        offset = _check_unit("window offset", window[0], "[0, 1)")
+        width = _check_unit("window width", window[1], "[0, 1]")
+        if offset == 1:
+            raise ValueError("window offset must be in [0, 1) (a fraction of the channels), got 1")
+        object.__setattr__(self, "window", (offset, width))
+        if self.cutoff is not None:
+            object.__setattr__(self, "cutoff", _check_unit("cutoff", self.cutoff, "[0, 1]"))
+
+    @property
+    def plain(self) -> bool:
+        """Whether only ``b`` and ``s`` are set (the paper's controls)."""
+        return self.high == 1.0 and self.window == FIRST_HALF and self.cutoff is None
+
+    def is_identity(self) -> bool:
+        """Whether the stage leaves every sample untouched."""
+        values = [v for f in (self.b, self.s) for v in (f if isinstance(f, tuple) else (f,))]
+        return self.high == 1.0 and all(v == 1.0 for v in values)
+
+    def to_dict(self) -> dict[str, object]:
+        """``b`` and ``s``, and the controls that differ from their defaults (JSON-able)."""
+        out: dict[str, object] = {k: list(v) if isinstance(v, tuple) else v for k, v in (("b", self.b), ("s", self.s))}
+        if self.high != 1.0:
+            out["high"] = self.high
+        if self.window != FIRST_HALF:
+            out["window"] = list(self.window)
+        if self.cutoff is not None:
+            out["cutoff"] = self.cutoff
+        return out
+
+    def label(self) -> str:
+        parts = [f"b={_format(self.b)}", f"s={_format(self.s)}"]
+        if self.high != 1.0:
+            parts.append(f"high={self.high:g}")
+        if self.window != FIRST_HALF:
+            parts.append(f"window={self.window[0]:g}/{self.window[1]:g}")
+        if self.cutoff is not None:
+            parts.append(f"cutoff={self.cutoff:g}")
+        return " ".join(parts)
+
+
+#: The fields of a :class:`Stage`, and the most stages a config may have.
+STAGE_FIELDS: tuple[str, ...] = ("b", "s", "high", "window", "cutoff")
+MAX_STAGES = 8
+_STAGED = ("b1", "b2", "s1", "s2", "stages")
+
+
+def parse_stage_settings(text: str) -> dict[int, dict[str, object]]:
+    """Stage settings written as text, the one grammar of the command line, the page and the host nodes:
+    ``STAGE:KEY=VALUE,KEY=VALUE`` with stages separated by ``;``, e.g. ``"3:b=1.1,s=0.9; 1:high=1.1,cutoff=0.1"``.
+    Keys: ``b``, ``s``, ``high`` (numbers), ``window`` (``OFFSET/WIDTH``, fractions of the channels), ``cutoff``
+    (a fraction of the map, or ``none`` for the config's threshold). ``ValueError`` names the part it refuses."""
+    if not isinstance(text, str):
+        raise ValueError(f"stage settings must be text like '3:b=1.1,s=0.9', got {type(text).__name__}")
+    out: dict[int, dict[str, object]] = {}
+    for part in (p.strip() for p in text.split(";")):
+        if not part:
+            continue
+        number, sep, body = part.partition(":")
+        if not sep or not number.strip().isdigit() or not 1 <= int(number) <= MAX_STAGES:
+            raise ValueError(f"stage settings {part!r}: start with the stage number 1 to {MAX_STAGES} and ':', "
+                             f"e.g. '3:b=1.1,s=0.9'")  # fmt: skip
+        fields = out.setdefault(int(number), {})
+        for item in (i.strip() for i in body.split(",")):
+            key, sep, value = item.partition("=")
+            key, value = key.strip(), value.strip()
+            if not sep or key not in STAGE_FIELDS:
+                raise ValueError(f"stage {int(number)}: {item!r} is not KEY=VALUE with KEY one of {STAGE_FIELDS}")
+            try:
+                if key == "window":
+                    offset, slash, width = value.partition("/")
+                    if not slash:
+                        raise ValueError
+                    fields[key] = (float(offset), float(width))
+                elif key == "cutoff" and value.lower() == "none":
+                    fields[key] = None
+                else:
+                    fields[key] = float(value)
+            except ValueError:
+                form = "OFFSET/WIDTH, e.g. 0.25/0.5" if key == "window" else "a number"
+                raise ValueError(f"stage {int(number)}: {key} must be {form}, got {value!r}") from None
+    return out
+
+
+def _check_unit(name: str, value: object, interval: str) -> float:
+    number = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if not number or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be in {interval} (a fraction), got {value!r}")
+    return float(value)
+
+
+def _as_stage(index: int, value: object) -> Stage:
+    if isinstance(value, Stage):
+        return value
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - {f.name for f in dataclasses.fields(Stage)})
+        if unknown:
+            raise ValueError(f"stages[{index}] has unknown keys {unknown}; a stage has b, s, high, window, cutoff")
+        try:
+            return Stage(**{k: tuple(v) if k == "window" else v for k, v in value.items()})
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"stages[{index}]: {error}") from None
+    raise TypeError(f"stages[{index}] must be a freeu.Stage or a dict, got {type(value).__name__}")
+
+
 @dataclasses.dataclass(frozen=True)
 class FreeUConfig:
     """FreeU's factors, where they apply, and when.
@@ -72,6 +214,10 @@ class FreeUConfig:
     ``start``/``stop`` restrict FreeU to that part of the denoising trajectory, measured as
     ``1 - timestep / num_train_timesteps`` from the timestep the U-Net receives (0: pure noise, 1: the end);
     ``ramp`` > 0 fades the factors in over ``[start, start + ramp]`` and out over ``[stop - ramp, stop]``.
+    ``stages``: every stage as a :class:`Stage`, for more than the paper's two stages or for the controls beyond
+    ``b`` and ``s`` (:meth:`from_stages` builds such a config); stages 1 and 2 must agree with ``b1, s1, b2, s2``.
+    Left empty, the two stages are ``b1, s1`` and ``b2, s2`` with nothing else (a ``stages`` that says only that is
+    stored empty, so equal settings compare, hash and label equal).
     """
 
     b1: Factor
@@ -85,13 +231,38 @@ class FreeUConfig:
     stop: float = 1.0
     ramp: float = 0.0
     num_train_timesteps: int = 1000
+    stages: tuple[Stage, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("b1", "b2", "s1", "s2"):
             object.__setattr__(self, name, _check_factor(name, getattr(self, name)))
-        lengths = {len(getattr(self, n)) for n in ("b1", "b2", "s1", "s2") if isinstance(getattr(self, n), tuple)}
+        if not isinstance(self.stages, (tuple, list)):
+            raise TypeError(f"stages must be a sequence of freeu.Stage, got {type(self.stages).__name__}")
+        stages = tuple(_as_stage(i, s) for i, s in enumerate(self.stages))
+        for k, stage in enumerate(stages[:2], start=1):
+            for name, ours in ((f"b{k}", stage.b), (f"s{k}", stage.s)):
+                if getattr(self, name) != ours:
+                    raise ValueError(
+                        f"{name}={_format(getattr(self, name))} disagrees with stage {k}'s {name[0]}={_format(ours)}: "
+                        "give the factors once (FreeUConfig.from_stages)"
+                    )
+        if len(stages) == 1:
+            raise ValueError("stages must list stages 1 and 2 at least (b1, s1 and b2, s2)")
+        if len(stages) > MAX_STAGES:
+            raise ValueError(f"stages: at most {MAX_STAGES} stages, got {len(stages)}")
+        while len(stages) > 2 and stages[-1].plain and stages[-1].is_identity():
+            stages = stages[:-1]  # a last stage that changes nothing is no stage
+        if len(stages) == 2 and all(s.plain for s in stages):
+            stages = ()  # the paper's two stages: stored as b1..s2 alone
+        object.__setattr__(self, "stages", stages)
+        # every stage, built once (the hooks read them at every call, also under torch.compile)
+        every = stages or (Stage(self.b1, self.s1), Stage(self.b2, self.s2))
+        object.__setattr__(self, "_every_stage", every)
+        factors = [getattr(self, n) for n in ("b1", "b2", "s1", "s2")] + [f for s in stages[2:] for f in (s.b, s.s)]
+        lengths = {len(f) for f in factors if isinstance(f, tuple)}
         if len(lengths) > 1:
-            raise ValueError(f"per-sample b1, b2, s1, s2 must all have the same length, got lengths {sorted(lengths)}")
+            raise ValueError(f"per-sample factors (b1, b2, s1, s2 and every stage's) must all have the same length, "
+                             f"got lengths {sorted(lengths)}")  # fmt: skip
         if isinstance(self.version, bool) or self.version not in VERSIONS:
             raise ValueError(f"version must be one of {VERSIONS}, got {self.version!r}")
         if self.convention not in CONVENTIONS:
@@ -111,11 +282,33 @@ class FreeUConfig:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"num_train_timesteps must be an int >= 1, got {steps!r}")
 
+    @classmethod
+    def from_stages(cls, stages: list[Stage] | tuple[Stage, ...], **settings: object) -> FreeUConfig:
+        """A config of these stages (stage 1 first; at least one, a missing stage 2 is left alone) and the other
+        settings by name (``version``, ``convention``, ``threshold``, the window)."""
+        stages = tuple(_as_stage(i, s) for i, s in enumerate(stages))
+        if not stages:
+            raise ValueError("from_stages needs at least one stage")
+        if len(stages) == 1:
+            stages = (*stages, Stage())
+        return cls(stages[0].b, stages[1].b, stages[0].s, stages[1].s, stages=stages, **settings)  # type: ignore[arg-type]
+
+    @property
+    def num_stages(self) -> int:
+        """How many stages the settings have (2: the paper's)."""
+        return max(2, len(self.stages))
+
+    def stage(self, stage: int) -> Stage:
+        """The settings of stage ``stage`` (1 is the deepest)."""
+        if isinstance(stage, bool) or not isinstance(stage, int) or not 1 <= stage <= self.num_stages:
+            raise ValueError(f"stage must be 1 to {self.num_stages}, got {stage!r}")
+        return self._every_stage[stage - 1]  # type: ignore[attr-defined]
+
     @property
     def batch_size(self) -> int | None:
         """Number of per-sample values, or ``None`` when every factor is a single number."""
-        for name in ("b1", "b2", "s1", "s2"):
-            value = getattr(self, name)
+        factors = [getattr(self, n) for n in ("b1", "b2", "s1", "s2")] + [f for s in self.stages for f in (s.b, s.s)]
+        for value in factors:
             if isinstance(value, tuple):
                 return len(value)
         return None
@@ -126,16 +319,13 @@ class FreeUConfig:
         return self.start > 0.0 or self.stop < 1.0 or self.ramp > 0.0
 
     def stage_factors(self, stage: int) -> tuple[Factor, Factor]:
-        """``(b, s)`` of stage 1 or 2."""
-        if stage == 1:
-            return self.b1, self.s1
-        if stage == 2:
-            return self.b2, self.s2
-        raise ValueError(f"stage must be 1 or 2, got {stage!r}")
+        """``(b, s)`` of a stage."""
+        settings = self.stage(stage)
+        return settings.b, settings.s
 
     def is_identity(self, stage: int) -> bool:
         """Whether stage ``stage`` leaves every sample untouched (all its factors are 1)."""
-        return all(v == 1.0 for f in self.stage_factors(stage) for v in (f if isinstance(f, tuple) else (f,)))
+        return self.stage(stage).is_identity()
 
     def to_dict(self) -> dict[str, object]:
         """The settings as plain JSON-able values (per-sample factors as lists), e.g. for an image's metadata;
@@ -144,7 +334,11 @@ class FreeUConfig:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         if self.num_train_timesteps == 1000:
             del fields["num_train_timesteps"]
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
+        stages = fields.pop("stages")
+        out = {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
+        if stages:  # only where set, so the paper's settings keep their old dict (and eval's image keys)
+            out["stages"] = [s.to_dict() for s in stages]
+        return out
 
     def label(self) -> str:
         """The settings in one line, e.g. ``b1=1.5 b2=1.6 s1=0.9 s2=0.2 (v2, official)``; a threshold other than
@@ -154,11 +348,42 @@ class FreeUConfig:
         if self.windowed:
             ramp = f", ramp {self.ramp:g}" if self.ramp > 0 else ""
             extra += f", steps {self.start:g}-{self.stop:g}{ramp}"
+        for k, stage in enumerate(self.stages, start=1):
+            if k > 2 or not stage.plain:
+                extra += f", stage {k}: {stage.label()}"
         return f"{factors} (v{self.version}, {self.convention}{extra})"
 
     def replace(self, **changes: object) -> FreeUConfig:
-        """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with some fields changed (validated again); ``b1, s1, b2, s2`` also change stages 1 and 2."""
+        if self.stages and "stages" not in changes:
+            stages = list(self.stages)
+            for k in (1, 2):
+                update = {f: changes[f"{f}{k}"] for f in ("b", "s") if f"{f}{k}" in changes}
+                if update:
+                    stages[k - 1] = dataclasses.replace(stages[k - 1], **update)  # type: ignore[arg-type]
+            changes = {**changes, "stages": tuple(stages)}
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def with_stages(self, changes: dict[int, dict[str, object]]) -> FreeUConfig:
+        """A copy with some stages' settings changed, ``{stage: {field: value}}`` (fields of :class:`Stage`); a
+        stage beyond the last is added, with the stages in between left alone (``b = s = 1``)."""
+        if not changes:
+            return self
+        for k in changes:
+            if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_STAGES:
+                raise ValueError(f"a stage is a number from 1 to {MAX_STAGES}, got {k!r}")
+        count = max(self.num_stages, *changes)
+        stages = [self.stage(k) if k <= self.num_stages else Stage() for k in range(1, count + 1)]
+        for k, fields in changes.items():
+            unknown = sorted(set(fields) - set(STAGE_FIELDS))
+            if unknown:
+                raise ValueError(f"stage {k}: unknown setting(s) {unknown}; a stage has {', '.join(STAGE_FIELDS)}")
+            try:
+                stages[k - 1] = dataclasses.replace(stages[k - 1], **fields)  # type: ignore[arg-type]
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"stage {k}: {error}") from None
+        others = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _STAGED}
+        return FreeUConfig.from_stages(stages, **others)
 
 
 @dataclasses.dataclass(frozen=True)

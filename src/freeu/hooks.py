@@ -21,9 +21,9 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .backbone import scaled_half
-from .config import Convention, Factor, FreeUConfig, Version, get_preset
-from .fourier import fourier_filter
+from .backbone import scale_backbone, scaled_half
+from .config import FIRST_HALF, Convention, Factor, FreeUConfig, Version, get_preset
+from .fourier import cutoff_threshold, fourier_filter
 from .models import CustomUNet, SkipJoin, UNetLayout, UnsupportedModelError, describe, find_unet
 
 __all__ = ["FreeUHandle", "JoinObservation", "JoinPlan", "active_config", "apply", "plan", "remove", "window_weight"]
@@ -64,12 +64,25 @@ class JoinPlan:
         return f"JoinPlan({j.name}: backbone {j.backbone_channels}, skip {j.skip_channels}, stage {self.stage})"
 
 
-def _stage(join: SkipJoin, layout: UNetLayout, convention: Convention) -> int | None:
+def stage_widths(base_channels: int, num_stages: int = 2) -> dict[int, int]:
+    """The official convention's backbone width of each stage: ``4 * base / 2 ** (k - 1)`` for stage ``k`` (1280,
+    640 and 320 in SD: the authors' two stages, and sd-webui-freeu's third), as far as it is a whole width."""
+    widths = {}
+    for k in range(1, num_stages + 1):
+        width, rest = divmod(4 * base_channels, 2 ** (k - 1))
+        if rest or width < 1:
+            break
+        widths[width] = k
+    return widths
+
+
+def _stage(join: SkipJoin, layout: UNetLayout, convention: Convention, num_stages: int = 2) -> int | None:
     if convention == "diffusers":
-        return {0: 1, 1: 2}.get(join.block)
+        # the decoder level: up block k - 1 is stage k (diffusers' enable_freeu: the first two)
+        return join.block + 1 if 0 <= join.block < num_stages else None
     # The authors' code picks the stage by the backbone width at the join: 1280 and 640 in SD, i.e. four and two
-    # times the base width (ComfyUI's generalisation).
-    return {4 * layout.base_channels: 1, 2 * layout.base_channels: 2}.get(join.backbone_channels)
+    # times the base width (ComfyUI's generalisation); further stages halve the width again.
+    return stage_widths(layout.base_channels, num_stages).get(join.backbone_channels)
 
 
 def _layout(model: object, layout: CustomUNet | None) -> tuple[nn.Module, UNetLayout]:
@@ -83,25 +96,32 @@ def _layout(model: object, layout: CustomUNet | None) -> tuple[nn.Module, UNetLa
     return model, layout.resolve(model)
 
 
-def _plans(layout: UNetLayout, convention: Convention) -> list[JoinPlan]:
+def _plans(layout: UNetLayout, convention: Convention, num_stages: int = 2) -> list[JoinPlan]:
     if convention == "diffusers" and any(j.block < 0 for j in layout.joins):
         raise ValueError("convention='diffusers' picks stages by decoder level: give CustomUNet(levels=...)")
-    return [JoinPlan(join, _stage(join, layout, convention)) for join in layout.joins]
+    return [JoinPlan(join, _stage(join, layout, convention, num_stages)) for join in layout.joins]
 
 
-def plan(model: object, convention: Convention = "official", *, layout: CustomUNet | None = None) -> list[JoinPlan]:
+def plan(
+    model: object, convention: Convention = "official", *, layout: CustomUNet | None = None, stages: int = 2
+) -> list[JoinPlan]:
     """Every skip join of ``model``'s U-Net in decoder order, with the stage ``convention`` gives it.
 
     Args:
         model: a U-Net of a supported family or what holds one, as for :func:`apply`.
         convention: ``"official"`` (stage by backbone width) or ``"diffusers"`` (stage by up-block index).
         layout: a :class:`CustomUNet` describing a U-Net this library does not know.
+        stages: how many stages (2: the paper's). Official: stage ``k`` takes the joins whose backbone is
+            ``4 * base / 2 ** (k - 1)`` wide; diffusers: the joins of up block ``k - 1``.
 
     Returns:
-        One :class:`JoinPlan` per skip join: the join (names, widths, level) and its stage (1, 2 or ``None``).
+        One :class:`JoinPlan` per skip join: the join (names, widths, level) and its stage (1 to ``stages`` or
+        ``None``).
     """
     FreeUConfig(1.0, 1.0, 1.0, 1.0, convention=convention)  # validates the convention
-    return _plans(_layout(model, layout)[1], convention)
+    if isinstance(stages, bool) or not isinstance(stages, int) or stages < 1:
+        raise ValueError(f"stages must be an int >= 1, got {stages!r}")
+    return _plans(_layout(model, layout)[1], convention, stages)
 
 
 def _parameter_names(module: nn.Module) -> list[str]:
@@ -316,11 +336,13 @@ class FreeUHandle:
             self._tensors[key] = torch.tensor(values, dtype=torch.float32, device=device)
         return self._tensors[key]
 
-    def _row_factors(self, stage: int, rows: int, device: torch.device, where: str) -> tuple[Any, Any] | None:
-        """``(b, s)`` for this call: python floats, or float32 tensors with one value per row; ``None`` to skip."""
-        b, s = self.config.stage_factors(stage)
+    def _row_factors(self, stage: int, rows: int, device: torch.device, where: str) -> tuple[Any, Any, Any] | None:
+        """``(b, s, high)`` for this call: python floats, or float32 tensors with one value per row; ``None`` to
+        skip."""
+        settings = self.config.stage(stage)
+        b, s, high = settings.b, settings.s, settings.high
         if not self._needs_call_state:
-            return b, s
+            return b, s, high
         batch = self._call.batch
         if batch is None:
             raise RuntimeError(
@@ -363,7 +385,8 @@ class FreeUHandle:
                 return value
             return 1.0 + weight * (value - 1.0)
 
-        return expand(f"b{stage}", b), expand(f"s{stage}", s)
+        # a high gain of 1 stays the number 1 (the paper's filter, whatever the window's weight)
+        return expand(f"b{stage}", b), expand(f"s{stage}", s), 1.0 if high == 1.0 else expand(f"high{stage}", high)
 
     def _join_hook(self, join: SkipJoin, stage: int | None) -> Callable[..., Any]:
         backbone_channels = join.backbone_channels
@@ -371,6 +394,9 @@ class FreeUHandle:
         half = backbone_channels // 2
         keyword = _input_name(join.module)
         version, threshold = self.config.version, self.config.threshold
+        settings = self.config.stage(stage) if stage is not None else None
+        window = settings.window if settings is not None else FIRST_HALF
+        cutoff = settings.cutoff if settings is not None else None
         observer = self._observer
         blocks = getattr(self.unet, "up_blocks", None)
         up_block = blocks[join.block] if isinstance(blocks, nn.ModuleList) and 0 <= join.block < len(blocks) else None
@@ -398,15 +424,27 @@ class FreeUHandle:
                     backbone, skip = x[:, :backbone_channels], x[:, backbone_channels:]
                     observer(JoinObservation(join, stage, backbone, skip, backbone, skip))
                 return None
-            b, s = factors
+            b, s, high = factors
             backbone = x[:, :backbone_channels]
             unit_b = isinstance(b, float) and b == 1.0
             skip_in = x[:, backbone_channels:]
             s_rows = s if isinstance(s, float) else s.view(-1, 1)
-            if _compiling() or (torch.is_grad_enabled() and x.requires_grad):
+            square = threshold if cutoff is None else cutoff_threshold(x.shape[-2], x.shape[-1], cutoff)
+            if window != FIRST_HALF or not isinstance(high, float):
+                # the controls beyond the paper's: whole-tensor ops (a per-row high gain: high x + (s - high) P x)
+                first = backbone if unit_b else scale_backbone(backbone, b, version, window=window)
+                if isinstance(high, float):
+                    skip = fourier_filter(skip_in, square, s_rows, high=high)
+                else:
+                    high_rows = high.view(-1, 1, 1, 1)
+                    s_map = s if isinstance(s, float) else s.view(-1, 1, 1, 1)
+                    low = skip_in - fourier_filter(skip_in, square, 0.0)  # P x
+                    skip = (skip_in * high_rows + (s_map - high_rows) * low).to(skip_in.dtype)
+                out = torch.cat([first, skip], dim=1)
+            elif _compiling() or (torch.is_grad_enabled() and x.requires_grad):
                 # differentiable, and what inductor fuses into one kernel anyway
                 first = backbone[:, :half] if unit_b else scaled_half(backbone, b, version)
-                skip = fourier_filter(skip_in, threshold, s_rows)
+                skip = fourier_filter(skip_in, square, s_rows, high=high)
                 out = torch.cat([first, x[:, half:backbone_channels], skip], dim=1)
             else:
                 # eager inference: every part written once into the one new tensor, no concatenation pass; it keeps
@@ -417,7 +455,7 @@ class FreeUHandle:
                 else:
                     scaled_half(backbone, b, version, out=out[:, :half])
                 out[:, half:backbone_channels].copy_(x[:, half:backbone_channels])
-                skip = fourier_filter(skip_in, threshold, s_rows, out=out[:, backbone_channels:])
+                skip = fourier_filter(skip_in, square, s_rows, high=high, out=out[:, backbone_channels:])
             if observer is not None:
                 observer(JoinObservation(join, stage, backbone, skip_in, out[:, :backbone_channels], skip))
             if from_args:
@@ -453,10 +491,8 @@ class FreeUHandle:
 
     def __repr__(self) -> str:
         stages = [p.stage for p in self.plans]
-        return (
-            f"FreeUHandle({self.config}, joins: {stages.count(1)} at stage 1, {stages.count(2)} at stage 2, "
-            f"{stages.count(None)} untouched, active={self.active})"
-        )
+        counts = ", ".join(f"{stages.count(k)} at stage {k}" for k in range(1, self.config.num_stages + 1))
+        return f"FreeUHandle({self.config}, joins: {counts}, {stages.count(None)} untouched, active={self.active})"
 
 
 def _resolve_config(config: FreeUConfig | None, preset: str | None, overrides: dict[str, Any]) -> FreeUConfig:
@@ -557,7 +593,7 @@ def apply(
     unet, unet_layout = _layout(model, layout)
     _check_no_diffusers_freeu(unet)
     _check_window_schedule(model, resolved)
-    plans = _plans(unet_layout, resolved.convention)
+    plans = _plans(unet_layout, resolved.convention, resolved.num_stages)
     found = {p.stage for p in plans}
     if found == {None}:
         raise ValueError(
@@ -565,11 +601,11 @@ def apply(
             f"{sorted({j.backbone_channels for j in unet_layout.joins})}, base width {unet_layout.base_channels} (the "
             "official convention wants 4x and 2x the base width). Try convention='diffusers'."
         )
-    for stage in (1, 2):
+    for stage in range(1, resolved.num_stages + 1):
         if stage not in found and not resolved.is_identity(stage):
             warnings.warn(
                 f"FreeU stage {stage} matches no skip join of this U-Net under convention={resolved.convention!r}; "
-                f"b{stage} and s{stage} have no effect",
+                f"its settings have no effect",
                 stacklevel=2,
             )
 

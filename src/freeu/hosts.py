@@ -28,8 +28,8 @@ import torch
 
 from .backbone import scale_backbone
 from .config import FreeUConfig
-from .fourier import fourier_filter
-from .hooks import window_weight
+from .fourier import cutoff_threshold, fourier_filter
+from .hooks import stage_widths, window_weight
 
 __all__ = [
     "Progress",
@@ -83,7 +83,7 @@ def output_block_patch(
         raise ValueError(f"convention='diffusers' needs num_res_blocks (an int >= 1), got {num_res_blocks!r}")
     if config.windowed and progress is None:
         raise ValueError("a step window (start, stop, ramp) needs progress: the host's trajectory position")
-    by_width = {4 * model_channels: 1, 2 * model_channels: 2}
+    by_width = stage_widths(model_channels, config.num_stages)
 
     def stage_of(h: torch.Tensor, options: dict[str, Any]) -> int | None:
         if config.convention == "official":
@@ -94,13 +94,15 @@ def output_block_patch(
                 f"convention='diffusers' needs transformer_options['block'] = ('output', i), got {block!r}"
             )
         assert num_res_blocks is not None
-        return {0: 1, 1: 2}.get(int(block[1]) // (num_res_blocks + 1))
+        level = int(block[1]) // (num_res_blocks + 1)
+        return level + 1 if level < config.num_stages else None
 
     def patch(h: torch.Tensor, hsp: torch.Tensor, transformer_options: dict[str, Any]) -> tuple[torch.Tensor, ...]:
         stage = stage_of(h, transformer_options)
         if stage is None or config.is_identity(stage):
             return h, hsp
-        b, s = config.stage_factors(stage)
+        settings = config.stage(stage)
+        b, s, high = settings.b, settings.s, settings.high
         if config.windowed:
             assert progress is not None
             position = torch.as_tensor(progress(transformer_options), dtype=torch.float32, device=h.device).reshape(-1)
@@ -119,9 +121,19 @@ def output_block_patch(
                 weight = weight.repeat(h.shape[0] // weight.numel())
                 b = 1.0 + weight * (float(b) - 1.0)
                 s = (1.0 + weight * (float(s) - 1.0)).view(-1, 1)
+                if high != 1.0:
+                    high = 1.0 + weight * (high - 1.0)
         # the projection at every threshold (auto would take an FFT above threshold 4): hosts run on devices and in
         # dtypes where an FFT fails, and the projection is exact there too
-        return scale_backbone(h, b, config.version), fourier_filter(hsp, config.threshold, s, method="projection")
+        cutoff = settings.cutoff
+        square = config.threshold if cutoff is None else cutoff_threshold(hsp.shape[-2], hsp.shape[-1], cutoff)
+        backbone = scale_backbone(h, b, config.version, window=settings.window)
+        if not isinstance(high, torch.Tensor):
+            return backbone, fourier_filter(hsp, square, s, high=high, method="projection")
+        rows = high.view(-1, 1, 1, 1)  # a per-sample high gain inside a ramp: high x + (s - high) P x
+        low = hsp - fourier_filter(hsp, square, 0.0, method="projection")
+        s_map = s if isinstance(s, float) else s.view(-1, 1, 1, 1)
+        return backbone, (hsp * rows + (s_map - rows) * low).to(hsp.dtype)
 
     patch.freeu_config = config  # type: ignore[attr-defined]
     return patch

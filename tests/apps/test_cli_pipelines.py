@@ -118,6 +118,11 @@ def test_sweep_grid_and_batched_cells_equal_single_runs(sd_folder, tmp_path, cap
         (["--preset", "sd15", "--steps", "0"], "must be an integer >= 1"),
         (["--preset", "sd15", "--version", "3"], "invalid choice: 3"),
         (["--preset", "sd15", "--start", "0.8", "--stop", "0.2"], "start must be < stop"),
+        (["--preset", "sd15", "--stage", "3:b=1.1,x=2"], r"stage 3: 'x=2' is not KEY=VALUE"),
+        (["--preset", "sd15", "--stage", "1:window=0.5"], "stage 1: window must be OFFSET/WIDTH"),
+        (["--preset", "sd15", "--stage", "2:high=-1"], "stage 2: high must be a finite number >= 0"),
+        (["--preset", "sd15", "--stage", "9:b=1"], "stage number 1 to 8"),
+        (["--preset", "sd15", "--b1", "1.2", "--stage", "1:b=1.3"], "set the same factor: give it once"),
     ],
 )
 def test_impossible_values_fail_before_any_model_loads(tmp_path, capsys, argv, message) -> None:
@@ -193,3 +198,33 @@ def test_sweep_with_all_four_factors_and_no_preset(sd_folder, tmp_path) -> None:
     settings = read_settings(tmp_path / "sweep-seed0.png")
     assert settings["preset"] is None and settings["freeu"]["b2"] == 1.4 and settings["freeu"]["s2"] == 0.2
     assert settings["sweep"] == {"rows": ["b1", [1.0, 1.2]], "cols": ["s1", [0.9, 1.0]]}
+
+
+def test_stages_and_controls_reach_the_image_its_metadata_and_a_rerun(sd_folder, tmp_path, capsys) -> None:
+    """--stage adds a third stage and the controls beyond b and s; the PNG carries them, --from re-runs them, and a
+    flag still changes what the image carries."""
+    out = tmp_path / "out"
+    args = ["generate", "--model", str(sd_folder), "--prompt", "a cat", "--preset", "sd15", "--steps", "2"]
+    assert main([*args, "--out", str(out), "--seed", "3"]) == 0
+    staged = ["--stage", "3:b=1.2,s=0.5", "--stage", "1:high=1.1,window=0.25/0.5,cutoff=0.3"]
+    assert main([*args, *staged, "--out", str(tmp_path / "staged"), "--seed", "3"]) == 0
+    assert "stage 1: b=1.5 s=0.9 high=1.1 window=0.25/0.5 cutoff=0.3, stage 3: b=1.2 s=0.5" in capsys.readouterr().out
+    settings = read_settings(tmp_path / "staged" / "seed3-freeu.png")["freeu"]
+    assert settings["stages"] == [
+        {"b": 1.5, "s": 0.9, "high": 1.1, "window": [0.25, 0.5], "cutoff": 0.3},
+        {"b": 1.6, "s": 0.2},
+        {"b": 1.2, "s": 0.5},
+    ]
+    plain, staged_image = pixels(out / "seed3-freeu.png"), pixels(tmp_path / "staged" / "seed3-freeu.png")
+    assert np.abs(plain - staged_image).max() > 2
+    assert (
+        main(["generate", "--from", str(tmp_path / "staged" / "seed3-compare.png"), "--out", str(tmp_path / "again")])
+        == 0
+    )
+    assert np.abs(pixels(tmp_path / "again" / "seed3-freeu.png") - staged_image).max() <= 1
+    rerun = ["generate", "--from", str(tmp_path / "staged" / "seed3-compare.png"), "--b1", "1.0", "--out"]
+    assert main([*rerun, str(tmp_path / "b")]) == 0
+    carried = read_settings(tmp_path / "b" / "seed3-freeu.png")["freeu"]
+    assert carried["b1"] == 1.0 and carried["stages"][0] == {"b": 1.0, "s": 0.9, "high": 1.1, "window": [0.25, 0.5],
+                                                             "cutoff": 0.3}  # fmt: skip
+    assert carried["stages"][2] == {"b": 1.2, "s": 0.5}

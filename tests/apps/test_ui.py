@@ -326,3 +326,16 @@ def test_stop_button_cancels_a_running_generation(server, page) -> None:
         assert page.locator("#baseline img").count() == 0
     finally:
         del model.sample
+
+
+def test_the_pages_stage_settings_use_the_one_grammar_and_are_refused_naming_the_part() -> None:
+    pytest.importorskip("gradio")
+    import freeu
+    from freeu.apps.ui import Studio
+
+    config = Studio.config(b1=1.5, b2=1.6, s1=0.9, s2=0.2, version="2", convention="official", start=0.0,
+                           stop=1.0, stages="3:b=1.2,s=0.5; 1:cutoff=0.3")  # fmt: skip
+    assert config.stage(3) == freeu.Stage(1.2, 0.5) and config.stage(1).cutoff == 0.3
+    assert Studio.config(b1=1.5, b2=1.6, s1=0.9, s2=0.2, stages="") == freeu.FreeUConfig(1.5, 1.6, 0.9, 0.2)
+    with pytest.raises(ValueError, match="stage 2: window must be OFFSET/WIDTH"):
+        Studio.config(b1=1.5, b2=1.6, s1=0.9, s2=0.2, stages="2:window=0.3")

@@ -97,6 +97,23 @@ with Spy() as spy:
 out["builtin_fft_calls"] = len(spy.fft)
 
 
+STAGES = "3:b=1.2,s=0.5; 1:high=1.1,cutoff=0.3,window=0.25/0.5"
+import freeu  # noqa: E402
+
+staged = node(plain, stages=STAGES)
+with freeu.apply(plain.model.diffusion_model, freeu.FreeUConfig(1.3, 1.4, 0.9, 0.2).with_stages(
+        freeu.config.parse_stage_settings(STAGES))):  # fmt: skip
+    via_apply = run(plain)
+out["stages_vs_apply"] = float((run(staged) - via_apply).abs().max()) / scale
+out["stages_change"] = float((run(staged) - run(v2)).abs().max()) / scale
+out["stages_left_no_hook"] = bool(torch.equal(run(plain), reference))
+try:
+    node(plain, stages="3:b=x")
+    out["bad_stages"] = "accepted"
+except ValueError as error:
+    out["bad_stages"] = str(error)
+
+
 class NotAUNet:
     def __init__(self) -> None:
         self.model = type("Model", (), {"diffusion_model": torch.nn.Linear(2, 2), "model_config": None})()

@@ -53,3 +53,10 @@ def test_no_fft_and_no_complex_tensor_in_a_run_with_the_node(measured) -> None:
 
 def test_an_unsupported_model_is_refused_naming_what_was_found(measured) -> None:
     assert "needs a U-Net with skip joins" in measured["unsupported"] and "Linear" in measured["unsupported"]
+
+
+def test_stages_and_controls_in_the_node_equal_freeu_apply_on_comfyuis_unet(measured) -> None:
+    assert measured["stages_vs_apply"] <= 1e-5  # a third stage and stage 1's controls, through the node's patch
+    assert measured["stages_change"] > 1e-3  # and they change the result of the two-stage setting
+    assert measured["stages_left_no_hook"]
+    assert measured["bad_stages"] == "stage 3: b must be a number, got 'x'"

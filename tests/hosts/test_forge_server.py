@@ -34,7 +34,8 @@ BUILTIN_ARGS = [True, 1.3, 1.4, 0.9, 0.2, 0.0, 1.0]
 SAME = [True, "custom", 1.3, 1.4, 0.9, 0.2, "2", "official", 1, 0.0, 1.0, 0.0]
 #: other settings, by name: every control away from its default (version 1, decoder levels, a ramped window)
 OTHER = {"enabled": True, "preset": "custom", "b1": 1.2, "b2": 1.3, "s1": 0.8, "s2": 0.5, "version": "1",
-         "convention": "diffusers", "threshold": 2, "start": 0.2, "end": 0.9, "ramp": 0.1}  # fmt: skip
+         "convention": "diffusers", "threshold": 2, "start": 0.2, "end": 0.9, "ramp": 0.1,
+         "stages": "3:b=1.2,s=0.8; 1:high=1.1,cutoff=0.2"}  # fmt: skip
 FLAGS = ["--skip-prepare-environment", "--skip-install", "--skip-python-version-check", "--skip-torch-cuda-test",
          "--skip-version-check", "--always-cpu", "--api", "--server-name", "127.0.0.1",
          "--no-download-sd-model"]  # fmt: skip
@@ -189,6 +190,7 @@ def test_the_infotext_holds_every_setting_and_pasting_it_reproduces_the_image(me
     assert freeu_entries(infotext) == {
         "preset": "custom", "b1": "1.2", "b2": "1.3", "s1": "0.8", "s2": "0.5", "version": "1",
         "convention": "diffusers", "threshold": "2", "start": "0.2", "end": "0.9", "ramp": "0.1",
+        "stages": '"3:b=1.2,s=0.8; 1:high=1.1,cutoff=0.2"',
     }  # fmt: skip
     assert np.array_equal(pasted, other)
     assert pasted_infotext == infotext

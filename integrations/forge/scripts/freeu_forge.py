@@ -57,6 +57,7 @@ ARGS: dict[str, Any] = {
     "start": 0.0,
     "end": 1.0,
     "ramp": 0.0,
+    "stages": "",
 }
 #: The infotext key of a refused setting's message (the image beside it ran without FreeU).
 ERROR = "FreeU error"
@@ -97,6 +98,8 @@ def _checked(settings: dict[str, Any]) -> dict[str, Any]:
     if str(settings["version"]) not in ("1", "2"):
         raise ValueError(f"{TITLE}: version must be 1 or 2, got {settings['version']!r}")
     settings["version"] = str(settings["version"])
+    if not isinstance(settings["stages"], str):
+        raise ValueError(f"{TITLE}: stages must be text like '3:b=1.1,s=0.9', got {settings['stages']!r}")
     threshold = settings["threshold"]
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold != int(threshold):
         raise ValueError(f"{TITLE}: threshold must be a whole number >= 1, got {threshold!r}")
@@ -109,6 +112,7 @@ def resolve(settings: dict[str, Any], unet_config: dict[str, Any]) -> tuple[str,
     found). Every value is checked by :class:`freeu.FreeUConfig`; its errors name the setting."""
     window = dict(start=settings["start"], stop=settings["end"], ramp=settings["ramp"])
     try:
+        stages = freeu.config.parse_stage_settings(settings["stages"])
         if settings["preset"] == CUSTOM:
             config = freeu.FreeUConfig(
                 *(settings[name] for name in FACTORS),
@@ -117,9 +121,10 @@ def resolve(settings: dict[str, Any], unet_config: dict[str, Any]) -> tuple[str,
                 threshold=settings["threshold"],
                 **window,
             )
-            return CUSTOM, config
+            return CUSTOM, config.with_stages(stages)
         name = hosts.ldm_preset(unet_config) if settings["preset"] == AUTO else settings["preset"]
-        return name, freeu.get_preset(name).config.replace(threshold=settings["threshold"], **window)
+        config = freeu.get_preset(name).config.replace(threshold=settings["threshold"], **window)
+        return name, config.with_stages(stages)
     except ValueError as error:  # FreeUConfig calls the end of the window "stop"
         raise ValueError(f"{TITLE}: {str(error).replace('stop', 'end')}") from None
 
@@ -138,7 +143,10 @@ def infotext(settings: dict[str, Any], config: freeu.FreeUConfig) -> dict[str, A
         "start": config.start,
         "end": config.stop,
         "ramp": config.ramp,
+        "stages": settings["stages"],
     }
+    if not values["stages"]:
+        del values["stages"]  # only where set
     return {INFOTEXT[name]: value for name, value in values.items()}
 
 
@@ -191,6 +199,12 @@ class FreeUScript(scripts.Script):
                                   value=ARGS["start"])  # fmt: skip
                 end = gr.Slider(label="End", minimum=0, maximum=1, step=0.01, value=ARGS["end"])
                 ramp = gr.Slider(label="Ramp", minimum=0, maximum=0.5, step=0.01, value=ARGS["ramp"])
+            stages = gr.Textbox(
+                label="More stages and controls", value=ARGS["stages"],
+                placeholder="3:b=1.1,s=0.9; 1:high=1.1,window=0.25/0.5,cutoff=0.1",
+                info="STAGE:KEY=VALUE,... with ; between stages: b, s, high (the skip's other frequencies), window "
+                "(OFFSET/WIDTH of the scaled channels), cutoff (the square as a fraction of the map)",
+            )  # fmt: skip
         custom_controls = [b1, b2, s1, s2, version, convention]
 
         def show_preset(name: str) -> list[Any]:
@@ -202,10 +216,14 @@ class FreeUScript(scripts.Script):
             return [gr.update(interactive=name == CUSTOM) for _ in custom_controls]
 
         preset.change(fn=show_preset, inputs=[preset], outputs=custom_controls, show_progress=False)
-        components = [enabled, preset, b1, b2, s1, s2, version, convention, threshold, start, end, ramp]
+        components = [enabled, preset, b1, b2, s1, s2, version, convention, threshold, start, end, ramp, stages]
         self.infotext_fields = [(enabled, lambda params: INFOTEXT["b1"] in params)] + [
-            (component, INFOTEXT[name]) for name, component in zip(list(ARGS)[1:], components[1:], strict=True)
+            (component, INFOTEXT[name]) for name, component in zip(list(ARGS)[1:-1], components[1:-1], strict=True)
         ]
+        # stages are written only where set: a pasted FreeU infotext without them clears the box
+        self.infotext_fields.append(
+            (stages, lambda params: params.get(INFOTEXT["stages"], "") if INFOTEXT["b1"] in params else None)
+        )
         self.paste_field_names = list(INFOTEXT.values())
         return components
 

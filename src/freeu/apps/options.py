@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from freeu.config import CONVENTIONS, PRESETS, FreeUConfig, get_preset
+from freeu.config import CONVENTIONS, PRESETS, FreeUConfig, get_preset, parse_stage_settings
 
 from .runtime import DTYPES, Model, Size, default_device
 
@@ -280,6 +280,21 @@ def add_freeu_options(p: argparse.ArgumentParser, *, grid: bool = False, title: 
     )
     g.add_argument("--stop", type=fraction, default=None, help="FreeU until this fraction (default 1)")
     g.add_argument("--ramp", type=fraction, default=None, help="linear fade at both window ends (default 0)")
+    g.add_argument(
+        "--stage", type=stage_settings, action="append", default=None, metavar="K:KEY=V,...",
+        help="one stage's settings beyond b1..s2 (repeatable): a third stage '3:b=1.1,s=0.9' (SD's 320-wide joins), "
+        "or a stage's high-frequency gain, channel window and cutoff '1:high=1.1,window=0.25/0.5,cutoff=0.1'",
+    )  # fmt: skip
+
+
+def stage_settings(text: str) -> dict[int, dict[str, Any]]:
+    """``--stage``: :func:`freeu.config.parse_stage_settings`, each value checked as :class:`freeu.Stage` checks it."""
+    try:
+        changes = parse_stage_settings(text)
+        FreeUConfig(1, 1, 1, 1).with_stages(changes)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return changes
 
 
 def freeu_overrides(
@@ -296,8 +311,10 @@ def freeu_overrides(
     factors must be there. ``ValueError`` names the flag and what is allowed.
     """
     overrides: dict[str, Any] = {}
+    stages: dict[int, dict[str, Any]] = {}
     if args.preset is None and carried:
         overrides.update({k: v for k, v in carried.items() if k in FACTORS + FREEU_FIELDS})
+        stages = _carried_stages(carried.get("stages"))
     for key in FACTORS:
         values = getattr(args, key, None)
         if values is None:
@@ -313,12 +330,33 @@ def freeu_overrides(
     missing = [f"--{k}" for k in FACTORS if k not in overrides]
     if factors_required and args.preset is None and missing:
         raise ValueError(f"give --preset (auto or a name) or all four factors; missing: {', '.join(missing)}")
+    for changes in getattr(args, "stage", None) or []:
+        for k, fields in changes.items():
+            for field in fields:
+                if k <= 2 and field in ("b", "s") and f"{field}{k}" in overrides and getattr(args, f"{field}{k}"):
+                    raise ValueError(f"--stage {k}:{field}=... and --{field}{k} set the same factor: give it once")
+            stages.setdefault(k, {}).update(fields)
     first = {k: (v[0] if isinstance(v, list) else v) for k, v in overrides.items()}
-    try:
-        FreeUConfig(**{"b1": 1, "b2": 1, "s1": 1, "s2": 1, **first})  # the fields together (start < stop, ramp)
+    try:  # the fields together (start < stop, ramp), and the stages
+        FreeUConfig(**{"b1": 1, "b2": 1, "s1": 1, "s2": 1, **first}).with_stages(stages)
     except TypeError as error:  # a carried value of the wrong type: a refused value like any other
         raise ValueError(str(error)) from None
+    if stages:
+        overrides["stages"] = stages
     return overrides
+
+
+def _carried_stages(carried: Any) -> dict[int, dict[str, Any]]:
+    """An image's ``stages`` as stage changes: stages 1 and 2 without their ``b``/``s`` (those travel as b1..s2,
+    so a flag such as ``--b1`` still changes them)."""
+    if carried is None:
+        return {}
+    if not isinstance(carried, list) or not all(isinstance(s, dict) for s in carried):
+        raise ValueError(f"the carried stages must be a list of objects, got {carried!r}")
+    return {
+        k: {f: tuple(v) if f == "window" else v for f, v in fields.items() if k > 2 or f not in ("b", "s")}
+        for k, fields in enumerate(carried, start=1)
+    }
 
 
 def resolve_freeu(
@@ -333,6 +371,8 @@ def resolve_freeu(
     case all four factors must be in ``overrides``; ``overrides`` (single values only) replace its fields.
     """
     name = None
+    overrides = dict(overrides)
+    stages = overrides.pop("stages", {})
     if preset == "auto":
         if model is None:
             raise ValueError("--preset auto needs a model")
@@ -347,7 +387,9 @@ def resolve_freeu(
         missing = [f"--{k}" for k in FACTORS if k not in overrides]
         if missing:
             raise ValueError(f"give --preset (auto or a name) or all four factors; missing: {', '.join(missing)}")
-        return FreeUConfig(**overrides), None, "the factors given"
+        return FreeUConfig(**overrides).with_stages(stages), None, "the factors given"
     if overrides:
         source += " with " + ", ".join(f"{k}={v}" for k, v in overrides.items())
-    return base.replace(**overrides), name, source
+    if stages:
+        source += " and stage settings " + "; ".join(f"{k}: {v}" for k, v in sorted(stages.items()))
+    return base.replace(**overrides).with_stages(stages), name, source

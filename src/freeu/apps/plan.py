@@ -34,20 +34,56 @@ LAYOUTS: dict[str, dict] = {
         addition_time_embed_dim=256,
         projection_class_embeddings_input_dim=2816,
     ),
+    # the published width ladders and block types of two U-Nets whose widths grow by 1x, 2x, 3x, 4x the base (their
+    # conditioning left at plain cross-attention: it does not change where the skip joins are)
+    "kandinsky22": dict(
+        block_out_channels=(384, 768, 1152, 1536),
+        layers_per_block=3,
+        down_block_types=("ResnetDownsampleBlock2D",) + ("SimpleCrossAttnDownBlock2D",) * 3,
+        up_block_types=("SimpleCrossAttnUpBlock2D",) * 3 + ("ResnetUpsampleBlock2D",),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        resnet_time_scale_shift="scale_shift",
+        cross_attention_dim=768,
+        attention_head_dim=64,
+        out_channels=8,
+    ),
+    "if-i-xl": dict(
+        block_out_channels=(704, 1408, 2112, 2816),
+        layers_per_block=3,
+        down_block_types=("ResnetDownsampleBlock2D",) + ("SimpleCrossAttnDownBlock2D",) * 3,
+        up_block_types=("SimpleCrossAttnUpBlock2D",) * 3 + ("ResnetUpsampleBlock2D",),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        resnet_time_scale_shift="scale_shift",
+        cross_attention_dim=4096,
+        attention_head_dim=64,
+        in_channels=3,
+        out_channels=6,
+    ),
 }
-#: The latent size each layout is shown at (its native resolution / 8).
-LATENT = {"sd15": 64, "sd21": 96, "sdxl": 128}
+#: The latent size each layout is shown at (its native resolution / 8; DeepFloyd IF's first stage is pixels, 64 px).
+LATENT = {"sd15": 64, "sd21": 96, "sdxl": 128, "kandinsky22": 96, "if-i-xl": 64}
+PIXELS = {"if-i-xl": 1}
 
 
 def register(subparsers: Any) -> None:
     """Add ``plan`` to the ``freeu`` command line."""
     p = subparsers.add_parser("plan", help="show which skip join gets which FreeU stage under each convention")
     p.add_argument("layout", choices=sorted(LAYOUTS), help="a full-size U-Net layout (built without weights)")
+    p.add_argument(
+        "--stages", type=_stage_count, default=2,
+        help="how many FreeU stages (2: the paper's; 3 adds SD's 320-wide joins, as sd-webui-freeu does)",
+    )  # fmt: skip
     p.set_defaults(handler=run)
 
 
+def _stage_count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 8:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 8, got {text!r}")
+    return int(text)
+
+
 def run(args: argparse.Namespace) -> int:
-    print(plan_table(args.layout))
+    print(plan_table(args.layout, args.stages))
     return 0
 
 
@@ -55,16 +91,19 @@ def _stage_name(stage: int | None) -> str:
     return "-" if stage is None else f"b{stage},s{stage}"
 
 
-def plan_table(layout: str) -> str:
+def plan_table(layout: str, stages: int = 2) -> str:
     """The skip joins of a full-size layout with their widths, map size and stage under each convention."""
     diffusers = require("diffusers", "diffusers", "freeu plan")
     with torch.device("meta"):
         unet = diffusers.UNet2DConditionModel(**LAYOUTS[layout])
-    official = freeu.plan(unet, "official")
-    by_index = freeu.plan(unet, "diffusers")
+    official = freeu.plan(unet, "official", stages=stages)
+    by_index = freeu.plan(unet, "diffusers", stages=stages)
     levels = len(unet.up_blocks)
+    scale = PIXELS.get(layout, 8)
+    space = "pixels" if scale == 1 else "latent"
     lines = [
-        f"{layout}: skip joins at {LATENT[layout] * 8} px ({LATENT[layout]}x{LATENT[layout]} latent)",
+        f"{layout}: skip joins at {LATENT[layout] * scale} px ({LATENT[layout]}x{LATENT[layout]} {space}), "
+        f"{stages} stages",
         f"{'join':24s} {'backbone':>8s} {'skip':>5s} {'size':>5s}  {'official':9s} {'diffusers':9s}",
     ]
     for a, b in zip(official, by_index, strict=True):

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from freeu import __version__
-from freeu.config import PRESETS, FreeUConfig, get_preset
+from freeu.config import PRESETS, FreeUConfig, get_preset, parse_stage_settings
 
 from .errors import require
 from .imaging import grid, save_png
@@ -122,10 +122,12 @@ class Studio:
 
     @staticmethod
     def config(**values: Any) -> FreeUConfig:
-        """``FreeUConfig(**values)`` with the page's types fixed (radio buttons give strings)."""
+        """``FreeUConfig(**values)`` with the page's types fixed (radio buttons give strings); ``stages`` is the
+        stage settings' text (``freeu.config.parse_stage_settings``: ``"3:b=1.1,s=0.9; 1:high=1.1"``)."""
         if values.get("version") is not None:
             values["version"] = _whole("version", values["version"])
-        return FreeUConfig(**values)
+        stages = parse_stage_settings(values.pop("stages", None) or "")
+        return FreeUConfig(**values).with_stages(stages)
 
     # ------------------------------------------------------------------------------------------- sampling
 
@@ -265,11 +267,11 @@ def build_app(studio: Studio, steps: int = 25, guidance: float = 7.5):
     def refused(error: Exception):
         return gr.Error(str(error), title="Refused")
 
-    def read(prompt, seed, n_steps, scale, b1, b2, s1, s2, version, convention, start, stop):
+    def read(prompt, seed, n_steps, scale, b1, b2, s1, s2, version, convention, start, stop, stages):
         try:
             sampling = studio.sampling(prompt, seed, n_steps, scale)
             config = studio.config(b1=b1, b2=b2, s1=s1, s2=s2, version=version, convention=convention,
-                                   start=start, stop=stop)  # fmt: skip
+                                   start=start, stop=stop, stages=stages)  # fmt: skip
         except (TypeError, ValueError) as error:
             raise refused(error) from None
         return sampling, config
@@ -335,6 +337,13 @@ def build_app(studio: Studio, steps: int = 25, guidance: float = 7.5):
                 with gr.Row():
                     start = gr.Slider(0, 1, value=0.0, step=0.01, label="Window start", elem_id="start")
                     stop = gr.Slider(0, 1, value=1.0, step=0.01, label="Window stop", elem_id="stop")
+                stages = gr.Textbox(
+                    value="", label="More stages and controls", elem_id="stages",
+                    placeholder="3:b=1.1,s=0.9; 1:high=1.1,window=0.25/0.5,cutoff=0.1",
+                    info="STAGE:KEY=VALUE,... with ; between stages; keys b, s, high (gain of the skip's other "
+                    "frequencies), window (OFFSET/WIDTH of the scaled channels), cutoff (the square as a fraction "
+                    "of the map)",
+                )  # fmt: skip
             with gr.Column(scale=2):
                 with gr.Row():
                     go = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -363,7 +372,7 @@ def build_app(studio: Studio, steps: int = 25, guidance: float = 7.5):
                         picture = gr.Image(label="Grid", type="pil", format="png", elem_id="grid-image",
                                            interactive=False)  # fmt: skip
                         dl_grid = gr.DownloadButton("Download grid (PNG)", interactive=False, elem_id="download-grid")
-        common = [prompt, seed, n_steps, scale, *factors.values(), version, convention, start, stop]
+        common = [prompt, seed, n_steps, scale, *factors.values(), version, convention, start, stop, stages]
         generated = go.click(on_generate, common, [baseline, freeu_image, dl_baseline, dl_freeu, note],
                              concurrency_limit=1, concurrency_id="sampler")  # fmt: skip
         gridded = go_grid.click(on_grid, [*common, row_name, row_text, col_name, col_text], [picture, dl_grid],
