@@ -30,6 +30,26 @@ def test_plan_prints_the_sdxl_table(capsys) -> None:
     assert rows["up_blocks.2.resnets.0"] == ("640", "320", "128", "b2,s2", "-")
 
 
+def test_plan_shows_more_stages_and_the_ladders_that_do_not_double(capsys) -> None:
+    assert main(["plan", "sd15", "--stages", "3"]) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert rows["up_blocks.3.resnets.1"] == ("320", "320", "64", "b3,s3", "-")
+    assert rows["up_blocks.2.resnets.0"] == ("1280", "640", "32", "b1,s1", "b3,s3")
+    assert main(["plan", "kandinsky22", "--stages", "4"]) == 0
+    printed = capsys.readouterr().out
+    rows = _rows(printed)
+    assert "768 px (96x96 latent), 4 stages" in printed and len(rows) == 16
+    assert rows["up_blocks.1.resnets.1"] == ("1152", "1152", "24", "-", "b2,s2")  # 3x the base: no official stage
+    assert rows["up_blocks.3.resnets.1"] == ("384", "384", "96", "b3,s3", "b4,s4")
+    assert main(["plan", "if-i-xl"]) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert rows["up_blocks.0.resnets.0"] == ("2816", "2816", "8", "b1,s1", "b1,s1")
+    assert rows["up_blocks.2.resnets.1"] == ("1408", "1408", "32", "b2,s2", "-")
+    with pytest.raises(SystemExit):
+        main(["plan", "sd15", "--stages", "0"])
+    assert "--stages: must be a whole number from 1 to 8, got '0'" in capsys.readouterr().err
+
+
 def test_unknown_command_exits_with_usage(capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["plan", "sd3"])

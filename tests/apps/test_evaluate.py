@@ -568,3 +568,17 @@ def test_resume_remakes_a_truncated_png_and_never_follows_a_path_outside_the_fol
 
     with Image.open(out / damaged["image"]) as img:
         img.load()  # whole again
+
+
+def test_a_configuration_takes_stage_settings_and_auto_keeps_them() -> None:
+    import freeu
+    from freeu.apps.evaluate.configs import parse_config_arg, resolve_auto
+
+    [config] = parse_config_arg("more:sd15 stage3=b=1.1,s=0.8 stage1=high=1.1,cutoff=0.1")
+    assert config.freeu.stage(3) == freeu.Stage(1.1, 0.8)
+    assert config.freeu.stage(1) == freeu.Stage(1.5, 0.9, high=1.1, cutoff=0.1)
+    assert config.settings()["stages"][2] == {"b": 1.1, "s": 0.8}  # records and PNGs carry them
+    [auto] = parse_config_arg("a:auto stage3=b=1.2,s=0.5")
+    assert resolve_auto(auto, "sdxl").freeu.stage(3) == freeu.Stage(1.2, 0.5)
+    with pytest.raises(ValueError, match="configuration 'bad': stage 3: b must be a number, got 'x'"):
+        parse_config_arg("bad:sd15 stage3=b=x")

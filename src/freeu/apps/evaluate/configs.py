@@ -8,7 +8,9 @@ A configuration is written as a short spec, on the command line (``--config NAME
 - only ``key=value`` pairs: ``b1=1.1 b2=1.2 s1=0.9 s2=0.9`` (then all four factors are needed).
 
 Keys: ``b1 b2 s1 s2`` (factors), ``version convention threshold start stop ramp`` (the :class:`freeu.FreeUConfig`
-fields) and ``guidance`` (that configuration's classifier-free guidance scale). A value may be a list ``1.0,1.2,1.4``
+fields), ``guidance`` (that configuration's classifier-free guidance scale) and ``stage1`` .. ``stage8`` (one
+stage's settings beyond the factors, one value, e.g. ``stage3=b=1.1,s=0.8`` or ``stage1=high=1.1,cutoff=0.1``;
+the grammar of ``--stage`` without the stage number). A value may be a list ``1.0,1.2,1.4``
 or a range ``1.0:1.6:0.2`` (stop included): the spec then expands into the Cartesian product of its lists, each
 configuration named ``NAME[key=value,...]``; a list of windows, e.g. ``start=0,0.25,0.5``, is a grid too.
 """
@@ -24,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from freeu.config import PRESETS, FreeUConfig, get_preset
+from freeu.config import MAX_STAGES, PRESETS, FreeUConfig, get_preset, parse_stage_settings
 
 from ..options import FACTORS, FREEU_FIELDS, parse_values
 
@@ -43,7 +45,8 @@ logger = logging.getLogger(__name__)
 
 #: The name of the FreeU-off configuration that every other configuration is compared with.
 BASELINE = "off"
-KEYS: tuple[str, ...] = (*FACTORS, *FREEU_FIELDS, "guidance")
+STAGE_KEYS: tuple[str, ...] = tuple(f"stage{k}" for k in range(1, MAX_STAGES + 1))
+KEYS: tuple[str, ...] = (*FACTORS, *FREEU_FIELDS, "guidance", *STAGE_KEYS)
 _INT_KEYS = ("version", "threshold")
 
 
@@ -82,6 +85,12 @@ class EvalConfig:
 
 
 def _parse_value(name: str, key: str, text: str) -> list[Any]:
+    if key in STAGE_KEYS:
+        try:
+            parse_stage_settings(f"{key[5:]}:{text}")
+        except ValueError as error:
+            raise ValueError(f"configuration {name!r}: {error}") from None
+        return [text]  # one value: a stage's settings are not swept
     if key == "convention":
         values = [v.strip() for v in text.split(",") if v.strip()]
     else:
@@ -135,7 +144,14 @@ def _tokens(name: str, spec: str | Mapping[str, Any]) -> tuple[str | None, list[
 
 
 def _number(name: str, key: str, value: Any) -> Any:
-    return value if key in ("convention", *_INT_KEYS) else float(value)
+    return value if key in ("convention", *_INT_KEYS, *STAGE_KEYS) else float(value)
+
+
+def _applied(config: FreeUConfig, chosen: Mapping[str, Any]) -> FreeUConfig:
+    """``config`` with the fields of ``chosen`` replaced, then its ``stageK`` settings applied."""
+    fields = {k: v for k, v in chosen.items() if k not in STAGE_KEYS}
+    stages = "; ".join(f"{k[5:]}:{v}" for k, v in chosen.items() if k in STAGE_KEYS)
+    return config.replace(**fields).with_stages(parse_stage_settings(stages))
 
 
 def _build(name: str, base: str | None, chosen: dict[str, Any]) -> EvalConfig:
@@ -149,17 +165,18 @@ def _build(name: str, base: str | None, chosen: dict[str, Any]) -> EvalConfig:
                 raise ValueError(f"configuration {name!r}: 'off' takes no FreeU keys, got {sorted(chosen)}")
             return EvalConfig(name, None, guidance)
         if base == "auto":
-            FreeUConfig(1, 1, 1, 1).replace(**chosen)  # validate the overrides now
+            _applied(FreeUConfig(1, 1, 1, 1), chosen)  # validate the overrides now
             return EvalConfig(name, None, guidance, preset="auto", overrides=overrides)
         if base is not None:
-            return EvalConfig(name, get_preset(base).config.replace(**chosen), guidance, preset=base)
+            return EvalConfig(name, _applied(get_preset(base).config, chosen), guidance, preset=base)
         missing = [k for k in FACTORS if k not in chosen]
         if missing:
             raise ValueError(
                 f"configuration {name!r}: give a base (off, auto or a preset: {', '.join(sorted(PRESETS))}) or all "
                 f"four factors; missing {', '.join(missing)}"
             )
-        return EvalConfig(name, FreeUConfig(**chosen), guidance)
+        factors = {k: chosen.pop(k) for k in FACTORS}
+        return EvalConfig(name, _applied(FreeUConfig(**factors), chosen), guidance)
     except (TypeError, ValueError) as error:
         text = str(error)
         raise ValueError(text if text.startswith("configuration") else f"configuration {name!r}: {text}") from None
@@ -250,7 +267,7 @@ def resolve_auto(config: EvalConfig, preset: str) -> EvalConfig:
     """An ``auto`` configuration with the preset chosen from the model's structure (same on every process)."""
     if config.preset != "auto":
         return config
-    chosen = get_preset(preset).config.replace(**dict(config.overrides))
+    chosen = _applied(get_preset(preset).config, dict(config.overrides))
     return EvalConfig(config.name, chosen, config.guidance, preset=preset, overrides=config.overrides)
 
 
