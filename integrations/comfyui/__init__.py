@@ -5,9 +5,9 @@ Python (``pip install`` the repository this folder comes from).
 The node clones the MODEL and registers one ``output_block_patch`` on the clone (what ComfyUI's built-in FreeU nodes
 do), built by :func:`freeu.output_block_patch`: nothing is installed on the shared diffusion model, a branch without
 the node samples as if the node did not exist, and a second FreeU (freeu) node later in the chain replaces the
-first one's patch instead of stacking. The maths is the library's (no FFT on any path, so every device ComfyUI runs
-on works without a CPU fallback; a constant feature map gets the full factor where the authors' version 2 divides
-by zero).
+first one's patch instead of stacking. The maths is the library's (no FFT at the published threshold, so every device
+ComfyUI runs on works without a CPU fallback, and a larger square falls back to the exact projection where a device
+has no FFT; a constant feature map gets the full factor where the authors' version 2 divides by zero).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class FreeUNode(IO.ComfyNode):
             display_name="FreeU (freeu)",
             category="model_patches/unet",
             description="FreeU from the freeu library: exact version 1 and 2, official or diffusers stages, a step "
-            "window; no FFT, so no CPU fallback on any device.",
+            "window; no FFT at the published threshold, so no CPU fallback on any device.",
             inputs=[
                 IO.Model.Input("model"),
                 IO.Combo.Input(

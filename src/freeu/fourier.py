@@ -323,9 +323,10 @@ def fourier_filter(
     ``>= 0``; the default 1 leaves them alone, and ``scale == high == 1`` returns ``x`` itself.
 
     ``method``: ``"projection"`` (real arithmetic, no FFT), ``"fft"`` (the reference algorithm, in float32/64), or
-    ``"auto"``: projection unless the threshold is so large that an FFT is cheaper. Where the square holds every bin
-    (a ``2 x 2`` map at ``threshold = 1``) the filter is the product ``x * scale`` for a number ``scale``, whatever
-    the method but ``"fft"``.
+    ``"auto"``: projection unless the square is so large (more than 64 real modes: beyond ``threshold = 4``) that an
+    FFT is cheaper, and the projection after all where that FFT fails (a device or dtype without it). Where the square
+    holds every bin (a ``2 x 2`` map at ``threshold = 1``) the filter is the product ``x * scale`` for a number
+    ``scale``, whatever the method but ``"fft"``.
 
     Memory: outside autograd and torch.compile the result is written a piece of channels at a time in ``x``'s layout
     (contiguous maps or channels-last); besides the result, the most it holds is one float32 piece (4 MiB on a CPU,
@@ -361,9 +362,17 @@ def fourier_filter(
     if covered and method != "fft" and not isinstance(scale, torch.Tensor):
         # the square holds every bin (a 2 x 2 map at t = 1, say): the filter scales the map, in one rounding
         return torch.mul(x, scale) if out is None else torch.mul(x, scale, out=out)
-    if method == "auto":
+    chosen = method == "auto"
+    if chosen:
         count = _num_modes.__wrapped__ if torch.compiler.is_compiling() else _num_modes  # dynamo skips caches
         method = "projection" if count(height, width, threshold) <= _MAX_PROJECTION_MODES else "fft"
+    if method == "fft" and chosen and not torch.compiler.is_compiling():
+        try:
+            result = _filter_fft(x, threshold, scale, high)
+        except RuntimeError:  # a device or dtype without this FFT (MPS, DirectML, ...): the projection is exact too
+            method = "projection"
+        else:
+            return result if out is None else out.copy_(result)
     if method == "projection" and (out is not None or not traced(x, scale)):
         written = _filter_projection_into(x, threshold, scale, out, high)
         if written is not None:

@@ -6,7 +6,8 @@ skip feature, and ``transformer_options["block"]`` is ``("output", index)``. The
 per-model clone, so nothing is installed on modules that other models share and nothing stays behind after a run;
 :func:`output_block_patch` builds such a patch from a :class:`freeu.FreeUConfig`, with the same operators as
 :func:`freeu.apply` (the backbone scaling and the skip filter, never writing into the host's tensors); the filter
-takes its FFT-free projection at every threshold, so no host's device needs an FFT.
+takes its FFT-free projection at every published setting, and falls back to it where a device cannot run the FFT
+that a large square would use.
 
 Stages: under the official convention by the backbone width (4x and 2x ``model_channels``), under the diffusers
 convention by the decoder level of the output block (``index // (num_res_blocks + 1)``). A step window needs the
@@ -123,15 +124,15 @@ def output_block_patch(
                 s = (1.0 + weight * (float(s) - 1.0)).view(-1, 1)
                 if high != 1.0:
                     high = 1.0 + weight * (high - 1.0)
-        # the projection at every threshold (auto would take an FFT above threshold 4): hosts run on devices and in
-        # dtypes where an FFT fails, and the projection is exact there too
+        # the filter's own choice: the projection up to 64 modes (every published setting), an FFT above where the
+        # device has one, else the projection (exact too, and costlier for large squares)
         cutoff = settings.cutoff
         square = config.threshold if cutoff is None else cutoff_threshold(hsp.shape[-2], hsp.shape[-1], cutoff)
         backbone = scale_backbone(h, b, config.version, window=settings.window)
         if not isinstance(high, torch.Tensor):
-            return backbone, fourier_filter(hsp, square, s, high=high, method="projection")
+            return backbone, fourier_filter(hsp, square, s, high=high)
         rows = high.view(-1, 1, 1, 1)  # a per-sample high gain inside a ramp: high x + (s - high) P x
-        low = hsp - fourier_filter(hsp, square, 0.0, method="projection")
+        low = hsp - fourier_filter(hsp, square, 0.0)
         s_map = s if isinstance(s, float) else s.view(-1, 1, 1, 1)
         return backbone, (hsp * rows + (s_map - rows) * low).to(hsp.dtype)
 

@@ -401,3 +401,17 @@ def test_the_defaults_are_bit_identical_and_the_new_controls_are_validated() -> 
     for bad in (-0.1, 1.5, True, "0.5"):
         with pytest.raises(ValueError, match=r"cutoff must be a number in \[0, 1\]"):
             cutoff_threshold(16, 16, bad)
+
+
+def test_auto_falls_back_to_the_projection_where_the_fft_fails(monkeypatch) -> None:
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(11))
+    expected = reference_general(x, 6, 6, 0.3, 1.2)  # a square beyond 64 modes: auto would take the FFT
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("this device has no FFT")
+
+    monkeypatch.setattr(torch.fft, "fft2", broken)
+    out = fourier_filter(x, 6, 0.3, high=1.2)
+    assert (out.double() - expected).abs().max().item() < 2e-5
+    with pytest.raises(RuntimeError, match="no FFT"):  # asked for by name, the FFT's error is the caller's
+        fourier_filter(x, 6, 0.3, method="fft")
