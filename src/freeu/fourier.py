@@ -119,21 +119,21 @@ def _num_modes(height: int, width: int, threshold: tuple[int, int]) -> int:
     return sum(1 if self_mirrored else 2 for self_mirrored in weights.values())
 
 
-def _check_scale(scale: float | torch.Tensor) -> None:
+def _check_scale(scale: float | torch.Tensor, name: str = "scale") -> None:
     if isinstance(scale, torch.Tensor):
         if not scale.is_floating_point():
-            raise TypeError(f"fourier_filter: scale tensor must be floating point, got dtype {scale.dtype}")
+            raise TypeError(f"fourier_filter: {name} tensor must be floating point, got dtype {scale.dtype}")
         # values are read where that costs nothing (a CPU tensor outside torch.compile); reading an accelerator's
         # tensor would stall it, and the hooks pass factors FreeUConfig has already checked
         readable = scale.device.type == "cpu" and not torch.compiler.is_compiling()
         if readable and (not bool(torch.isfinite(scale).all()) or bool((scale < 0).any())):
-            raise ValueError("fourier_filter: scale must hold finite numbers >= 0, got a tensor with NaN, "
+            raise ValueError(f"fourier_filter: {name} must hold finite numbers >= 0, got a tensor with NaN, "
                              "infinite or negative values")  # fmt: skip
         return
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"fourier_filter: scale must be a real number or a tensor, got {type(scale).__name__}")
+        raise TypeError(f"fourier_filter: {name} must be a real number or a tensor, got {type(scale).__name__}")
     if not math.isfinite(scale) or scale < 0:
-        raise ValueError(f"fourier_filter: scale must be a finite number >= 0, got {scale!r}")
+        raise ValueError(f"fourier_filter: {name} must be a finite number >= 0, got {scale!r}")
 
 
 def _check_threshold(threshold: int | tuple[int, int]) -> tuple[int, int]:
@@ -145,13 +145,6 @@ def _check_threshold(threshold: int | tuple[int, int]) -> tuple[int, int]:
         if part < 1:
             raise ValueError(f"fourier_filter: threshold must be an int >= 1 or a pair of them, got {threshold!r}")
     return _pair(threshold)
-
-
-def _check_high(high: float) -> None:
-    if isinstance(high, bool) or not isinstance(high, (int, float)):
-        raise TypeError(f"fourier_filter: high must be a real number, got {type(high).__name__}")
-    if not math.isfinite(high) or high < 0:
-        raise ValueError(f"fourier_filter: high must be a finite number >= 0, got {high!r}")
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -172,6 +165,17 @@ def _per_row_scale(
             f"got shape {tuple(scale.shape)}"
         ) from error
     return expanded.reshape(-1, 1) - high
+
+
+def _lead_view(name: str, value: torch.Tensor, lead: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    """A tensor of values broadcast over the input's leading dims ``lead``, as ``(*lead, 1, 1)`` in ``dtype``."""
+    try:
+        return torch.broadcast_to(value.to(dtype), lead)[..., None, None]
+    except RuntimeError as error:
+        raise ValueError(
+            f"fourier_filter: a {name} tensor must broadcast to the input's leading dims {tuple(lead)}, "
+            f"got shape {tuple(value.shape)}"
+        ) from error
 
 
 def _rows_view(t: torch.Tensor) -> torch.Tensor | None:
@@ -306,7 +310,7 @@ def fourier_filter(
     threshold: int | tuple[int, int] = 1,
     scale: float | torch.Tensor = 1.0,
     *,
-    high: float = 1.0,
+    high: float | torch.Tensor = 1.0,
     method: FilterMethod = "auto",
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -320,7 +324,8 @@ def fourier_filter(
     ``threshold``: the half-width of the square of scaled frequencies (1 in every published setting), or
     ``(rows, columns)`` for a rectangle (:func:`cutoff_threshold` turns a fraction of the map into one).
     ``high``: the gain of every frequency outside the square (sd-webui-freeu's ``skip_high_end_factor``), a number
-    ``>= 0``; the default 1 leaves them alone, and ``scale == high == 1`` returns ``x`` itself.
+    ``>= 0`` or, like ``scale``, a tensor that broadcasts to ``x.shape[:-2]``; the default 1 leaves them alone, and
+    ``scale == high == 1`` returns ``x`` itself.
 
     ``method``: ``"projection"`` (real arithmetic, no FFT), ``"fft"`` (the reference algorithm, in float32/64), or
     ``"auto"``: projection unless the square is so large (more than 64 real modes: beyond ``threshold = 4``) that an
@@ -344,7 +349,7 @@ def fourier_filter(
         raise ValueError(f"fourier_filter: x must have at least 2 dims (..., H, W), got shape {tuple(x.shape)}")
     threshold = _check_threshold(threshold)
     _check_scale(scale)
-    _check_high(high)
+    _check_scale(high, "high")
     if method not in _METHODS:
         raise ValueError(f"fourier_filter: method must be one of {_METHODS}, got {method!r}")
     if out is not None and (out.shape != x.shape or out.dtype != x.dtype or out.device != x.device):
@@ -352,10 +357,20 @@ def fourier_filter(
             f"fourier_filter: out must match x's shape, dtype and device {tuple(x.shape)}, {x.dtype}, {x.device}; "
             f"got {tuple(out.shape)}, {out.dtype}, {out.device}"
         )
-    if not isinstance(scale, torch.Tensor) and scale == 1 and high == 1:
+    if not isinstance(scale, torch.Tensor) and not isinstance(high, torch.Tensor) and scale == 1 and high == 1:
         return x if out is None else out.copy_(x)
     if x.numel() == 0:
         return x.clone() if out is None else out
+    if isinstance(high, torch.Tensor):
+        # a high gain per map (a step window's ramp weights it per sample): high x + (scale - high) P x, where
+        # P x = x - (the filter at scale 0) is the part of x on the square's bins
+        acc = _accumulation_dtype(x.dtype)
+        outside = _lead_view("high", high, x.shape[:-2], acc)
+        inside = _lead_view("scale", scale, x.shape[:-2], acc) if isinstance(scale, torch.Tensor) else float(scale)
+        source = x.to(acc)
+        square = source - fourier_filter(x, threshold, 0.0, method=method).to(acc)
+        result = (source * outside + (inside - outside) * square).to(x.dtype)
+        return result if out is None else out.copy_(result)
     height, width = x.shape[-2:]
     rows, cols = threshold
     covered = len(_axis_frequencies(height, rows)) == height and len(_axis_frequencies(width, cols)) == width

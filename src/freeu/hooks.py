@@ -431,15 +431,10 @@ class FreeUHandle:
             s_rows = s if isinstance(s, float) else s.view(-1, 1)
             square = threshold if cutoff is None else cutoff_threshold(x.shape[-2], x.shape[-1], cutoff)
             if window != FIRST_HALF or not isinstance(high, float):
-                # the controls beyond the paper's: whole-tensor ops (a per-row high gain: high x + (s - high) P x)
+                # the controls beyond the paper's, in whole-tensor ops
                 first = backbone if unit_b else scale_backbone(backbone, b, version, window=window)
-                if isinstance(high, float):
-                    skip = fourier_filter(skip_in, square, s_rows, high=high)
-                else:
-                    high_rows = high.view(-1, 1, 1, 1)
-                    s_map = s if isinstance(s, float) else s.view(-1, 1, 1, 1)
-                    low = skip_in - fourier_filter(skip_in, square, 0.0)  # P x
-                    skip = (skip_in * high_rows + (s_map - high_rows) * low).to(skip_in.dtype)
+                high_rows = high if isinstance(high, float) else high.view(-1, 1)
+                skip = fourier_filter(skip_in, square, s_rows, high=high_rows)
                 out = torch.cat([first, skip], dim=1)
             elif _compiling() or (torch.is_grad_enabled() and x.requires_grad):
                 # differentiable, and what inductor fuses into one kernel anyway

@@ -129,12 +129,8 @@ def output_block_patch(
         cutoff = settings.cutoff
         square = config.threshold if cutoff is None else cutoff_threshold(hsp.shape[-2], hsp.shape[-1], cutoff)
         backbone = scale_backbone(h, b, config.version, window=settings.window)
-        if not isinstance(high, torch.Tensor):
-            return backbone, fourier_filter(hsp, square, s, high=high)
-        rows = high.view(-1, 1, 1, 1)  # a per-sample high gain inside a ramp: high x + (s - high) P x
-        low = hsp - fourier_filter(hsp, square, 0.0)
-        s_map = s if isinstance(s, float) else s.view(-1, 1, 1, 1)
-        return backbone, (hsp * rows + (s_map - rows) * low).to(hsp.dtype)
+        high_rows = high.view(-1, 1) if isinstance(high, torch.Tensor) else high
+        return backbone, fourier_filter(hsp, square, s, high=high_rows)
 
     patch.freeu_config = config  # type: ignore[attr-defined]
     return patch
@@ -220,7 +216,7 @@ def ldm_output_block_patch(
         config,
         model_channels=int(channels),
         num_res_blocks=levels,
-        progress=schedule_progress(percent_to_sigma) if config.windowed and percent_to_sigma else None,
+        progress=schedule_progress(percent_to_sigma) if config.windowed else None,
     )
 
 

@@ -415,3 +415,18 @@ def test_auto_falls_back_to_the_projection_where_the_fft_fails(monkeypatch) -> N
     assert (out.double() - expected).abs().max().item() < 2e-5
     with pytest.raises(RuntimeError, match="no FFT"):  # asked for by name, the FFT's error is the caller's
         fourier_filter(x, 6, 0.3, method="fft")
+
+
+def test_a_high_gain_per_sample_equals_each_samples_own_filter() -> None:
+    x = torch.randn(2, 4, 20, 24, generator=torch.Generator().manual_seed(12))
+    scale, high = torch.tensor([0.3, 1.4]).view(2, 1), torch.tensor([0.8, 1.2]).view(2, 1)
+    for dtype, tolerance in ((torch.float32, 2e-5), (torch.bfloat16, 1e-1)):
+        out = fourier_filter(x.to(dtype), (2, 3), scale, high=high)
+        assert out.dtype == dtype
+        for i, (low, gain) in enumerate(((0.3, 0.8), (1.4, 1.2))):
+            expected = reference_general(x[i].to(dtype).double(), 2, 3, low, gain)
+            assert (out[i].double() - expected).abs().max().item() < tolerance, (dtype, i)
+    with pytest.raises(ValueError, match="a high tensor must broadcast to the input's leading dims"):
+        fourier_filter(x, 1, 0.3, high=torch.ones(3))
+    with pytest.raises(ValueError, match="high must hold finite numbers >= 0"):
+        fourier_filter(x, 1, 0.3, high=torch.tensor([-1.0, 1.0]).view(2, 1))
