@@ -40,6 +40,17 @@ def skip_joins(layout: str, latent: int | None) -> tuple[int, list[tuple[freeu.J
     return latent, [(p, size) for p, size in pairs if p.stage is not None]
 
 
+def _skip_inputs(
+    layout: str, dtype_name: str, batch: int, latent: int | None, device: torch.device
+) -> tuple[int, list[tuple[freeu.JoinPlan, int]], list[torch.Tensor], list[float]]:
+    """The latent used, the joins, a random skip feature per join (seeded) and each join's ``s`` factor."""
+    used, joins = skip_joins(layout, latent)
+    dtype = getattr(torch, dtype_name)
+    gen = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(batch, p.join.skip_channels, n, n, generator=gen).to(device, dtype) for p, n in joins]
+    return used, joins, inputs, [bl.FACTORS[f"s{p.stage}"] for p, _ in joins]
+
+
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
 
@@ -68,11 +79,7 @@ def _filter_row(
 ) -> list[str]:
     from diffusers.utils.torch_utils import fourier_filter as diffusers_filter
 
-    used, joins = skip_joins(layout, latent)
-    dtype = getattr(torch, dtype_name)
-    gen = torch.Generator().manual_seed(0)
-    inputs = [torch.randn(batch, p.join.skip_channels, n, n, generator=gen).to(device, dtype) for p, n in joins]
-    scales = [bl.FACTORS[f"s{p.stage}"] for p, _ in joins]
+    used, joins, inputs, scales = _skip_inputs(layout, dtype_name, batch, latent, device)
     idx = range(len(inputs))
     fns = {
         "ours": lambda i: freeu.fourier_filter(inputs[i], 1, scales[i]),
@@ -147,11 +154,7 @@ def _controls_row(
 ) -> list[str]:
     from freeu.fourier import cutoff_threshold
 
-    used, joins = skip_joins(layout, latent)
-    dtype = getattr(torch, dtype_name)
-    gen = torch.Generator().manual_seed(0)
-    inputs = [torch.randn(batch, p.join.skip_channels, n, n, generator=gen).to(device, dtype) for p, n in joins]
-    scales = [bl.FACTORS[f"s{p.stage}"] for p, _ in joins]
+    used, joins, inputs, scales = _skip_inputs(layout, dtype_name, batch, latent, device)
     cutoffs = [cutoff_threshold(n, n, 0.1) for _, n in joins]
     idx = range(len(inputs))
     fns = {

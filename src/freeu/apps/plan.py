@@ -18,6 +18,16 @@ from .errors import require
 
 __all__ = ["LATENT", "LAYOUTS", "plan_table", "register"]
 
+#: The blocks the Kandinsky 2.2 decoder and DeepFloyd IF's first stage share: three levels of simple cross-attention
+#: over a resnet level that downsamples by itself, three resnets per level.
+_SIMPLE_CROSS_LADDER: dict = dict(
+    layers_per_block=3,
+    down_block_types=("ResnetDownsampleBlock2D",) + ("SimpleCrossAttnDownBlock2D",) * 3,
+    up_block_types=("SimpleCrossAttnUpBlock2D",) * 3 + ("ResnetUpsampleBlock2D",),
+    mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+    resnet_time_scale_shift="scale_shift",
+    attention_head_dim=64,
+)
 #: Full-size layouts as diffusers ``UNet2DConditionModel`` keyword arguments.
 LAYOUTS: dict[str, dict] = {
     "sd15": dict(cross_attention_dim=768),
@@ -37,25 +47,12 @@ LAYOUTS: dict[str, dict] = {
     # the published width ladders and block types of two U-Nets whose widths grow by 1x, 2x, 3x, 4x the base (their
     # conditioning left at plain cross-attention: it does not change where the skip joins are)
     "kandinsky22": dict(
-        block_out_channels=(384, 768, 1152, 1536),
-        layers_per_block=3,
-        down_block_types=("ResnetDownsampleBlock2D",) + ("SimpleCrossAttnDownBlock2D",) * 3,
-        up_block_types=("SimpleCrossAttnUpBlock2D",) * 3 + ("ResnetUpsampleBlock2D",),
-        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
-        resnet_time_scale_shift="scale_shift",
-        cross_attention_dim=768,
-        attention_head_dim=64,
-        out_channels=8,
+        _SIMPLE_CROSS_LADDER, block_out_channels=(384, 768, 1152, 1536), cross_attention_dim=768, out_channels=8
     ),
     "if-i-xl": dict(
+        _SIMPLE_CROSS_LADDER,
         block_out_channels=(704, 1408, 2112, 2816),
-        layers_per_block=3,
-        down_block_types=("ResnetDownsampleBlock2D",) + ("SimpleCrossAttnDownBlock2D",) * 3,
-        up_block_types=("SimpleCrossAttnUpBlock2D",) * 3 + ("ResnetUpsampleBlock2D",),
-        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
-        resnet_time_scale_shift="scale_shift",
         cross_attention_dim=4096,
-        attention_head_dim=64,
         in_channels=3,
         out_channels=6,
     ),
