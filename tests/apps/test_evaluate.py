@@ -582,3 +582,37 @@ def test_a_configuration_takes_stage_settings_and_auto_keeps_them() -> None:
     assert resolve_auto(auto, "sdxl").freeu.stage(3) == freeu.Stage(1.2, 0.5)
     with pytest.raises(ValueError, match="configuration 'bad': stage 3: b must be a number, got 'x'"):
         parse_config_arg("bad:sd15 stage3=b=x")
+
+
+def test_configurations_that_differ_only_in_factors_share_batches(tiny_demo) -> None:
+    """A grid's settings go through the model in one batch, factors per sample, and give each setting's own images;
+    FreeU off and a setting with another window go in batches of their own."""
+    from freeu.apps.evaluate.generation import make_units, pil_to_uint8, sample_units
+    from freeu.apps.runtime import Request, load_model
+
+    model = load_model(str(tiny_demo))
+    calls: list[tuple[int, object]] = []
+    original = model.sample
+
+    def counting(seeds, request, **kwargs):
+        calls.append((len(seeds), kwargs.get("freeu")))
+        return original(seeds, request, **kwargs)
+
+    model.sample = counting  # type: ignore[method-assign]
+    configs = with_baseline(expand_spec("g", "sd15 b1=1.0,1.3,1.6 s2=0.2,0.9") + expand_spec("late", "sd15 start=0.5"))
+    units = make_units(range(3))
+    pairs = [(c, u) for c in configs for u in units]
+    request = Request(steps=2)
+    packed = {(c.name, u.index): image for chunk, images in sample_units(model, request, pairs, lambda n: None)
+              for (c, u), image in zip(chunk, images, strict=True)}  # fmt: skip
+    assert [n for n, _ in calls] == [3, 18, 3]  # off, the six grid settings x 3 units, the window
+    assert calls[0][1] is None and calls[2][1].start == 0.5
+    grid = calls[1][1]
+    assert grid.b1 == (1.0,) * 6 + (1.3,) * 6 + (1.6,) * 6 and grid.s2 == (0.2, 0.2, 0.2, 0.9, 0.9, 0.9) * 3
+    for config in configs:
+        alone = model.sample([u.seed for u in units], request, freeu=config.freeu)
+        for unit, image in zip(units, alone, strict=True):
+            difference = (pil_to_uint8(image).int() - packed[config.name, unit.index].int()).abs().max().item()
+            assert difference <= 1, (config.name, unit.index, difference)
+    distinct = {packed[c.name, 0].float().sum().item() for c in configs}
+    assert len(distinct) == len(configs)  # every setting changed the image: the comparison above can fail

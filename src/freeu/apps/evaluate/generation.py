@@ -28,7 +28,9 @@ from typing import Any
 import torch
 
 from freeu import __version__
+from freeu.config import FreeUConfig
 
+from ..options import FACTORS
 from ..runtime import Model, Request
 from .configs import BASELINE, EvalConfig
 from .metrics import LaplacianSWD, SpectrumDistance, fit_size, to_float
@@ -91,27 +93,50 @@ def load_png(path: str | Path) -> torch.Tensor:
         return pil_to_uint8(img)
 
 
+def _pack_key(config: EvalConfig) -> tuple[Any, ...]:
+    """What configurations must share to be sampled in one batch: everything but the four factors, which the hooks
+    take per sample. FreeU off, and settings with stages beyond the paper's two, go alone."""
+    if config.freeu is None:
+        return ("off",)
+    if config.freeu.stages or config.freeu.batch_size is not None:
+        return ("alone", config.name)
+    return ("factors", config.freeu.replace(b1=1, b2=1, s1=1, s2=1))
+
+
+def _batch_settings(configs: Sequence[EvalConfig]) -> FreeUConfig | None:
+    """One FreeU setting for a batch whose samples come from ``configs`` (one per sample): the factors per sample
+    where they differ."""
+    first = configs[0].freeu
+    if first is None or all(c.freeu == first for c in configs):
+        return first
+    return first.replace(**{k: tuple(getattr(c.freeu, k) for c in configs) for k in FACTORS})
+
+
 def sample_units(
     model: Model,
     request: Request,
-    config: EvalConfig,
-    units: Sequence[Unit],
+    pairs: Sequence[tuple[EvalConfig, Unit]],
     on_step: Callable[[int], None],
     batch_size: int = 64,
-) -> Iterator[tuple[list[Unit], torch.Tensor]]:
-    """``(units, uint8 images (N, 3, H, W))`` for ``units`` under ``config``, through the shared runtime: the demo
-    model in batches of seeds, pipelines one unit (its own prompt) per call. ``on_step(n)`` counts image-steps."""
-    guidance = request.guidance if config.guidance is None else config.guidance
-    if model.takes_prompt:
-        groups = [[u] for u in units]
-    else:
-        groups = [list(units[i : i + batch_size]) for i in range(0, len(units), batch_size)]
-    for chunk in groups:
-        run = replace(request, prompt=chunk[0].prompt, guidance=guidance if model.guided else None)
-        count = len(chunk)
-        images = model.sample([u.seed for u in chunk], run, freeu=config.freeu,
-                              on_step=lambda _, n=count: on_step(n), batch_size=batch_size)  # fmt: skip
-        yield chunk, torch.stack([pil_to_uint8(image) for image in images])
+) -> Iterator[tuple[list[tuple[EvalConfig, Unit]], torch.Tensor]]:
+    """``(pairs, uint8 images (N, 3, H, W))`` for ``(configuration, unit)`` pairs, through the shared runtime.
+
+    Pairs whose configurations differ only in ``b1, b2, s1, s2`` (same guidance, same prompt) are sampled together,
+    up to ``batch_size`` per call, with the factors given per sample: a grid of settings, or a search's candidates,
+    costs a few large batches rather than one small batch per setting. ``on_step(n)`` counts image-steps."""
+    groups: dict[tuple[Any, ...], list[tuple[EvalConfig, Unit]]] = {}
+    for config, unit in pairs:
+        guidance = request.guidance if config.guidance is None else config.guidance
+        key = (_pack_key(config), guidance if model.guided else None, unit.prompt if model.takes_prompt else None)
+        groups.setdefault(key, []).append((config, unit))
+    for (_, guidance, prompt), members in groups.items():
+        for start in range(0, len(members), batch_size):
+            chunk = members[start : start + batch_size]
+            run = replace(request, prompt=prompt, guidance=guidance)
+            count = len(chunk)
+            images = model.sample([u.seed for _, u in chunk], run, freeu=_batch_settings([c for c, _ in chunk]),
+                                  on_step=lambda _, n=count: on_step(n), batch_size=batch_size)  # fmt: skip
+            yield chunk, torch.stack([pil_to_uint8(image) for image in images])
 
 
 def pil_to_uint8(image: Any) -> torch.Tensor:
@@ -228,28 +253,28 @@ def generate_shard(
     done = store.records()
     mine = list(units[store.rank :: store.world])
     summary = ShardSummary()
+    todo = []
     for config in configs:
-        guidance = effective_guidance(model, request, config)
-        todo = [u for u in mine if keys[config.name, u.index] not in done]
-        summary.reused += len(mine) - len(todo)
-        if len(todo) < len(mine):
-            on_step((len(mine) - len(todo)) * request.steps)
-        for chunk, images in sample_units(model, request, config, todo, on_step, batch_size):
-            for unit, image in zip(chunk, images, strict=True):
-                key = keys[config.name, unit.index]
-                record = {
-                    "key": key, "config": config.name, "unit": unit.index, "seed": unit.seed,
-                    "prompt_index": unit.prompt_index, "prompt": unit.prompt, "guidance": guidance,
-                    "freeu": config.settings(), "preset": config.preset, "image": store.image_path(config, unit, key),
-                    "model": base["model"], "sampler": base["sampler"], "steps": base["steps"],
-                    "height": base["height"], "width": base["width"], "dtype": base["dtype"], "device": base["device"],
-                    "negative_prompt": base["negative_prompt"], "rank": store.rank, "world": store.world,
-                    "freeu_package": __version__,
-                }  # fmt: skip
-                store.write_png(record["image"], image, record)
-                store.append(record)
-                done[key] = record
-                summary.generated += 1
+        pending = [u for u in mine if keys[config.name, u.index] not in done]
+        summary.reused += len(mine) - len(pending)
+        todo += [(config, u) for u in pending]
+    on_step((len(configs) * len(mine) - len(todo)) * request.steps)
+    for chunk, images in sample_units(model, request, todo, on_step, batch_size):
+        for (config, unit), image in zip(chunk, images, strict=True):
+            key = keys[config.name, unit.index]
+            record = {
+                "key": key, "config": config.name, "unit": unit.index, "seed": unit.seed,
+                "prompt_index": unit.prompt_index, "prompt": unit.prompt,
+                "guidance": effective_guidance(model, request, config), "freeu": config.settings(),
+                "preset": config.preset, "image": store.image_path(config, unit, key), "model": base["model"],
+                "sampler": base["sampler"], "steps": base["steps"], "height": base["height"], "width": base["width"],
+                "dtype": base["dtype"], "device": base["device"], "negative_prompt": base["negative_prompt"],
+                "rank": store.rank, "world": store.world, "freeu_package": __version__,
+            }  # fmt: skip
+            store.write_png(record["image"], image, record)
+            store.append(record)
+            done[key] = record
+            summary.generated += 1
     return summary
 
 
