@@ -118,3 +118,27 @@ def forge(tmp_path_factory):
 
     python = forge_python()
     return find_forge(tmp_path_factory), python
+
+
+#: A tiny demo-style U-Net: 16 px, widths 8/16/32 (the shipped demo model is 32 px, widths 32/64/128).
+TINY_DEMO = {
+    "sample_size": 16, "in_channels": 3, "out_channels": 3, "block_out_channels": [8, 16, 32], "layers_per_block": 1,
+    "down_block_types": ["DownBlock2D"] * 3, "up_block_types": ["UpBlock2D"] * 3, "norm_num_groups": 4,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory):
+    """A demo-style weights folder (unet.safetensors + config.json) holding a tiny random UNet2DModel."""
+    import json
+
+    pytest.importorskip("diffusers")
+    from safetensors.torch import save_file
+
+    from freeu.apps.demo.model import SCHEDULER_CONFIG, build_unet
+
+    folder = tmp_path_factory.mktemp("tiny-demo")
+    unet = rerandomise_zeros(build_unet(TINY_DEMO, seed=0))
+    save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, str(folder / "unet.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"unet": TINY_DEMO, "scheduler": SCHEDULER_CONFIG}))
+    return folder

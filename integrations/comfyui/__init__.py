@@ -118,6 +118,14 @@ class FreeUNode(IO.ComfyNode):
                     "frequencies), window (OFFSET/WIDTH of the scaled backbone channels), cutoff (the square as a "
                     "fraction of the map)",
                 ),
+                IO.String.Input(
+                    "preset_file",
+                    default="",
+                    optional=True,
+                    tooltip="the path of a preset file (.toml, as freeu tune writes): when set, it replaces preset "
+                    "and its settings replace the factors, version and convention; threshold and the window come "
+                    "from the file unless set here to other than their defaults",
+                ),
             ],  # fmt: skip
             outputs=[IO.Model.Output()],
         )
@@ -126,10 +134,19 @@ class FreeUNode(IO.ComfyNode):
     def execute(
         cls, model: Any, preset: str, b1: float, b2: float, s1: float, s2: float, version: str, convention: str,
         threshold: int, start_percent: float, end_percent: float, ramp: float, stages: str = "",
+        preset_file: str = "",
     ) -> IO.NodeOutput:  # fmt: skip
         unet = _unet_config(model)
         window = dict(start=start_percent, stop=end_percent, ramp=ramp)
-        if preset == CUSTOM:
+        if preset_file and preset_file.strip():
+            path = preset_file.strip()
+            if not freeu.config.is_preset_file(path):
+                raise ValueError(f"FreeU (freeu): preset_file must be the path of a .toml file, got {path!r}")
+            config = freeu.get_preset(path).config
+            given = dict(threshold=threshold, **window)
+            defaults = dict(threshold=1, start=0.0, stop=1.0, ramp=0.0)
+            config = config.replace(**{k: v for k, v in given.items() if v != defaults[k]})
+        elif preset == CUSTOM:
             config = freeu.FreeUConfig(b1, b2, s1, s2, version=int(version), convention=convention,
                                        threshold=threshold, **window)  # fmt: skip
         else:

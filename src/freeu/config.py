@@ -1,9 +1,11 @@
-"""FreeU settings: one validated dataclass, and the published presets with their sources."""
+"""FreeU settings: one validated dataclass, the published presets with their sources, and preset files."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
+from pathlib import Path
 from typing import Literal
 
 __all__ = [
@@ -12,7 +14,9 @@ __all__ = [
     "Preset",
     "PRESETS",
     "get_preset",
+    "load_preset_file",
     "parse_stage_settings",
+    "stage_settings_text",
     "Convention",
     "Factor",
     "Version",
@@ -176,6 +180,24 @@ def parse_stage_settings(text: str) -> dict[int, dict[str, object]]:
                 form = "OFFSET/WIDTH, e.g. 0.25/0.5" if key == "window" else "a number"
                 raise ValueError(f"stage {int(number)}: {key} must be {form}, got {value!r}") from None
     return out
+
+
+def stage_settings_text(config: FreeUConfig) -> str:
+    """What ``config`` sets beyond ``b1, b2, s1, s2``, in :func:`parse_stage_settings`' grammar (``""`` for the
+    paper's two plain stages): ``config.replace(stages=()).with_stages(parse_stage_settings(text))`` is ``config``."""
+    parts = []
+    for k, stage in enumerate(config.stages, start=1):
+        fields = {"b": stage.b, "s": stage.s} if k > 2 else {}
+        if stage.high != 1.0:
+            fields["high"] = stage.high
+        if stage.window != FIRST_HALF:
+            fields["window"] = f"{stage.window[0]!r}/{stage.window[1]!r}"
+        if stage.cutoff is not None:
+            fields["cutoff"] = stage.cutoff
+        if fields:
+            parts.append(f"{k}:" + ",".join(f"{key}={value!r}" if isinstance(value, float) else f"{key}={value}"
+                                            for key, value in fields.items()))  # fmt: skip
+    return "; ".join(parts)
 
 
 def _check_unit(name: str, value: object, interval: str) -> float:
@@ -424,9 +446,71 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def get_preset(name: str) -> Preset:
-    """The preset called ``name``; a ``ValueError`` listing the known names otherwise."""
+#: The top-level keys of a preset file: ``[freeu]`` holds the settings (:class:`FreeUConfig`'s fields), the others
+#: say what it is; ``[tune]`` is the record ``freeu tune`` leaves of how it chose them (read by people, not here).
+PRESET_FILE_KEYS = ("name", "model", "source", "freeu", "tune")
+
+
+def is_preset_file(name: object) -> bool:
+    """Whether ``name`` names a preset file (a path ending in ``.toml``) rather than a published preset."""
+    return isinstance(name, (str, os.PathLike)) and os.fspath(name).lower().endswith(".toml")
+
+
+def load_preset_file(path: str | os.PathLike[str]) -> Preset:
+    """A :class:`Preset` from a TOML file, such as the one ``freeu tune`` writes::
+
+        name = "my-model"                # optional: the file's stem
+        model = "my fine-tune of SD 1.5" # optional: what it was chosen for
+        source = "freeu tune ..."        # optional: how it was chosen
+        [freeu]                          # FreeUConfig's fields; b1, b2, s1, s2 are required
+        b1 = 1.2
+        b2 = 1.3
+        s1 = 0.9
+        s2 = 0.6
+        version = 2
+
+    Unknown keys are refused, not ignored. Needs Python >= 3.11 (``tomllib``).
+    """
+    path = Path(path).expanduser()
     try:
-        return PRESETS[name]
+        import tomllib
+    except ImportError:  # Python 3.10
+        raise ValueError(f"preset file {path}: reading TOML needs Python >= 3.11 (tomllib)") from None
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ValueError(f"preset file {path}: cannot read it ({error.strerror or error})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"preset file {path}: not valid TOML ({error})") from None
+    unknown = sorted(set(data) - set(PRESET_FILE_KEYS))
+    if unknown:
+        raise ValueError(f"preset file {path}: unknown key(s) {unknown}; allowed: {', '.join(PRESET_FILE_KEYS)}")
+    settings = data.get("freeu")
+    if not isinstance(settings, dict):
+        raise ValueError(f"preset file {path}: needs a [freeu] table with b1, b2, s1, s2 (and optionally version, "
+                         "convention, threshold, start, stop, ramp, stages)")  # fmt: skip
+    fields = {f.name for f in dataclasses.fields(FreeUConfig)}
+    unknown = sorted(set(settings) - fields)
+    missing = [k for k in ("b1", "b2", "s1", "s2") if k not in settings]
+    if unknown or missing:
+        problem = f"unknown key(s) {unknown}" if unknown else f"missing {', '.join(missing)}"
+        raise ValueError(f"preset file {path}: [freeu] {problem}; its keys are {', '.join(sorted(fields))}")
+    for key in ("name", "model", "source"):
+        if key in data and not isinstance(data[key], str):
+            raise ValueError(f"preset file {path}: {key} must be a string, got {data[key]!r}")
+    try:
+        config = FreeUConfig(**settings)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"preset file {path}: [freeu] {error}") from None
+    return Preset(data.get("name", path.stem), config, data.get("model", "unknown"), data.get("source", str(path)))
+
+
+def get_preset(name: str | os.PathLike[str]) -> Preset:
+    """The published preset called ``name``, or the preset file at ``name`` when it ends in ``.toml``
+    (:func:`load_preset_file`); a ``ValueError`` listing the known names otherwise."""
+    if is_preset_file(name):
+        return load_preset_file(name)
+    try:
+        return PRESETS[name]  # type: ignore[index]
     except (KeyError, TypeError):
-        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}") from None
+        raise ValueError(f"preset must be one of {sorted(PRESETS)} or a preset file (.toml), got {name!r}") from None

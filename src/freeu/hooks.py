@@ -563,7 +563,8 @@ def apply(
         model: a U-Net of a supported family, or what holds one (a diffusers pipeline, an LDM wrapper, a
             ``torch.compile`` wrapper); any other U-Net with ``layout``.
         config: the settings as a :class:`FreeUConfig`.
-        preset: a name from ``freeu.PRESETS`` instead of ``config``.
+        preset: a name from ``freeu.PRESETS``, or a preset file (``.toml``, :func:`freeu.config.load_preset_file`),
+            instead of ``config``.
         b1, b2, s1, s2, version, convention, threshold, start, stop, ramp, num_train_timesteps: the fields of
             :class:`FreeUConfig` (see it for each); next to ``config`` or ``preset`` they override its fields, alone
             all four factors are needed.

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import rerandomise_zeros
 
 import freeu
 from freeu.apps.demo.metrics import (
@@ -39,10 +38,6 @@ from freeu.apps.evaluate.stats import (
 pytest.importorskip("diffusers")
 pytest.importorskip("accelerate")
 
-TINY = {
-    "sample_size": 16, "in_channels": 3, "out_channels": 3, "block_out_channels": [8, 16, 32], "layers_per_block": 1,
-    "down_block_types": ["DownBlock2D"] * 3, "up_block_types": ["UpBlock2D"] * 3, "norm_num_groups": 4,
-}  # fmt: skip
 # small everywhere: 4 seeds, 2 DDIM steps, few patches and directions, few replicates
 FAST = ["--seeds", "4", "--steps", "2", "--reference-count", "24", "--swd-patches", "16", "--swd-projections", "32",
         "--bootstrap", "200", "--set-bootstrap", "8", "--no-progress"]  # fmt: skip
@@ -50,20 +45,6 @@ CONFIGS = ["--config", "sd15", "--config", "late:sd15 start=0.5"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def tiny_demo(tmp_path_factory) -> Path:
-    """A demo-style weights folder (unet.safetensors + config.json) holding a tiny random UNet2DModel."""
-    from safetensors.torch import save_file
-
-    from freeu.apps.demo.model import SCHEDULER_CONFIG, build_unet
-
-    folder = tmp_path_factory.mktemp("tiny-demo")
-    unet = rerandomise_zeros(build_unet(TINY, seed=0))
-    save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, str(folder / "unet.safetensors"))
-    (folder / "config.json").write_text(json.dumps({"unet": TINY, "scheduler": SCHEDULER_CONFIG}))
-    return folder
 
 
 def _records(out: Path) -> list[dict]:

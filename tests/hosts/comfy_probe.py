@@ -113,6 +113,25 @@ try:
 except ValueError as error:
     out["bad_stages"] = str(error)
 
+# a preset file (as freeu tune writes it) in place of the preset: its factors, version and window
+import tempfile  # noqa: E402
+
+with tempfile.TemporaryDirectory() as folder:
+    tuned = Path(folder) / "tuned.toml"
+    tuned.write_text('name = "tuned"\n[freeu]\nb1 = 1.2\nb2 = 1.35\ns1 = 0.7\ns2 = 0.6\nversion = 1\nstart = 0.25\n')
+    from_file = node(plain, preset="sd15", preset_file=str(tuned))
+    sigma = 2.0  # inside the file's window at any schedule position: compare with the same setting applied directly
+    with freeu.apply(plain.model.diffusion_model, freeu.FreeUConfig(1.2, 1.35, 0.7, 0.6, version=1)):
+        direct = run(plain, sigma)
+    out["preset_file_window"] = [p.freeu_config.start for p in patches(from_file)]
+    out["preset_file_vs_apply"] = float((run(from_file, sigma) - direct).abs().max()) / scale
+    out["preset_file_change"] = float((run(from_file, sigma) - reference).abs().max()) / scale
+    try:
+        node(plain, preset_file=str(Path(folder) / "missing.toml"))
+        out["missing_preset_file"] = "accepted"
+    except ValueError as error:
+        out["missing_preset_file"] = str(error)
+
 
 class NotAUNet:
     def __init__(self) -> None:

@@ -60,3 +60,9 @@ def test_stages_and_controls_in_the_node_equal_freeu_apply_on_comfyuis_unet(meas
     assert measured["stages_change"] > 1e-3  # and they change the result of the two-stage setting
     assert measured["stages_left_no_hook"]
     assert measured["bad_stages"] == "stage 3: b must be a number, got 'x'"
+
+
+def test_a_preset_file_replaces_the_preset_in_the_node(measured) -> None:
+    assert measured["preset_file_window"] == [0.25]  # the file's window, not the node's default
+    assert measured["preset_file_vs_apply"] <= 1e-5 and measured["preset_file_change"] > 1e-3
+    assert "missing.toml: cannot read it" in measured["missing_preset_file"]

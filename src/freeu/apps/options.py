@@ -260,7 +260,10 @@ def add_freeu_options(p: argparse.ArgumentParser, *, grid: bool = False, title: 
     ``--version``, ``--convention``, ``--threshold``, ``--start``, ``--stop``, ``--ramp``. Unset flags are ``None``."""
     g = p.add_argument_group(title)
     g.add_argument(
-        "--preset", default=None, help=f"auto (from the U-Net's layout) or one of: {', '.join(sorted(PRESETS))}"
+        "--preset",
+        default=None,
+        help=f"auto (from the U-Net's layout), one of: {', '.join(sorted(PRESETS))}, or a preset file (.toml, as "
+        "freeu tune writes)",
     )
     for name, text in FACTOR_HELP.items():
         more = "; a list a,b,c or range start:stop:step" if grid else ""
@@ -379,8 +382,9 @@ def resolve_freeu(
         name, evidence = model.preset()
         base, source = get_preset(name).config, f"--preset auto chose {name!r}: {evidence}"
     elif preset is not None:
-        name = preset
-        base, source = get_preset(name).config, f"preset {name!r}"
+        found = get_preset(preset)
+        name, base = preset, found.config
+        source = f"preset {name!r}" if name in PRESETS else f"preset file {name} ({found.name}, for {found.model})"
     elif default is not None:
         base, source = default
     else:

@@ -25,14 +25,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 from freeu import __version__
-from freeu.config import PRESETS, FreeUConfig, get_preset, parse_stage_settings
+from freeu.config import PRESETS, FreeUConfig, get_preset, is_preset_file, parse_stage_settings, stage_settings_text
 
 from .errors import require
 from .imaging import grid, save_png
 from .options import add_model_options, parse_values, port, positive_int, writable_folder
 from .runtime import Model, Request, load_model
 
-__all__ = ["Cancelled", "Sampling", "Studio", "build_app", "default_preset", "parse_values", "register", "run"]
+__all__ = [
+    "Cancelled",
+    "Sampling",
+    "Studio",
+    "build_app",
+    "default_preset",
+    "parse_values",
+    "preset_controls",
+    "register",
+    "run",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -96,13 +106,15 @@ class Studio:
     only the FreeU image. :meth:`cancel` stops a running generation at its next denoising step.
     """
 
-    def __init__(self, model: Model, out_dir: str | Path | None = None) -> None:
+    def __init__(self, model: Model, out_dir: str | Path | None = None, preset: str | None = None) -> None:
         if model.video:
             raise ValueError(f"--model {model.name!r} is a video pipeline; freeu ui shows images (use freeu generate)")
         if model.kind == "pipeline" and not (model.takes_prompt and model.guided):
             raise ValueError(f"--model {model.name!r}: freeu ui needs a text-to-image pipeline that takes a prompt")
         self.model = model
-        self.default_preset = default_preset(model)
+        if preset is not None:
+            preset_controls(preset)  # a preset the page cannot show is refused now, not when the page opens
+        self.default_preset = preset if preset is not None else default_preset(model)
         self.out_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="freeu-ui-"))
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.baseline_renders = 0
@@ -261,7 +273,7 @@ def build_app(studio: Studio, steps: int = 25, guidance: float = 7.5):
     """The page for ``studio``: controls on the left; side-by-side and grid tabs on the right."""
     gr = _gradio()
     model = studio.model
-    preset = get_preset(studio.default_preset).config
+    initial = preset_controls(studio.default_preset)
     tracker = gr.Progress()  # Gradio sees it as a parameter default and reports the progress of each event
 
     def refused(error: Exception):
@@ -306,10 +318,13 @@ def build_app(studio: Studio, steps: int = 25, guidance: float = 7.5):
         return picture, gr.DownloadButton(value=str(path), interactive=True)
 
     def on_preset(name):
-        if name not in PRESETS:
-            return [gr.update()] * 6
-        c = get_preset(name).config
-        return [c.b1, c.b2, c.s1, c.s2, str(c.version), c.convention]
+        if name == "custom" or not name:
+            return [gr.update()] * len(CONTROLLED)
+        try:
+            values = preset_controls(name)
+        except ValueError as error:
+            raise refused(error) from None
+        return [values[k] for k in CONTROLLED]
 
     with gr.Blocks(title="FreeU") as app:
         gr.Markdown(
@@ -324,21 +339,24 @@ def build_app(studio: Studio, steps: int = 25, guidance: float = 7.5):
                     n_steps = gr.Number(label="Steps", value=steps, precision=0, minimum=1, elem_id="steps")
                 scale = gr.Slider(0, 20, value=guidance, step=0.1, label="Guidance", visible=model.guided,
                                   elem_id="guidance")  # fmt: skip
-                presets = gr.Dropdown(["custom", *sorted(PRESETS)], value=studio.default_preset, label="Preset",
-                                      elem_id="preset")  # fmt: skip
+                choices = ["custom", *sorted(PRESETS)]
+                if studio.default_preset not in choices:
+                    choices.append(studio.default_preset)
+                presets = gr.Dropdown(choices, value=studio.default_preset, label="Preset", elem_id="preset",
+                                      allow_custom_value=True,
+                                      info="a published preset, or the path of a preset file (.toml)")  # fmt: skip
                 factors = {
-                    name: gr.Slider(0, 3, value=getattr(preset, name), step=0.01, label=name, elem_id=name)
-                    for name in FACTORS
+                    name: gr.Slider(0, 3, value=initial[name], step=0.01, label=name, elem_id=name) for name in FACTORS
                 }
-                version = gr.Radio(["1", "2"], value=str(preset.version), label="Version (1: constant, 2: structure)",
+                version = gr.Radio(["1", "2"], value=initial["version"], label="Version (1: constant, 2: structure)",
                                    elem_id="version")  # fmt: skip
-                convention = gr.Radio(["official", "diffusers"], value=preset.convention, label="Convention",
+                convention = gr.Radio(["official", "diffusers"], value=initial["convention"], label="Convention",
                                       elem_id="convention")  # fmt: skip
                 with gr.Row():
-                    start = gr.Slider(0, 1, value=0.0, step=0.01, label="Window start", elem_id="start")
-                    stop = gr.Slider(0, 1, value=1.0, step=0.01, label="Window stop", elem_id="stop")
+                    start = gr.Slider(0, 1, value=initial["start"], step=0.01, label="Window start", elem_id="start")
+                    stop = gr.Slider(0, 1, value=initial["stop"], step=0.01, label="Window stop", elem_id="stop")
                 stages = gr.Textbox(
-                    value="", label="More stages and controls", elem_id="stages",
+                    value=initial["stages"], label="More stages and controls", elem_id="stages",
                     placeholder="3:b=1.1,s=0.9; 1:high=1.1,window=0.25/0.5,cutoff=0.1",
                     info="STAGE:KEY=VALUE,... with ; between stages; keys b, s, high (gain of the skip's other "
                     "frequencies), window (OFFSET/WIDTH of the scaled channels), cutoff (the square as a fraction "
@@ -378,7 +396,7 @@ def build_app(studio: Studio, steps: int = 25, guidance: float = 7.5):
         gridded = go_grid.click(on_grid, [*common, row_name, row_text, col_name, col_text], [picture, dl_grid],
                                 concurrency_limit=1, concurrency_id="sampler")  # fmt: skip
         halt.click(studio.cancel, None, None, cancels=[generated, gridded], queue=False)
-        presets.change(on_preset, presets, [*factors.values(), version, convention])
+        presets.change(on_preset, presets, [*factors.values(), version, convention, start, stop, stages])
     return app
 
 
@@ -388,6 +406,27 @@ def launch(app, host: str = "127.0.0.1", port: int | None = None, block: bool = 
         server_name=host, server_port=port, share=False, inbrowser=False, prevent_thread_lock=not block,
         quiet=True, ssr_mode=False, theme=theme(), allowed_paths=[str(p) for p in allowed],
     )  # fmt: skip
+
+
+#: The page's controls that a preset sets, in the order of :func:`preset_controls`' keys.
+CONTROLLED = (*FACTORS, "version", "convention", "start", "stop", "stages")
+
+
+def preset_controls(name: str) -> dict[str, Any]:
+    """The page's control values for a published preset or a preset file: ``Studio.config(**values)`` gives the
+    preset's settings back. ``ValueError`` for an unknown name, a file that does not load, or a setting the page has
+    no control for (``threshold``, ``ramp``: use ``freeu generate --preset FILE``)."""
+    config = get_preset(name).config
+    hidden = [f"{k}={getattr(config, k)}" for k, default in (("threshold", 1), ("ramp", 0.0), ("num_train_timesteps",
+              1000)) if getattr(config, k) != default]  # fmt: skip
+    if hidden:
+        what = f"preset file {name}" if is_preset_file(name) else f"preset {name!r}"
+        raise ValueError(f"{what} sets {', '.join(hidden)}, which the page has no control for: use freeu generate "
+                         "--preset with it")  # fmt: skip
+    values: dict[str, Any] = {k: getattr(config, k) for k in FACTORS}
+    values.update(version=str(config.version), convention=config.convention, start=config.start, stop=config.stop,
+                  stages=stage_settings_text(config))  # fmt: skip
+    return values
 
 
 def default_preset(model: Model) -> str:
@@ -412,6 +451,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=port, default=None, help="port (default: Gradio's, 7860 or the next free one)")
     p.add_argument("--steps", type=positive_int, default=25, help="initial denoising steps (default 25)")
+    p.add_argument("--preset", default=None, help="the preset the page starts from: a published one or a preset "
+                   "file (.toml, as freeu tune writes); default: the model's")  # fmt: skip
     p.add_argument("--out", default=None, help="folder for the PNGs (default: a new temporary folder)")
     p.set_defaults(handler=run)
 
@@ -439,7 +480,9 @@ def run(args: argparse.Namespace) -> int:
     check_address(args.host, args.port)
     if args.out is not None:
         writable_folder("--out", args.out)
-    studio = Studio(load_model(args.model, device=args.device, dtype=args.dtype), args.out)
+    if args.preset is not None:
+        preset_controls(args.preset)  # refused before the model loads
+    studio = Studio(load_model(args.model, device=args.device, dtype=args.dtype), args.out, preset=args.preset)
     try:
         app = build_app(studio, steps=args.steps)
         device = next(studio.model.unet.parameters()).device

@@ -21,6 +21,7 @@ from freeu import __version__
 
 from .. import options
 from ..errors import run_command
+from ..runtime import Model
 from .configs import (
     BASELINE,
     EvalConfig,
@@ -32,7 +33,7 @@ from .configs import (
     with_baseline,
 )
 
-__all__ = ["build_parser", "main", "register", "run"]
+__all__ = ["build_parser", "main", "process_state", "register", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +194,8 @@ class _SingleProcess:
         pass
 
 
-def _state(device: str | None) -> Any:
+def process_state(device: str | None) -> Any:
+    """This process's place among the processes ``accelerate launch`` started (one process without accelerate)."""
     try:
         from accelerate import PartialState
     except ImportError:
@@ -329,8 +331,9 @@ def _bar(total: int, desc: str, enabled: bool):
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    """Generate (sharded, resumable), analyse (sharded), then on the main process: metrics, statistics, report."""
+def run(args: argparse.Namespace, model: Model | None = None) -> int:
+    """Generate (sharded, resumable), analyse (sharded), then on the main process: metrics, statistics, report.
+    ``model``: the model ``args.model`` names, already loaded (``freeu tune`` evaluates one model many times)."""
     from ..runtime import Request, is_demo_folder, load_model, peek_takes_prompt
     from .generation import Store, analyze_shard, generate_shard, image_keys, make_units
 
@@ -353,12 +356,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("a text-to-image pipeline needs prompts: --prompt TEXT (repeatable) or --prompts FILE")
     if demo_dir is not None and any(c.guidance is not None for c in configs):
         raise ValueError("the demo model is unconditional: no guidance scales (--guidance-baselines, guidance=)")
-    state = _state(args.device)
+    state = process_state(args.device)
     main_process = state.is_main_process
     rank, world = state.process_index, state.num_processes
     show = main_process and not args.no_progress
     device = torch.device(args.device) if args.device else state.device
-    model = load_model(args.model, device=str(device), dtype=args.dtype)
+    if model is None:
+        model = load_model(args.model, device=str(device), dtype=args.dtype)
     if model.video:
         raise ValueError("freeu eval scores still images; video pipelines are not supported")
     if model.takes_prompt and not prompts:

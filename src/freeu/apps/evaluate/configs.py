@@ -3,8 +3,9 @@
 A configuration is written as a short spec, on the command line (``--config NAME:SPEC``) or in a JSON/TOML file:
 
 - ``off``: FreeU off (the baseline every other configuration is compared with);
-- a preset name (``sd15``, ``sdxl``, ...) or ``auto`` (the preset matching the pipeline's U-Net, chosen after it
-  loads), optionally followed by ``key=value`` overrides: ``sd15 version=1``, ``sd15 start=0.5``;
+- a preset name (``sd15``, ``sdxl``, ...), a preset file (``tuned.toml``, as ``freeu tune`` writes) or ``auto`` (the
+  preset matching the pipeline's U-Net, chosen after it loads), optionally followed by ``key=value`` overrides:
+  ``sd15 version=1``, ``sd15 start=0.5``, ``tuned.toml s2=0.9``;
 - only ``key=value`` pairs: ``b1=1.1 b2=1.2 s1=0.9 s2=0.9`` (then all four factors are needed).
 
 Keys: ``b1 b2 s1 s2`` (factors), ``version convention threshold start stop ramp`` (the :class:`freeu.FreeUConfig`
@@ -26,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from freeu.config import MAX_STAGES, PRESETS, FreeUConfig, get_preset, parse_stage_settings
+from freeu.config import MAX_STAGES, PRESETS, FreeUConfig, get_preset, is_preset_file, parse_stage_settings
 
 from ..options import FACTORS, FREEU_FIELDS, parse_values
 
@@ -172,8 +173,8 @@ def _build(name: str, base: str | None, chosen: dict[str, Any]) -> EvalConfig:
         missing = [k for k in FACTORS if k not in chosen]
         if missing:
             raise ValueError(
-                f"configuration {name!r}: give a base (off, auto or a preset: {', '.join(sorted(PRESETS))}) or all "
-                f"four factors; missing {', '.join(missing)}"
+                f"configuration {name!r}: give a base (off, auto, a preset: {', '.join(sorted(PRESETS))}, or a .toml "
+                f"file) or all four factors; missing {', '.join(missing)}"
             )
         factors = {k: chosen.pop(k) for k in FACTORS}
         return EvalConfig(name, _applied(FreeUConfig(**factors), chosen), guidance)
@@ -201,10 +202,12 @@ def expand_spec(name: str, spec: str | Mapping[str, Any]) -> list[EvalConfig]:
 
 
 def parse_config_arg(text: str) -> list[EvalConfig]:
-    """``NAME:SPEC`` from ``--config``; a bare ``SPEC`` without ':' is named after itself (``sd15``, ``off``)."""
+    """``NAME:SPEC`` from ``--config``; a bare ``SPEC`` without ':' is named after itself (``sd15``, ``off``), or
+    after the file's stem where it starts with a preset file (``runs/tuned.toml`` is ``tuned``)."""
     name, sep, spec = text.partition(":")
     if not sep:
-        name, spec = text.strip(), text
+        first = text.split()[0] if text.split() else ""
+        name, spec = (Path(first).stem if is_preset_file(first) else text.strip()), text
     return expand_spec(name.strip(), spec)
 
 
