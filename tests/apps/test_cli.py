@@ -93,6 +93,9 @@ def test_ui_is_a_freeu_command_and_names_a_missing_model(tmp_path, capsys) -> No
         (["analyze", "--model", "NOWHERE", "--prompt", "x"], 1, "NOWHERE"),
         (["eval", "--model", "NOWHERE", "--prompt", "x", "--seeds", "1"], 1, "NOWHERE"),
         (["info", "NOWHERE/none.png"], 1, "none.png"),
+        (["tune", "--budget", "10"], 2, "--budget 10: the smallest search"),
+        (["tune", "--space", "b9=1:2"], 2, "--space 'b9=1:2'"),
+        (["tune", "--model", "NOWHERE"], 1, "NOWHERE"),
     ],
 )
 def test_every_command_fails_with_one_line_and_the_same_exit_codes(argv, code, message, tmp_path, capsys) -> None:

@@ -114,6 +114,12 @@ def test_the_schedule_and_the_space() -> None:
 # --- the command -------------------------------------------------------------------------------------------------
 
 
+def _generated(out: Path) -> list[dict]:
+    """Every record the search's processes appended, one per image made."""
+    parts = (out / "search" / "parts").glob("gen-*.jsonl")
+    return [json.loads(line) for part in parts for line in part.read_text().splitlines()]
+
+
 def _records(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "records.jsonl").read_text().splitlines()]
 
@@ -145,7 +151,9 @@ def test_tune_searches_on_search_seeds_confirms_on_others_and_writes_the_winner(
     assert {r["seed"] for r in confirm} == set(range(8, 16))  # disjoint from the search seeds
     assert {r["config"] for r in confirm} == {"off", "tuned", record["preset"]}
     # the winner's images: a candidate's images are made once, every rung reusing the earlier rungs' ones
-    lines = [json.loads(line) for p in (out / "search" / "parts").glob("*.jsonl") for line in p.read_text().splitlines()]
+    lines = [
+        json.loads(line) for p in (out / "search" / "parts").glob("*.jsonl") for line in p.read_text().splitlines()
+    ]
     assert len(lines) == len({r["key"] for r in lines}) == rung_cost(rungs)
     # the preset file: the winner's settings, and the confirmation's numbers as freeu eval reported them
     data = tomllib.loads((out / "preset.toml").read_text())
@@ -202,7 +210,9 @@ def test_interrupted_in_the_middle_it_resumes_without_redoing_finished_work(tune
     capsys.readouterr()
     log = (out / "log.txt").read_text()
     assert log.count("--seeds 4 ") == 1  # the first rung's evaluation ran once
-    lines = [json.loads(line) for p in (out / "search" / "parts").glob("*.jsonl") for line in p.read_text().splitlines()]
+    lines = [
+        json.loads(line) for p in (out / "search" / "parts").glob("*.jsonl") for line in p.read_text().splitlines()
+    ]
     assert len(lines) == len({r["key"] for r in lines})  # no image made twice
     reference = json.loads((tuned[0] / "tune.json").read_text())
     again = json.loads((out / "tune.json").read_text())
@@ -284,3 +294,95 @@ def _pixels(folder: Path) -> bytes:
 
     with Image.open(folder / "seed3-freeu.png") as image:
         return image.convert("RGB").tobytes()
+
+
+@pytest.mark.slow
+def test_two_processes_with_accelerate_find_what_one_finds(tuned, tiny_demo, tmp_path) -> None:
+    """accelerate launch on CPUs: each process samples its share of every rung's units, every process takes the same
+    decisions from the rung's report, and the main process writes the results."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "two"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    done = subprocess.run(
+        [*launch, "-m", "freeu", "tune", "--model", str(tiny_demo), *FAST, *SEARCH, "--device", "cpu",
+         "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=400,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [
+        json.loads(line) for p in (out / "search" / "parts").glob("*.jsonl") for line in p.read_text().splitlines()
+    ]
+    assert {r["rank"] for r in lines} == {0, 1} and all(r["unit"] % 2 == r["rank"] for r in lines)
+    one, two = (json.loads((folder / "tune.json").read_text()) for folder in (tuned[0], out))
+    assert two["winner"] == one["winner"] and two["preset"] == one["preset"]
+    for a, b in zip(one["rungs"], two["rungs"], strict=True):
+        assert all(b["scores"][k] == pytest.approx(v, rel=1e-2, abs=1e-3) for k, v in a["scores"].items())
+    assert tomllib.loads((out / "preset.toml").read_text())["freeu"] == tomllib.loads(
+        (tuned[0] / "preset.toml").read_text())["freeu"]  # fmt: skip
+
+
+def test_tune_on_a_guided_text_to_image_pipeline(tmp_path, capsys) -> None:
+    """Prompts, guidance, FreeU off at a stronger guidance in the confirmation, the model's own preset as the
+    comparison; a candidate's image, made in a batch of candidates with per-sample factors under classifier-free
+    guidance, is the pipeline's own output for that setting."""
+    pytest.importorskip("transformers")
+    import numpy as np
+    import tiny_pipelines
+    from PIL import Image
+
+    from freeu.apps.evaluate.generation import load_png
+    from freeu.apps.runtime import load_pipeline
+
+    sd = tiny_pipelines.sd_pipeline(tmp_path / "sd")
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    gen = torch.Generator().manual_seed(0)
+    for i in range(8):
+        Image.fromarray(torch.randint(0, 256, (32, 32, 3), generator=gen, dtype=torch.uint8).numpy()).save(
+            reference / f"{i}.png")  # fmt: skip
+    out = tmp_path / "tune"
+    argv = ["tune", "--model", str(sd), "--prompt", "a cat", "--prompt", "a dog", "--steps", "2", "--guidance", "3",
+            "--seeds", "2", "--min-seeds", "1", "--budget", "12", "--confirm-seeds", "2", "--guidance-baselines", "6",
+            "--reference", str(reference), "--fid-features", "none", "--clip", "none", "--swd-patches", "8",
+            "--swd-projections", "16", "--bootstrap", "50", "--set-bootstrap", "5", "--no-progress",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    record = json.loads((out / "tune.json").read_text())
+    assert record["preset"] == "sd15" and "against FreeU off and sd15" in printed
+    confirm = _records(out / "confirm")
+    assert {(r["config"], r["guidance"]) for r in confirm} == {("off", 3.0), ("tuned", 3.0), ("sd15", 3.0),
+                                                               ("off@cfg6", 6.0)}  # fmt: skip
+    assert {(r["prompt"], r["seed"]) for r in confirm} == {(p, s) for p in ("a cat", "a dog") for s in (2, 3)}
+    report = (out / "report.md").read_text()
+    assert "| off@cfg6 | FreeU off, guidance 6 |" in report and "the model's preset" in report
+    # the first rung's images of one prompt and seed: every candidate, sampled in one batch with per-sample factors
+    first = [r for r in _generated(out) if r["config"] != "off" and r["prompt"] == "a dog" and r["seed"] == 0]
+    assert len(first) == len(record["candidates"]) >= 3
+    pick = first[-1]
+    pipe = load_pipeline(str(sd))
+    pipe.set_progress_bar_config(disable=True)
+    with freeu.apply(pipe, freeu.FreeUConfig(**pick["freeu"])):
+        alone = tiny_pipelines.plain_call(pipe, prompt="a dog", seed=0, count=1, steps=2, guidance=3.0, height=32,
+                                          width=32)[0]  # fmt: skip
+    stored = load_png(out / "search" / pick["image"]).short()
+    assert (stored - torch.from_numpy(np.asarray(alone, dtype=np.int16)).permute(2, 0, 1)).abs().max().item() <= 1
+
+
+def test_the_verdict_needs_the_whole_interval_on_the_better_side() -> None:
+    from freeu.apps.evaluate.stats import Estimate
+    from freeu.apps.tune.report import Confirmation, nearest_preset
+
+    lower = Confirmation({"configs": [], "header": {}}, "swd", lower_is_better=True)
+    higher = Confirmation({"configs": [], "header": {}}, "clip", lower_is_better=False)
+    assert lower.better(Estimate(-0.08, -0.1, -0.05)) and not lower.better(Estimate(-0.08, -0.1, 0.01))
+    assert not lower.better(Estimate(0.08, 0.05, 0.1))
+    assert higher.better(Estimate(0.02, 0.01, 0.03)) and not higher.better(Estimate(0.02, -0.01, 0.03))
+    assert nearest_preset(freeu.FreeUConfig(1.44, 1.62, 0.98, 0.85)) == "sd21"
+    assert nearest_preset(freeu.FreeUConfig(1.1, 1.2, 0.6, 0.45)) == "sdxl-sweep"
+    assert nearest_preset(freeu.FreeUConfig(1.2, 1.35, 0.9, 0.2, version=1)) == "sd14-v1"  # same version first

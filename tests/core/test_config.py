@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import freeu
 from freeu import PRESETS, FreeUConfig, get_preset
@@ -67,3 +68,37 @@ def test_huge_finite_factors_are_refused_naming_the_parameter(field, value) -> N
     with pytest.raises(ValueError, match=f"{field} must be at most 100"):
         FreeUConfig(**{"b1": 1.0, "b2": 1.0, "s1": 1.0, "s2": 1.0, field: value})
     assert FreeUConfig(**{"b1": 1.0, "b2": 1.0, "s1": 1.0, "s2": 1.0, field: 100}).to_dict()[field] == 100.0
+
+
+def test_a_preset_file_reads_every_setting_and_refuses_what_it_does_not_know(tmp_path) -> None:
+    pytest.importorskip("tomllib")
+    path = tmp_path / "mine.toml"
+    path.write_text(
+        'model = "my fine-tune"\nsource = "by hand"\n[freeu]\nb1 = 1.2\nb2 = 1.3\ns1 = 0.8\ns2 = 0.5\nversion = 1\n'
+        'convention = "diffusers"\nstart = 0.2\n[[freeu.stages]]\nb = 1.2\ns = 0.8\nhigh = 1.1\n[[freeu.stages]]\n'
+        "b = 1.3\ns = 0.5\n[[freeu.stages]]\nb = 1.1\ns = 0.9\nwindow = [0.25, 0.5]\n[tune]\nmetric = 'swd'\n"
+    )
+    preset = get_preset(str(path))
+    expected = FreeUConfig(1.2, 1.3, 0.8, 0.5, version=1, convention="diffusers", start=0.2).with_stages(
+        {1: {"high": 1.1}, 3: {"b": 1.1, "s": 0.9, "window": (0.25, 0.5)}}
+    )
+    assert preset.config == expected and get_preset(path) == preset  # a str or a Path
+    assert (preset.name, preset.model, preset.source) == ("mine", "my fine-tune", "by hand")
+    bad = {
+        "x = 1\n[freeu]\nb1 = 1\nb2 = 1\ns1 = 1\ns2 = 1\n": r"unknown key\(s\) \['x'\]; allowed: name, model",
+        "[freeu]\nb1 = 1\nb2 = 1\ns1 = 1\n": r"\[freeu\] missing s2",
+        "[freeu]\nb1 = 1\nb2 = 1\ns1 = 1\ns2 = 1\nb3 = 2\n": r"\[freeu\] unknown key\(s\) \['b3'\]",
+        "[freeu]\nb1 = -1\nb2 = 1\ns1 = 1\ns2 = 1\n": r"\[freeu\] b1 must be a finite number >= 0, got -1",
+        "[freeu]\nb1 = 1\nb2 = 1\ns1 = 1\ns2 = 1\nversion = 3\n": r"version must be one of \(1, 2\), got 3",
+        "name = 3\n[freeu]\nb1 = 1\nb2 = 1\ns1 = 1\ns2 = 1\n": "name must be a string, got 3",
+        "name = 'x'\n": "needs a \\[freeu\\] table with b1, b2, s1, s2",
+        "[freeu\nb1 = ": "not valid TOML",
+    }
+    for text, message in bad.items():
+        path.write_text(text)
+        with pytest.raises(ValueError, match=f"preset file {path}: .*{message}"):
+            get_preset(str(path))
+    with pytest.raises(ValueError, match="missing.toml: cannot read it"):
+        freeu.apply(torch.nn.Linear(2, 2), preset=str(tmp_path / "missing.toml"))
+    with pytest.raises(ValueError, match=r"or a preset file \(.toml\), got 'mine.yaml'"):
+        get_preset("mine.yaml")

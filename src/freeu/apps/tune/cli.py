@@ -112,6 +112,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default 256)")  # fmt: skip
     c.add_argument("--confirm-first-seed", type=options.seed, default=None, help="the first confirmation seed "
                    "(default: right after the search seeds); the two sets must not overlap")  # fmt: skip
+    c.add_argument("--guidance-baselines", type=evaluate._guidances, default=None, metavar="G1,G2",
+                   help="also FreeU off at these stronger guidance scales in the confirmation (guided pipelines), "
+                   "to tell a FreeU gain from a guidance gain")  # fmt: skip
     c.add_argument("--bootstrap", type=options.non_negative_int, default=2000, help="replicates for per-image "
                    "means (default 2000)")  # fmt: skip
     c.add_argument("--set-bootstrap", type=options.non_negative_int, default=1000, help="replicates for set-level "
@@ -274,8 +277,8 @@ def run(args: argparse.Namespace) -> int:
     prompts = evaluate._prompts(args)
     space = parse_space(args.space or (), args.version, args.convention)
     _check(args, prompts)
-    out = options.writable_folder("--out", args.out)
     schedule = schedule_for_budget(args.budget, args.seeds, args.eta, args.min_seeds)
+    out = options.writable_folder("--out", args.out)
     fingerprint = _fingerprint(args, space.describe(), prompts)
     state_path = out / STATE
     record: dict[str, Any] = {}
@@ -341,6 +344,7 @@ def run(args: argparse.Namespace) -> int:
         seeds=args.confirm_seeds, first_seed=args.confirm_first_seed, bootstrap=args.bootstrap,
         set_bootstrap=args.set_bootstrap, bootstrap_seed=args.bootstrap_seed, confidence=args.confidence,
         fid_features=args.fid_features, clip=args.clip,
+        guidance_baselines=",".join(f"{g:g}" for g in args.guidance_baselines) if args.guidance_baselines else None,
     )  # fmt: skip
     if not main_process:
         return 0

@@ -29,12 +29,13 @@ FACTORS = ("b1", "b2", "s1", "s2")
 
 
 def nearest_preset(config: FreeUConfig) -> str:
-    """The published preset closest to ``config``: same version first, then the smallest distance of the factors."""
+    """The published preset closest to ``config``: same version and convention first, then the smallest distance of
+    the factors."""
 
-    def distance(name: str) -> tuple[bool, float, str]:
+    def distance(name: str) -> tuple[bool, bool, float, str]:
         other = PRESETS[name].config
         gap = sum((float(getattr(other, k)) - float(getattr(config, k))) ** 2 for k in FACTORS)
-        return other.version != config.version, gap, name
+        return other.version != config.version, other.convention != config.convention, gap, name
 
     return min(PRESETS, key=distance)
 
@@ -127,10 +128,10 @@ def plot_search(path: Path, names: Sequence[str], history: Sequence[Mapping[str,
         ax.axhline(offs[0], linestyle="--", color="black", linewidth=0.8)
         ax.set_xlabel(key, fontsize=8)
         ax.set_title(f"rung 1 against {key}", fontsize=9)
+        ax.set_ylabel(label.split(" (")[0], fontsize=8)
         ax.grid(True, alpha=0.3)
         ax.tick_params(labelsize=7)
-    fig.suptitle(f"freeu tune: {label} (lower is better)" if "higher" not in label else f"freeu tune: {label}",
-                 fontsize=10)  # fmt: skip
+    fig.suptitle(f"freeu tune: {label}, set-level on each rung's search seeds", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     return True
@@ -229,6 +230,12 @@ def write_outputs(
         f"| off | FreeU off | {off_value.format(4)} | — |",
         f"| tuned ({winner}) | {tuned.label()} | {tuned_value.format(4)} | {_signed(tuned_off)} |",
         f"| {preset} | {PRESETS[preset].config.label()} | {preset_value.format(4)} | {_signed(preset_off)} |",
+    ]
+    for name, entry in numbers.entries.items():
+        if name.startswith(f"{BASELINE}@cfg"):
+            lines.append(f"| {name} | FreeU off, guidance {entry['guidance']:g} | {numbers.value(name).format(4)} | "
+                         f"{_signed(numbers.versus_off(name))} |")  # fmt: skip
+    lines += [
         "",
         f"The comparison preset is {preset}: {preset_note}.",
     ]
