@@ -288,9 +288,12 @@ def run(args: argparse.Namespace) -> int:
             changed = sorted(k for k in fingerprint if record.get("fingerprint", {}).get(k) != fingerprint[k])
             raise ValueError(f"--out {args.out}: it holds a tune of other settings (differs in {', '.join(changed)}); "
                              "rerun with those settings to resume it, or give another --out")  # fmt: skip
-    candidates = draw_candidates(space, schedule[0].candidates, args.search_seed)
-    names = [f"c{i:02d}" for i in range(len(candidates))]
-    by_name = dict(zip(names, candidates, strict=True))
+    if record:  # a resumed tune: its candidates as recorded (the draw is deterministic, the record is the truth)
+        by_name = {name: dict(settings) for name, settings in record["candidates"].items()}
+    else:
+        candidates = draw_candidates(space, schedule[0].candidates, args.search_seed)
+        by_name = {f"c{i:02d}": settings for i, settings in enumerate(candidates)}
+    names = list(by_name)
     state = evaluate.process_state(args.device)
     model = load_model(args.model, device=args.device or str(state.device), dtype=args.dtype)
     evaluations = Evaluations(args, model, out / "log.txt")
