@@ -57,6 +57,29 @@ def sd_pipeline(folder: Path) -> Path:
     return folder
 
 
+def sdxl_pipeline(folder: Path) -> Path:
+    """An SDXL-shaped text-to-image pipeline: two text encoders (the second with a projection), ``text_time`` added
+    conditioning, three U-Net levels without attention at the top one; 32x32 images, 16x16 latents."""
+    diffusers = pytest.importorskip("diffusers")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=16, block_out_channels=(32, 64, 128), layers_per_block=1, norm_num_groups=8,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 1, 1), cross_attention_dim=64, attention_head_dim=(2, 4, 8),
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=8 * 6 + 32,
+    )  # fmt: skip
+    second = transformers.CLIPTextModelWithProjection(_text_encoder().config).eval()
+    pipe = diffusers.StableDiffusionXLPipeline(
+        vae=_vae(), text_encoder=_text_encoder(), text_encoder_2=second, tokenizer=_tokenizer(folder / "_tok"),
+        tokenizer_2=_tokenizer(folder / "_tok2"), unet=unet, scheduler=diffusers.EulerDiscreteScheduler(),
+    )  # fmt: skip
+    pipe.save_pretrained(folder)
+    return folder
+
+
 def video_pipeline(folder: Path) -> Path:
     """A ModelScope-shaped text-to-video pipeline (UNet3DConditionModel): 32x32 frames."""
     diffusers = pytest.importorskip("diffusers")

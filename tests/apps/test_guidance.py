@@ -1,0 +1,118 @@
+"""The guidance meter: an oracle with a known guidance part and a known orthogonal part, and the meter on tiny SD 1.5
+and SDXL pipelines against the same step recomputed by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import freeu
+from freeu.apps.guidance import GuidanceTrace, decompose, guided_change, measure_guidance
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _orthogonal_to(direction: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    d, x = direction.flatten(1), noise.flatten(1)
+    return (x - ((x * d).sum(1) / (d * d).sum(1))[:, None] * d).reshape(noise.shape)
+
+
+@pytest.mark.parametrize("scale", [7.5, 3.0])
+def test_an_oracle_change_of_known_guidance_and_orthogonal_parts_is_read_back_to_float_precision(scale) -> None:
+    """A synthetic guided model: FreeU changes the guided prediction by exactly ``a * (eps_c - eps_u) + o`` with
+    ``o`` orthogonal to ``eps_c - eps_u``; its branches change in an arbitrary way that adds up to that."""
+    gen = torch.Generator().manual_seed(0)
+    shape = (3, 4, 8, 8)
+    uncond, cond = torch.randn(shape, generator=gen, dtype=torch.float64), torch.randn(shape, generator=gen,
+                                                                                       dtype=torch.float64)  # fmt: skip
+    direction = cond - uncond
+    a = torch.tensor([0.3, -0.2, 1.5], dtype=torch.float64)
+    o = _orthogonal_to(direction, torch.randn(shape, generator=gen, dtype=torch.float64))
+    o = o * torch.tensor([0.5, 0.0, 2.0], dtype=torch.float64)[:, None, None, None]  # sample 1: guidance only
+    change = a[:, None, None, None] * direction + o
+    guided_off = uncond + scale * direction
+    uncond_on = uncond + 0.7 * torch.randn(shape, generator=gen, dtype=torch.float64)  # any change of the branch
+    cond_on = (guided_off + change - (1 - scale) * uncond_on) / scale  # ... that makes the guided change exact
+    extra, share, size = guided_change(uncond, cond, uncond_on, cond_on, scale)
+    assert torch.allclose(extra, a, rtol=0, atol=1e-12)
+    expected_share = o.flatten(1).square().sum(1) / change.flatten(1).square().sum(1)
+    assert torch.allclose(share, expected_share, rtol=0, atol=1e-12) and share[1].item() < 1e-24
+    assert torch.allclose(size, change.flatten(1).norm(dim=1) / (scale * direction.flatten(1).norm(dim=1)))
+    # FreeU off at the equivalent scale reproduces the guidance part exactly
+    at_equivalent = uncond + (scale + a[:, None, None, None]) * direction
+    assert torch.allclose(at_equivalent + o, guided_off + change, atol=1e-12)
+    # float32 inputs: float32 precision
+    extra32, share32, _ = guided_change(uncond.float(), cond.float(), uncond_on.float(), cond_on.float(), scale)
+    assert torch.allclose(extra32, a, atol=1e-4) and torch.allclose(share32, expected_share, atol=1e-4)
+
+
+def test_no_change_and_no_direction_give_zeros_not_nans() -> None:
+    zero = torch.zeros(2, 3, 4)
+    extra, share = decompose(zero, torch.ones(2, 3, 4))
+    assert extra.tolist() == [0.0, 0.0] and share.tolist() == [0.0, 0.0]
+    extra, share = decompose(torch.ones(2, 3, 4), zero)
+    assert extra.tolist() == [0.0, 0.0] and share.tolist() == [1.0, 1.0]  # nothing of it is guidance
+    with pytest.raises(ValueError, match="one shape"):
+        decompose(torch.ones(2, 3), torch.ones(2, 4))
+    trace = GuidanceTrace(5.0, [])
+    assert trace.equivalent != trace.equivalent  # NaN without steps
+
+
+@pytest.fixture(scope="module", params=["sd15", "sdxl"])
+def pipeline(request, tmp_path_factory):
+    pytest.importorskip("transformers")
+    import tiny_pipelines
+
+    from freeu.apps.runtime import load_model
+
+    build = tiny_pipelines.sd_pipeline if request.param == "sd15" else tiny_pipelines.sdxl_pipeline
+    return request.param, load_model(str(build(tmp_path_factory.mktemp(request.param) / "pipe")))
+
+
+def test_the_meter_on_a_pipeline_equals_the_step_recomputed_by_hand(pipeline) -> None:
+    from freeu.apps.runtime import Request
+
+    name, model = pipeline
+    assert model.preset()[0] == name
+    config = freeu.get_preset(name).config
+    request = Request(steps=3, prompt="a cat", guidance=5.0)
+    captured: list[tuple[tuple, dict]] = []
+
+    def capture(module, args, kwargs):  # the pipeline's own calls, not the meter's calls with FreeU off
+        if freeu.active_config(module) == config:
+            captured.append((args, {k: v.clone() if torch.is_tensor(v) else v for k, v in kwargs.items()}))
+
+    handle = model.unet.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        trace = measure_guidance(model, [0, 1], request, config)
+    finally:
+        handle.remove()
+    assert [s.index for s in trace.steps] == [0, 1, 2] and trace.scale == 5.0
+    # the second step, recomputed: the U-Net on the same inputs with FreeU on and off, split into the CFG halves
+    assert len(captured) == 3
+    args, kwargs = captured[1]
+    kwargs = {**kwargs, "return_dict": False}
+    with torch.no_grad():
+        with freeu.apply(model.unet, config):
+            on = model.unet(*args, **kwargs)[0]
+        off = model.unet(*args, **kwargs)[0]
+    extra, share, _ = guided_change(*off.chunk(2), *on.chunk(2), 5.0)
+    step = trace.steps[1]
+    assert step.extra == pytest.approx(extra.mean().item(), rel=1e-5, abs=1e-6)
+    assert step.orthogonal_share == pytest.approx(share.mean().item(), rel=1e-5, abs=1e-6)
+    assert step.equivalent == pytest.approx(5.0 + step.extra)
+    assert trace.equivalent == pytest.approx(5.0 + sum(s.extra for s in trace.steps) / 3)
+    assert any(abs(s.extra) > 1e-3 for s in trace.steps) and all(0 < s.orthogonal_share <= 1 for s in trace.steps)
+    # b = s = 1 changes nothing: no extra guidance, nothing orthogonal
+    identity = measure_guidance(model, [0], request, freeu.FreeUConfig(1, 1, 1, 1))
+    assert all(s.extra == 0 and s.orthogonal_share == 0 for s in identity.steps)
+    assert freeu.active_config(model.unet) is None  # the meter leaves nothing behind
+    with pytest.raises(ValueError, match="needs a guidance scale above 1"):
+        measure_guidance(model, [0], Request(steps=2, prompt="a cat", guidance=1.0), config)
+
+
+def test_the_meter_refuses_an_unguided_model() -> None:
+    from freeu.apps.runtime import Request, load_model
+
+    with pytest.raises(ValueError, match="takes no guidance scale"):
+        measure_guidance(load_model("demo"), [0], Request(steps=2), freeu.FreeUConfig(1.3, 1.4, 0.9, 0.2))
