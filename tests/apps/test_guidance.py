@@ -116,3 +116,39 @@ def test_the_meter_refuses_an_unguided_model() -> None:
 
     with pytest.raises(ValueError, match="takes no guidance scale"):
         measure_guidance(load_model("demo"), [0], Request(steps=2), freeu.FreeUConfig(1.3, 1.4, 0.9, 0.2))
+
+
+def test_analyze_writes_the_meter_figure_and_its_numbers(pipeline, tmp_path, capsys) -> None:
+    import csv
+    import json
+
+    from freeu.apps.cli import main
+    from freeu.apps.runtime import Request
+
+    name, model = pipeline
+    out = tmp_path / "analysis"
+    argv = ["analyze", "--model", model.name, "--prompt", "a cat", "--only", "guidance", "--steps", "3", "--count",
+            "2", "--guidance", "6", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    meter = json.loads((out / "analysis.json").read_text())["guidance"]
+    assert meter["scale"] == 6.0 and meter["freeu"] == freeu.get_preset(name).config.to_dict()
+    rows = list(csv.DictReader((out / "guidance.csv").open()))
+    assert [int(r["step"]) for r in rows] == [0, 1, 2]
+    for row, step in zip(rows, meter["steps"], strict=True):
+        assert float(row["equivalent_scale"]) == pytest.approx(step["equivalent"], rel=1e-5)
+        assert float(row["orthogonal_share"]) == pytest.approx(step["orthogonal_share"], rel=1e-5, abs=1e-9)
+    assert meter["equivalent"] == pytest.approx(sum(s["equivalent"] for s in meter["steps"]) / 3)
+    assert f"guidance: FreeU's change of the guided prediction equals guidance {meter['equivalent']:.3f}" in printed
+    assert (out / "guidance.png").stat().st_size > 5000
+    # the same seeds sampled again give the same numbers (the meter is deterministic on a CPU)
+    request = Request(steps=3, prompt="a cat", guidance=6.0)
+    again = measure_guidance(model, [0, 1], request, freeu.get_preset(name).config)
+    assert again.equivalent == pytest.approx(meter["equivalent"], rel=1e-6)
+
+
+def test_analyze_refuses_the_meter_on_an_unguided_model(capsys, tmp_path) -> None:
+    from freeu.apps.cli import main
+
+    assert main(["analyze", "--only", "guidance", "--steps", "2", "--out", str(tmp_path / "x")]) == 2
+    assert "--only guidance: demo takes no guidance scale" in capsys.readouterr().err

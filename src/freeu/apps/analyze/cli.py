@@ -26,11 +26,12 @@ from ..options import (
 from ..runtime import Model, Request, load_model
 from .experiments import DEMO_SETTING, SPACES, SWEPT, b_sweep, features, trajectory
 from .measures import PATHS
-from .plots import plot_b_sweep, plot_features, plot_trajectory, setting_label
+from .plots import plot_b_sweep, plot_features, plot_guidance, plot_trajectory, setting_label
 
 __all__ = ["PARTS", "register", "run", "summary", "write_json"]
 
-PARTS: tuple[str, ...] = ("trajectory", "b", "features")
+#: The analyses; ``guidance`` (the guidance meter, :mod:`freeu.apps.guidance`) needs a guided pipeline.
+PARTS: tuple[str, ...] = ("trajectory", "b", "features", "guidance")
 
 
 def _without_images(value: Any) -> Any:
@@ -83,6 +84,13 @@ def summary(results: dict[str, Any]) -> list[str]:
                 f"{_fmt(at_pi[0])} -> {_fmt(at_pi[-1])} ({_change(at_pi[0], at_pi[-1])}), mean over pi/2..pi "
                 f"{_fmt(band[0])} -> {_fmt(band[-1])} ({_change(band[0], band[-1])})"
             )
+    meter = results.get("guidance")
+    if meter is not None:
+        lines.append(
+            f"guidance: FreeU's change of the guided prediction equals guidance {meter['equivalent']:.3f} instead of "
+            f"{meter['scale']:g} ({meter['extra']:+.3f}) along the guidance direction; "
+            f"{meter['orthogonal_share']:.0%} of it (squared norm, mean over steps) is orthogonal to that direction"
+        )
     feats = results.get("features")
     if feats is not None:
         for stage, numbers in feats["stages"].items():
@@ -137,7 +145,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="samples per run (default 8 on the demo model, 2 on pipelines)")  # fmt: skip
     g.add_argument("--steps", type=positive_int, default=25, help="sampling steps (default 25)")
     a = p.add_argument_group("analysis")
-    a.add_argument("--only", type=_only, default=list(PARTS), help="subset of trajectory,b,features (default: all)")
+    a.add_argument("--only", type=_only, default=None, help="subset of trajectory,b,features,guidance (default: "
+                   "all; guidance only for guided pipelines, where it needs a guidance scale above 1)")  # fmt: skip
     a.add_argument("--path", choices=PATHS, default="diagonal",
                    help="diagonal: the paper's half-diagonal from DC (default); radial: mean over rings")  # fmt: skip
     a.add_argument("--bins", type=positive_int, default=None, help="rings for --path radial (default: as diagonal)")
@@ -192,11 +201,16 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--space both needs a VAE; {model.name} only has {model.spaces[0]} space")
     for space in spaces:
         model.check_space(space)
+    if args.only is None:
+        args.only = [p for p in PARTS if p != "guidance" or (model.guided and (request.guidance or 0) > 1)]
+    elif "guidance" in args.only and not model.guided:
+        raise ValueError(f"--only guidance: {model.name} takes no guidance scale (the guidance meter needs a guided "
+                         "pipeline)")  # fmt: skip
     config, source = _freeu_setting(model, args, overrides)
     sweep_base = FreeUConfig(1.0, 1.0, 1.0, 1.0, version=config.version, convention=config.convention)
     count = args.count or (2 if model.kind == "pipeline" else 8)
     seeds = list(range(args.seed, args.seed + count))
-    runs = {"trajectory": 1, "b": len(args.b_values), "features": 2}
+    runs = {"trajectory": 1, "b": len(args.b_values), "features": 2, "guidance": 2}
     total = sum(runs[p] for p in args.only) * args.steps
     print(f"with {setting_label(config.to_dict())}, from {source}")
     print(f"{len(seeds)} seeds ({seeds[0]}..{seeds[-1]}), {args.steps} steps, path {args.path}, spaces {spaces}")
@@ -227,12 +241,22 @@ def run(args: argparse.Namespace) -> int:
         if "features" in args.only:
             bar.set_description("features")
             results["features"] = features(model, seeds, request, config, progress=tick, **common)
+        if "guidance" in args.only:
+            from ..guidance import measure_guidance
+
+            bar.set_description("guidance meter")
+            trace = measure_guidance(model, seeds, request, config, on_step=lambda n: bar.update(2 * n))
+            results["guidance"] = trace.as_dict()
+            (out / "guidance.csv").write_text(trace.csv())
+            written.append(out / "guidance.csv")
     if "trajectory" in results:
         written += plot_trajectory(results["trajectory"], out, model.name)
     if "b" in results:
         written += plot_b_sweep(results["b"], out, model.name)
     if "features" in results:
         written += plot_features(results["features"], out, model.name)
+    if "guidance" in results:
+        written += plot_guidance(results["guidance"], out, model.name)
     written.append(write_json(results, out / "analysis.json"))
     lines = summary(results)
     (out / "summary.txt").write_text("\n".join(lines) + "\n")

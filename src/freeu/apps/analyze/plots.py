@@ -13,7 +13,7 @@ from freeu.config import FreeUConfig
 
 from ..errors import require
 
-__all__ = ["plot_b_sweep", "plot_features", "plot_trajectory", "setting_label"]
+__all__ = ["plot_b_sweep", "plot_features", "plot_guidance", "plot_trajectory", "setting_label"]
 
 
 def _figure_class() -> Any:
@@ -193,4 +193,31 @@ def plot_features(result: dict[str, Any], out: str | Path, model: str) -> list[P
     )
     path = out / "features.png"
     fig.savefig(path, dpi=110)
+    return [path]
+
+
+def plot_guidance(result: dict[str, Any], out: str | Path, model: str) -> list[Path]:
+    """The guidance meter per step: FreeU's equivalent guidance scale against the run's own scale (left), and the
+    share of FreeU's change that no guidance scale makes (right)."""
+    figure = _figure_class()(figsize=(9, 3.4), dpi=110)
+    left, right = figure.subplots(1, 2)
+    steps = [s["index"] + 1 for s in result["steps"]]
+    left.plot(steps, [s["equivalent"] for s in result["steps"]], marker="o", color="tab:red",
+              label=f"FreeU's equivalent (mean {result['equivalent']:.3g})")  # fmt: skip
+    left.axhline(result["scale"], linestyle="--", color="black", label=f"guidance scale {result['scale']:g}")
+    left.set_xlabel("denoising step")
+    left.set_ylabel("guidance scale")
+    left.set_title("equivalent guidance scale", fontsize=9)
+    left.legend(fontsize=7)
+    right.plot(steps, [s["orthogonal_share"] for s in result["steps"]], marker="o", color="tab:blue")
+    right.set_ylim(0, 1.05)
+    right.set_xlabel("denoising step")
+    right.set_ylabel("share of |change|^2")
+    right.set_title(f"orthogonal to guidance (mean {result['orthogonal_share']:.2f})", fontsize=9)
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
+    figure.suptitle(textwrap.shorten(f"{model}: {setting_label(result['freeu'])}", 110), fontsize=9)
+    figure.tight_layout()
+    path = Path(out) / "guidance.png"
+    figure.savefig(path)
     return [path]
