@@ -152,3 +152,74 @@ def test_analyze_refuses_the_meter_on_an_unguided_model(capsys, tmp_path) -> Non
 
     assert main(["analyze", "--only", "guidance", "--steps", "2", "--out", str(tmp_path / "x")]) == 2
     assert "--only guidance: demo takes no guidance scale" in capsys.readouterr().err
+
+
+def test_eval_adds_freeu_off_at_each_configurations_equivalent_guidance(pipeline, tmp_path, capsys) -> None:
+    import json
+
+    from PIL import Image
+
+    from freeu.apps.cli import main
+    from freeu.apps.evaluate.generation import load_png
+
+    name, model = pipeline
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    gen = torch.Generator().manual_seed(0)
+    for i in range(6):
+        Image.fromarray(torch.randint(0, 256, (32, 32, 3), generator=gen, dtype=torch.uint8).numpy()).save(
+            reference / f"{i}.png")  # fmt: skip
+    out = tmp_path / "eval"
+    argv = ["eval", "--model", model.name, "--prompt", "a cat", "--prompt", "a dog", "--seeds", "2", "--steps", "3",
+            "--guidance", "5", "--config", "auto", "--config", "mild:b1=1.1 b2=1.2 s1=0.9 s2=0.9",
+            "--guidance-baselines", "auto,7", "--guidance-units", "3", "--reference", str(reference),
+            "--fid-features", "none", "--clip", "none", "--swd-patches", "8", "--swd-projections", "16",
+            "--bootstrap", "50", "--set-bootstrap", "5", "--no-progress", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    meter = json.loads((out / "guidance.json").read_text())
+    assert meter["units"] == ["p0-s0", "p0-s1", "p1-s0"]  # the first 3 units: prompt-major
+    assert list(meter["configs"]) == ["auto", "mild"]
+    summary = json.loads((out / "metrics.json").read_text())
+    names = [c["name"] for c in summary["configs"]]
+    assert names == ["off", "auto", "mild", "off@cfg7", "off@auto", "off@mild"]
+    for config in ("auto", "mild"):
+        entry = meter["configs"][config]
+        # the run's equivalent scale: the units-weighted mean of the two prompts' runs (2 seeds of a cat, 1 of a dog)
+        runs = entry["runs"]
+        assert [len(r["steps"][0]["per_sample_extra"]) for r in runs] == [2, 1]
+        assert entry["equivalent"] == pytest.approx((2 * runs[0]["equivalent"] + runs[1]["equivalent"]) / 3)
+        assert entry["baseline_guidance"] == round(entry["equivalent"], 2)
+        row = next(c for c in summary["configs"] if c["name"] == f"off@{config}")
+        assert row["guidance"] == entry["baseline_guidance"] and row["freeu"] is None
+        assert f"guidance meter: {config} acts like guidance {entry['equivalent']:.3f}" in printed
+        assert (out / "guidance" / f"{config}.csv").read_text().startswith("run,step,timestep,extra,equivalent_scale")
+        assert (out / "guidance" / f"{config}.png").stat().st_size > 5000
+    assert meter["configs"]["auto"]["freeu"] == freeu.get_preset(name).config.to_dict()
+    # the matched baseline's images are FreeU off at that guidance, sampled by the pipeline itself
+    import numpy as np
+    import tiny_pipelines
+
+    from freeu.apps.runtime import load_pipeline
+
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    record = next(r for r in records if r["config"] == "off@mild" and r["prompt"] == "a dog" and r["seed"] == 1)
+    pipe = load_pipeline(model.name)
+    pipe.set_progress_bar_config(disable=True)
+    plain = tiny_pipelines.plain_call(pipe, prompt="a dog", seed=1, count=1, steps=3, guidance=record["guidance"],
+                                      height=32, width=32)[0]  # fmt: skip
+    stored = load_png(out / record["image"]).short()
+    assert (stored - torch.from_numpy(np.asarray(plain, dtype=np.int16)).permute(2, 0, 1)).abs().max().item() <= 1
+    report = (out / "report.md").read_text()
+    assert "## Guidance meter" in report and f"| mild | 5 | {meter['configs']['mild']['equivalent']:.3f} |" in report
+    # a rerun reuses the measurement
+    before = (out / "guidance.json").stat().st_mtime_ns
+    assert main(argv) == 0
+    assert (out / "guidance.json").stat().st_mtime_ns == before
+
+
+def test_guidance_baselines_auto_is_refused_where_it_cannot_apply(capsys, tmp_path) -> None:
+    from freeu.apps.cli import main
+
+    assert main(["eval", "--guidance-baselines", "auto", "--seeds", "1", "--out", str(tmp_path / "x")]) == 2
+    assert "no guidance scales" in capsys.readouterr().err

@@ -347,20 +347,28 @@ def test_tune_on_a_guided_text_to_image_pipeline(tmp_path, capsys) -> None:
             reference / f"{i}.png")  # fmt: skip
     out = tmp_path / "tune"
     argv = ["tune", "--model", str(sd), "--prompt", "a cat", "--prompt", "a dog", "--steps", "2", "--guidance", "3",
-            "--seeds", "2", "--min-seeds", "1", "--budget", "12", "--confirm-seeds", "2", "--guidance-baselines", "6",
-            "--reference", str(reference), "--fid-features", "none", "--clip", "none", "--swd-patches", "8",
-            "--swd-projections", "16", "--bootstrap", "50", "--set-bootstrap", "5", "--no-progress",
-            "--out", str(out)]  # fmt: skip
+            "--seeds", "2", "--min-seeds", "1", "--budget", "12", "--confirm-seeds", "2",
+            "--guidance-baselines", "auto,6", "--reference", str(reference), "--fid-features", "none", "--clip",
+            "none", "--swd-patches", "8", "--swd-projections", "16", "--bootstrap", "50", "--set-bootstrap", "5",
+            "--no-progress", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
     record = json.loads((out / "tune.json").read_text())
     assert record["preset"] == "sd15" and "against FreeU off and sd15" in printed
     confirm = _records(out / "confirm")
+    meter = json.loads((out / "confirm" / "guidance.json").read_text())["configs"]
+    matched = {f"off@{n}": meter[n]["baseline_guidance"] for n in ("tuned", "sd15")}
     assert {(r["config"], r["guidance"]) for r in confirm} == {("off", 3.0), ("tuned", 3.0), ("sd15", 3.0),
-                                                               ("off@cfg6", 6.0)}  # fmt: skip
+                                                               ("off@cfg6", 6.0), *matched.items()}  # fmt: skip
     assert {(r["prompt"], r["seed"]) for r in confirm} == {(p, s) for p in ("a cat", "a dog") for s in (2, 3)}
     report = (out / "report.md").read_text()
     assert "| off@cfg6 | FreeU off, guidance 6 |" in report and "the model's preset" in report
+    assert (
+        f"Against FreeU off at the tuned setting's equivalent guidance (off@tuned, guidance {matched['off@tuned']:g}"
+        in report
+    )
+    assert tomllib.loads((out / "preset.toml").read_text())["tune"]["confirmation"]["matched_guidance"] == matched[
+        "off@tuned"]  # fmt: skip
     # the first rung's images of one prompt and seed: every candidate, sampled in one batch with per-sample factors
     first = [r for r in _generated(out) if r["config"] != "off" and r["prompt"] == "a dog" and r["seed"] == 0]
     assert len(first) == len(record["candidates"]) >= 3

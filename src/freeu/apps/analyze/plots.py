@@ -196,7 +196,7 @@ def plot_features(result: dict[str, Any], out: str | Path, model: str) -> list[P
     return [path]
 
 
-def plot_guidance(result: dict[str, Any], out: str | Path, model: str) -> list[Path]:
+def plot_guidance(result: dict[str, Any], out: str | Path, model: str, filename: str = "guidance.png") -> list[Path]:
     """The guidance meter per step: FreeU's equivalent guidance scale against the run's own scale (left), and the
     share of FreeU's change that no guidance scale makes (right)."""
     figure = _figure_class()(figsize=(9, 3.4), dpi=110)
@@ -218,6 +218,6 @@ def plot_guidance(result: dict[str, Any], out: str | Path, model: str) -> list[P
         ax.grid(True, alpha=0.3)
     figure.suptitle(textwrap.shorten(f"{model}: {setting_label(result['freeu'])}", 110), fontsize=9)
     figure.tight_layout()
-    path = Path(out) / "guidance.png"
+    path = Path(out) / filename
     figure.savefig(path)
     return [path]

@@ -8,10 +8,12 @@ import datetime
 import hashlib
 import json
 import logging
+import math
 import os
 import shlex
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +56,12 @@ def _level(text: str) -> float:
     return value
 
 
-def _guidances(text: str) -> list[float]:
-    return [options.non_negative(v) for v in text.split(",") if v.strip()]
+#: ``--guidance-baselines auto``: FreeU off at each configuration's equivalent guidance scale (the guidance meter).
+AUTO = "auto"
+
+
+def _guidances(text: str) -> list[float | str]:
+    return [AUTO if v.strip() == AUTO else options.non_negative(v) for v in text.split(",") if v.strip()]
 
 
 def _eval_size(text: str) -> options.Size:
@@ -112,8 +118,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="G1,G2",
         help="also FreeU off at these stronger guidance scales (guided pipelines), to tell a FreeU gain "
-        "from a guidance gain",
+        "from a guidance gain; 'auto' adds, for each FreeU configuration, FreeU off at the guidance scale that the "
+        "guidance meter measures as its equivalent (e.g. 'auto' or 'auto,12')",
     )
+    c.add_argument(
+        "--guidance-units", type=_positive_int, default=4,
+        help="units the guidance meter samples per configuration for --guidance-baselines auto (default 4)",
+    )  # fmt: skip
     m = p.add_argument_group("metrics")
     m.add_argument(
         "--reference",
@@ -239,7 +250,8 @@ def _configs(args: argparse.Namespace, demo: bool) -> list[EvalConfig]:
         configs += parse_config_arg(text)
     if not configs:
         configs = _default_configs(demo)
-    configs += guidance_baselines(sorted(set(baselines)))
+    args.auto_guidance = AUTO in baselines
+    configs += guidance_baselines(sorted({float(v) for v in baselines if v != AUTO}))
     return with_baseline(configs)
 
 
@@ -331,6 +343,93 @@ def _bar(total: int, desc: str, enabled: bool):
     )
 
 
+def _matched_guidance(
+    args: argparse.Namespace, model: Model, request: Any, configs: list[EvalConfig], units: list[Any], state: Any,
+    show: bool,
+) -> list[EvalConfig]:  # fmt: skip
+    """FreeU off at the equivalent guidance scale of each FreeU configuration (the guidance meter on the first
+    ``--guidance-units`` units, each prompt's seeds in one batch), rounded to 2 digits. The main process measures
+    and writes ``guidance.json`` (and per-step CSVs and figures under ``guidance/``); every process reads it back,
+    so all sample the same configurations. A rerun with the same settings reuses it."""
+    from ..guidance import measure_guidance
+
+    out = Path(args.out)
+    path = out / "guidance.json"
+    measured = [c for c in configs if c.freeu is not None and c.guidance is None]
+    if not measured:
+        raise ValueError("--guidance-baselines auto: no FreeU configuration to measure (give --config ...)")
+    shown = units[: args.guidance_units]
+    key = hashlib.sha1(json.dumps({
+        "model": model.fingerprint, "steps": request.steps, "guidance": request.guidance, "size": list(request.size),
+        "negative_prompt": request.negative_prompt, "units": [[u.seed, u.prompt] for u in shown],
+        "configs": {c.name: c.settings() for c in measured},
+    }, sort_keys=True).encode()).hexdigest()[:12]  # fmt: skip
+    if state.is_main_process:
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        if data.get("key") != key:
+            data = {"key": key, "units": [u.stem for u in shown], "configs": {}}
+        todo = [c for c in measured if c.name not in data["configs"]]
+        with _bar(len(todo) * len(shown) * request.steps, "guidance meter", show) as bar:
+            for config in todo:
+                traces = []
+                for prompt in dict.fromkeys(u.prompt for u in shown):
+                    group = [u.seed for u in shown if u.prompt == prompt]
+                    run = replace(request, prompt=prompt)
+                    count = len(group)
+                    trace = measure_guidance(model, group, run, config.freeu,
+                                             on_step=lambda n, k=count: bar.update(k))  # fmt: skip
+                    traces.append((len(group), trace))
+                total = sum(n for n, _ in traces)
+                steps = [t.as_dict() for _, t in traces]
+                equivalent = sum(n * t.equivalent for n, t in traces) / total
+                share = sum(n * t.orthogonal_share for n, t in traces) / total
+                data["configs"][config.name] = {
+                    "freeu": config.settings(), "scale": request.guidance, "equivalent": equivalent,
+                    "orthogonal_share": share, "baseline": f"{BASELINE}@{config.name}",
+                    "baseline_guidance": round(equivalent, 2), "runs": steps,
+                }  # fmt: skip
+                _write_meter_files(out, config.name, traces, model.name)
+                tmp = path.with_name(f".{path.name}.tmp")
+                tmp.write_text(json.dumps(data, indent=2) + "\n")
+                os.replace(tmp, path)
+    state.wait_for_everyone()
+    data = json.loads(path.read_text())
+    args.guidance_meter = {
+        name: {k: v for k, v in entry.items() if k != "runs"} for name, entry in data["configs"].items()
+    }
+    for name, entry in data["configs"].items():
+        if not math.isfinite(entry["equivalent"]) or entry["baseline_guidance"] < 0:
+            raise ValueError(f"--guidance-baselines auto: {name}'s equivalent guidance is {entry['equivalent']}, "
+                             "not a scale FreeU off can sample at")  # fmt: skip
+        if state.is_main_process:
+            print(f"guidance meter: {name} acts like guidance {entry['equivalent']:.3f} (the run's {request.guidance:g}"
+                  f"), {entry['orthogonal_share']:.0%} of its change orthogonal; adds {entry['baseline']} at "
+                  f"{entry['baseline_guidance']:g}")  # fmt: skip
+    return [EvalConfig(data["configs"][c.name]["baseline"], None, float(data["configs"][c.name]["baseline_guidance"]))
+            for c in measured]  # fmt: skip
+
+
+def _write_meter_files(out: Path, name: str, traces: list[tuple[int, Any]], model: str) -> None:
+    """``guidance/NAME.csv`` (every run's steps) and ``guidance/NAME.png`` (the first run's figure)."""
+    from .generation import _slug
+
+    folder = out / "guidance"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (_, trace) in enumerate(traces):
+        lines = trace.csv().splitlines()
+        rows += (["run," + lines[0]] if i == 0 else []) + [f"{i},{line}" for line in lines[1:]]
+    (folder / f"{_slug(name)}.csv").write_text("\n".join(rows) + "\n")
+    try:
+        from ..analyze.plots import plot_guidance
+    except ImportError:
+        return
+    try:
+        plot_guidance(traces[0][1].as_dict(), folder, model, filename=f"{_slug(name)}.png")
+    except ImportError:
+        logger.warning("matplotlib is missing: no guidance figure")
+
+
 def run(args: argparse.Namespace, model: Model | None = None) -> int:
     """Generate (sharded, resumable), analyse (sharded), then on the main process: metrics, statistics, report.
     ``model``: the model ``args.model`` names, already loaded (``freeu tune`` evaluates one model many times)."""
@@ -354,7 +453,7 @@ def run(args: argparse.Namespace, model: Model | None = None) -> int:
         raise ValueError(f"{what} is unconditional: --prompt, --prompts and --negative-prompt need a text pipeline")
     if conditional and not prompts:
         raise ValueError("a text-to-image pipeline needs prompts: --prompt TEXT (repeatable) or --prompts FILE")
-    if demo_dir is not None and any(c.guidance is not None for c in configs):
+    if demo_dir is not None and (any(c.guidance is not None for c in configs) or args.auto_guidance):
         raise ValueError("the demo model is unconditional: no guidance scales (--guidance-baselines, guidance=)")
     state = process_state(args.device)
     main_process = state.is_main_process
@@ -377,11 +476,18 @@ def run(args: argparse.Namespace, model: Model | None = None) -> int:
         if main_process:
             print(f"auto: preset {preset!r} ({evidence})")
         configs = [resolve_auto(c, preset) for c in configs]
-    if not model.guided and any(c.guidance is not None for c in configs):
+    if not model.guided and (any(c.guidance is not None for c in configs) or args.auto_guidance):
         raise ValueError(f"{args.model} takes no guidance scale: --guidance-baselines and guidance= do not apply")
 
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     units = make_units(seeds, prompts if model.takes_prompt else None)
+    if args.auto_guidance:
+        options.writable_folder("--out", args.out)
+        meter = _matched_guidance(args, model, request, configs, units, state, show)
+        configs = with_baseline([*configs, *meter])
+        if len(configs) > args.max_configs:
+            raise ValueError(f"{len(configs)} configurations with the matched guidance baselines, more than "
+                             f"--max-configs {args.max_configs}: raise --max-configs")  # fmt: skip
     eval_size = args.eval_size or request.size
     from ..demo.metrics import gaussian_pyramid
 
@@ -453,6 +559,9 @@ def run(args: argparse.Namespace, model: Model | None = None) -> int:
         "set_replicates": args.set_bootstrap,
         "world": world,
     }
+    if getattr(args, "guidance_meter", None):
+        header["guidance_meter"] = args.guidance_meter
+        header["guidance_units"] = min(args.guidance_units, len(units))
     return _finish(args, store, configs, units, keys, analyzer, header, skipped, summary)
 
 

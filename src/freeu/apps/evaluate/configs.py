@@ -211,7 +211,7 @@ def parse_config_arg(text: str) -> list[EvalConfig]:
     return expand_spec(name.strip(), spec)
 
 
-def load_config_file(path: str | Path) -> tuple[list[EvalConfig], list[float]]:
+def load_config_file(path: str | Path) -> tuple[list[EvalConfig], list[float | str]]:
     """Configurations and guidance baselines from a JSON or TOML file::
 
     guidance_baselines = [9, 12]
@@ -243,9 +243,9 @@ def load_config_file(path: str | Path) -> tuple[list[EvalConfig], list[float]]:
         raise ValueError(f"{path}: unknown top-level key(s) {unknown}; allowed: configs, guidance_baselines")
     configs = [c for name, spec in data["configs"].items() for c in expand_spec(str(name), spec)]
     baselines = data.get("guidance_baselines", [])
-    if not isinstance(baselines, list) or not all(isinstance(v, (int, float)) for v in baselines):
-        raise ValueError(f"{path}: guidance_baselines must be a list of numbers, got {baselines!r}")
-    return configs, [float(v) for v in baselines]
+    if not isinstance(baselines, list) or not all(isinstance(v, (int, float)) or v == "auto" for v in baselines):
+        raise ValueError(f"{path}: guidance_baselines must be a list of numbers and 'auto', got {baselines!r}")
+    return configs, [v if v == "auto" else float(v) for v in baselines]
 
 
 def guidance_baselines(values: Sequence[float]) -> list[EvalConfig]:

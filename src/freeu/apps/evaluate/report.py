@@ -83,6 +83,25 @@ def markdown(results: Sequence[ConfigResult], header: dict[str, Any], skipped: S
         row += [r.means[m].format(3) for m in plain]
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
+    meter = header.get("guidance_meter")
+    if meter:
+        lines += [
+            "## Guidance meter",
+            "",
+            f"Each FreeU configuration sampled on the first {header['guidance_units']} units with FreeU on; at every "
+            "step the U-Net also ran with FreeU off on the same inputs, and FreeU's change of the guided prediction "
+            "was split along the guidance direction (eps_c - eps_u of FreeU off) and orthogonal to it "
+            "(docs/eval.md). The equivalent scale is the run's guidance plus the mean extra along the direction; "
+            "FreeU off at that scale (rounded to 2 digits) is in the tables above.",
+            "",
+            "| config | guidance | equivalent guidance | orthogonal share | matched baseline |",
+            "|---|---|---|---|---|",
+        ]
+        for name, entry in meter.items():
+            matched = f"{_cell(entry['baseline'])} at {entry['baseline_guidance']:g}"
+            lines.append(f"| {_cell(name)} | {entry['scale']:g} | {entry['equivalent']:.3f} | "
+                         f"{entry['orthogonal_share']:.0%} | {matched} |")  # fmt: skip
+        lines += ["", "Per-step numbers: `guidance.json`, `guidance/*.csv`; figures: `guidance/*.png`.", ""]
     if skipped:
         lines += ["## Not computed", ""] + [f"- {s}" for s in skipped] + [""]
     lines += [

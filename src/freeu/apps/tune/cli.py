@@ -114,7 +114,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: right after the search seeds); the two sets must not overlap")  # fmt: skip
     c.add_argument("--guidance-baselines", type=evaluate._guidances, default=None, metavar="G1,G2",
                    help="also FreeU off at these stronger guidance scales in the confirmation (guided pipelines), "
-                   "to tell a FreeU gain from a guidance gain")  # fmt: skip
+                   "to tell a FreeU gain from a guidance gain; 'auto': at the tuned setting's (and the preset's) "
+                   "equivalent guidance, measured by the guidance meter")  # fmt: skip
     c.add_argument("--bootstrap", type=options.non_negative_int, default=2000, help="replicates for per-image "
                    "means (default 2000)")  # fmt: skip
     c.add_argument("--set-bootstrap", type=options.non_negative_int, default=1000, help="replicates for set-level "
@@ -230,7 +231,7 @@ class Evaluations:
         if self.state.is_main_process:
             _atomic_json(table, {"configs": dict(configs)})
         self.state.wait_for_everyone()
-        argv = _eval_argv(self.args, configs=str(table), out=str(out), max_configs=len(configs) + 1, **changes)
+        argv = _eval_argv(self.args, configs=str(table), out=str(out), max_configs=2 * len(configs) + 16, **changes)
         eval_args = evaluate.build_parser().parse_args(argv)
         eval_args.argv = ["eval", *argv]
         with self.log.open("a") as handle, contextlib.redirect_stdout(handle):
@@ -347,7 +348,7 @@ def run(args: argparse.Namespace) -> int:
         seeds=args.confirm_seeds, first_seed=args.confirm_first_seed, bootstrap=args.bootstrap,
         set_bootstrap=args.set_bootstrap, bootstrap_seed=args.bootstrap_seed, confidence=args.confidence,
         fid_features=args.fid_features, clip=args.clip,
-        guidance_baselines=",".join(f"{g:g}" for g in args.guidance_baselines) if args.guidance_baselines else None,
+        guidance_baselines=",".join(str(g) for g in args.guidance_baselines) if args.guidance_baselines else None,
     )  # fmt: skip
     if not main_process:
         return 0

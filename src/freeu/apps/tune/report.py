@@ -194,6 +194,20 @@ def write_outputs(
     }  # fmt: skip
     if pair is not None:
         record["confirmation"]["tuned_minus_preset_per_image"] = [pair.mean.value, pair.mean.low, pair.mean.high]
+    matched_lines: list[str] = []
+    matched = f"{BASELINE}@tuned"
+    if matched in numbers.entries:
+        guidance = numbers.entries[matched]["guidance"]
+        versus = _per_image_pair(out / "confirm", args.metric, "tuned", matched, args, higher=not lower)
+        gap = numbers.value("tuned").value - numbers.value(matched).value
+        text = (f"Against FreeU off at the tuned setting's equivalent guidance ({matched}, guidance {guidance:g}, "
+                f"from the guidance meter): {args.metric} {gap:+.4g} as a set")  # fmt: skip
+        if versus is not None:
+            text += (f", per image {_signed(versus.mean)} (better on {versus.better_share:.0%} of the units): "
+                     + ("the tuned setting does more than add guidance." if (versus.mean.high < 0 if lower
+                        else versus.mean.low > 0) else "not clearly more than added guidance."))  # fmt: skip
+        matched_lines.append(text + ("" if versus is not None else "."))
+        record["confirmation"]["matched_guidance"] = guidance
     write_preset(
         out / "preset.toml", tuned, name=name, model=f"{model.description} ({model.fingerprint})",
         source=f"freeu tune {args.metric} on seeds {search_seeds}, confirmed on seeds {confirm_seeds}",
@@ -232,7 +246,7 @@ def write_outputs(
         f"| {preset} | {PRESETS[preset].config.label()} | {preset_value.format(4)} | {_signed(preset_off)} |",
     ]
     for name, entry in numbers.entries.items():
-        if name.startswith(f"{BASELINE}@cfg"):
+        if name.startswith(f"{BASELINE}@"):
             lines.append(f"| {name} | FreeU off, guidance {entry['guidance']:g} | {numbers.value(name).format(4)} | "
                          f"{_signed(numbers.versus_off(name))} |")  # fmt: skip
     lines += [
@@ -244,6 +258,7 @@ def write_outputs(
             f"Tuned against {preset}, paired per image on the confirmation units: per-image {args.metric} "
             f"{_signed(pair.mean)}; the tuned setting is better on {pair.better_share:.0%} of them.",
         ]
+    lines += matched_lines
     lines += [
         "",
         'The preset file is `preset.toml`: `freeu.apply(unet, preset="preset.toml")`, `--preset preset.toml`.',
