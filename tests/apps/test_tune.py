@@ -370,8 +370,18 @@ def test_tune_on_a_guided_text_to_image_pipeline(tmp_path, capsys) -> None:
     assert tomllib.loads((out / "preset.toml").read_text())["tune"]["confirmation"]["matched_guidance"] == matched[
         "off@tuned"]  # fmt: skip
     # the first rung's images of one prompt and seed: every candidate, sampled in one batch with per-sample factors
-    first = [r for r in _generated(out) if r["config"] != "off" and r["prompt"] == "a dog" and r["seed"] == 0]
+    first = [r for r in _generated(out) if r["config"] in record["candidates"] and r["prompt"] == "a dog"
+             and r["seed"] == 0]  # fmt: skip
     assert len(first) == len(record["candidates"]) >= 3
+    # guided: each candidate is scored against FreeU off at its own equivalent guidance, measured by the meter
+    assert "each candidate scored against FreeU off at its own equivalent guidance" in printed
+    last = record["rungs"][-1]
+    metrics = {c["name"]: c for c in json.loads((out / "search" / "metrics.json").read_text())["configs"]}
+    meter_search = json.loads((out / "search" / "guidance.json").read_text())["configs"]
+    for name, score in last["scores"].items():
+        value, baseline = (metrics[n]["set_level"]["swd"]["value"]["value"] for n in (name, f"off@{name}"))
+        assert score == pytest.approx(value - baseline) and last["matched"][name] == pytest.approx(baseline)
+        assert metrics[f"off@{name}"]["guidance"] == meter_search[name]["baseline_guidance"]
     pick = first[-1]
     pipe = load_pipeline(str(sd))
     pipe.set_progress_bar_config(disable=True)

@@ -350,7 +350,8 @@ def _matched_guidance(
     """FreeU off at the equivalent guidance scale of each FreeU configuration (the guidance meter on the first
     ``--guidance-units`` units, each prompt's seeds in one batch), rounded to 2 digits. The main process measures
     and writes ``guidance.json`` (and per-step CSVs and figures under ``guidance/``); every process reads it back,
-    so all sample the same configurations. A rerun with the same settings reuses it."""
+    so all sample the same configurations. A configuration measured before with the same settings, model, steps,
+    guidance and units is not measured again."""
     from ..guidance import measure_guidance
 
     out = Path(args.out)
@@ -359,16 +360,20 @@ def _matched_guidance(
     if not measured:
         raise ValueError("--guidance-baselines auto: no FreeU configuration to measure (give --config ...)")
     shown = units[: args.guidance_units]
-    key = hashlib.sha1(json.dumps({
+    common = {
         "model": model.fingerprint, "steps": request.steps, "guidance": request.guidance, "size": list(request.size),
         "negative_prompt": request.negative_prompt, "units": [[u.seed, u.prompt] for u in shown],
-        "configs": {c.name: c.settings() for c in measured},
-    }, sort_keys=True).encode()).hexdigest()[:12]  # fmt: skip
+    }  # fmt: skip
+
+    def key(config: EvalConfig) -> str:
+        text = json.dumps({**common, "freeu": config.settings()}, sort_keys=True)
+        return hashlib.sha1(text.encode()).hexdigest()[:12]
+
     if state.is_main_process:
         data = json.loads(path.read_text()) if path.is_file() else {}
-        if data.get("key") != key:
-            data = {"key": key, "units": [u.stem for u in shown], "configs": {}}
-        todo = [c for c in measured if c.name not in data["configs"]]
+        data.setdefault("configs", {})
+        data["units"] = [u.stem for u in shown]
+        todo = [c for c in measured if data["configs"].get(c.name, {}).get("key") != key(c)]
         with _bar(len(todo) * len(shown) * request.steps, "guidance meter", show) as bar:
             for config in todo:
                 traces = []
@@ -384,8 +389,8 @@ def _matched_guidance(
                 equivalent = sum(n * t.equivalent for n, t in traces) / total
                 share = sum(n * t.orthogonal_share for n, t in traces) / total
                 data["configs"][config.name] = {
-                    "freeu": config.settings(), "scale": request.guidance, "equivalent": equivalent,
-                    "orthogonal_share": share, "baseline": f"{BASELINE}@{config.name}",
+                    "key": key(config), "freeu": config.settings(), "scale": request.guidance,
+                    "equivalent": equivalent, "orthogonal_share": share, "baseline": f"{BASELINE}@{config.name}",
                     "baseline_guidance": round(equivalent, 2), "runs": steps,
                 }  # fmt: skip
                 _write_meter_files(out, config.name, traces, model.name)
@@ -394,10 +399,9 @@ def _matched_guidance(
                 os.replace(tmp, path)
     state.wait_for_everyone()
     data = json.loads(path.read_text())
-    args.guidance_meter = {
-        name: {k: v for k, v in entry.items() if k != "runs"} for name, entry in data["configs"].items()
-    }
-    for name, entry in data["configs"].items():
+    entries = {c.name: data["configs"][c.name] for c in measured}
+    args.guidance_meter = {n: {k: v for k, v in e.items() if k not in ("runs", "key")} for n, e in entries.items()}
+    for name, entry in entries.items():
         if not math.isfinite(entry["equivalent"]) or entry["baseline_guidance"] < 0:
             raise ValueError(f"--guidance-baselines auto: {name}'s equivalent guidance is {entry['equivalent']}, "
                              "not a scale FreeU off can sample at")  # fmt: skip
@@ -405,8 +409,9 @@ def _matched_guidance(
             print(f"guidance meter: {name} acts like guidance {entry['equivalent']:.3f} (the run's {request.guidance:g}"
                   f"), {entry['orthogonal_share']:.0%} of its change orthogonal; adds {entry['baseline']} at "
                   f"{entry['baseline_guidance']:g}")  # fmt: skip
-    return [EvalConfig(data["configs"][c.name]["baseline"], None, float(data["configs"][c.name]["baseline_guidance"]))
-            for c in measured]  # fmt: skip
+    return [
+        EvalConfig(entries[c.name]["baseline"], None, float(entries[c.name]["baseline_guidance"])) for c in measured
+    ]
 
 
 def _write_meter_files(out: Path, name: str, traces: list[tuple[int, Any]], model: str) -> None:

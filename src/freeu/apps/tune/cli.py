@@ -107,6 +107,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="the objective: swd (default), rapsd "
         "(weight-free, against the reference), fid, kid (feature weights on disk), clip (pipelines)",
     )
+    s.add_argument("--no-matched-guidance", action="store_true", help="guided pipelines: score each candidate "
+                   "against FreeU off, not against FreeU off at the candidate's own equivalent guidance")  # fmt: skip
+    s.add_argument("--guidance-units", type=options.positive_int, default=2, help="units the guidance meter samples "
+                   "per candidate (guided pipelines; default 2)")  # fmt: skip
     c = p.add_argument_group("confirmation")
     c.add_argument("--confirm-seeds", type=options.positive_int, default=256, help="confirmation seeds per prompt "
                    "(default 256)")  # fmt: skip
@@ -249,7 +253,9 @@ def _fingerprint(args: argparse.Namespace, space: str, prompts: list[str]) -> di
             "min_seeds", "search_seed", "metric", "reference", "reference_count", "eval_size", "swd_levels",
             "swd_patches", "swd_projections")  # fmt: skip
     out = {k: getattr(args, k) for k in keys}
-    out.update(space=space, prompts=prompts, format=1)
+    out.update(space=space, prompts=prompts, format=1, matched=_matched(args))
+    if out["matched"]:
+        out["guidance_units"] = args.guidance_units
     return json.loads(json.dumps(out))
 
 
@@ -270,6 +276,14 @@ def _check(args: argparse.Namespace, prompts: list[str]) -> None:
     args.confirm_first_seed = confirm_first
 
 
+def _matched(args: argparse.Namespace) -> bool:
+    """Whether the search scores each candidate against FreeU off at its own equivalent guidance: guided pipelines
+    (read from the model's files, before it loads) sampled above guidance 1, unless ``--no-matched-guidance``."""
+    from ..runtime import peek_takes_prompt
+
+    return not args.no_matched_guidance and peek_takes_prompt(args.model) and args.guidance > 1
+
+
 def run(args: argparse.Namespace) -> int:
     """Search, confirm, write ``preset.toml``, ``report.md``, ``search.png``; resumable."""
     from ..runtime import load_model
@@ -278,7 +292,9 @@ def run(args: argparse.Namespace) -> int:
     prompts = evaluate._prompts(args)
     space = parse_space(args.space or (), args.version, args.convention)
     _check(args, prompts)
-    schedule = schedule_for_budget(args.budget, args.seeds, args.eta, args.min_seeds)
+    matched = _matched(args)
+    per_candidate = 2 if matched else 1
+    schedule = schedule_for_budget(args.budget, args.seeds, args.eta, args.min_seeds, per_candidate)
     out = options.writable_folder("--out", args.out)
     fingerprint = _fingerprint(args, space.describe(), prompts)
     state_path = out / STATE
@@ -304,8 +320,10 @@ def run(args: argparse.Namespace) -> int:
     if main_process:
         _atomic_json(state_path, record)
         print(f"freeu tune: {len(names)} candidates from {space.describe()}; {len(schedule)} rungs "
-              f"({', '.join(f'{r.candidates} on {r.seeds} seeds' for r in schedule)}): {rung_cost(schedule)} images "
-              f"per prompt, FreeU off included", flush=True)  # fmt: skip
+              f"({', '.join(f'{r.candidates} on {r.seeds} seeds' for r in schedule)}): "
+              f"{rung_cost(schedule, per_candidate)} images per prompt, FreeU off included"
+              + (", each candidate scored against FreeU off at its own equivalent guidance" if matched else ""),
+              flush=True)  # fmt: skip
     lower = METRICS[args.metric][1]
     # only the objective's networks run during the search
     search_flags: dict[str, Any] = dict(
@@ -313,17 +331,25 @@ def run(args: argparse.Namespace) -> int:
         fid_features=args.fid_features if args.metric in ("fid", "kid") else "none",
         clip=args.clip if args.metric == "clip" else "none",
     )  # fmt: skip
+    if matched:
+        search_flags.update(guidance_baselines="auto", guidance_units=args.guidance_units)
 
     def evaluate_rung(index: int, alive: Sequence[str], seeds: int) -> dict[str, float]:
         if main_process:
             print(f"rung {index + 1}/{len(schedule)}: {len(alive)} candidates on {seeds} seeds", flush=True)
         metrics = evaluations(out / "search", {BASELINE: BASELINE, **{n: spec(by_name[n]) for n in alive}},
                               seeds=seeds, **search_flags)  # fmt: skip
-        scores = {c["name"]: _metric_value(c, args.metric) for c in metrics["configs"]}
-        if math.isnan(scores[BASELINE]):
+        values = {c["name"]: _metric_value(c, args.metric) for c in metrics["configs"]}
+        if math.isnan(values[BASELINE]):
             skipped = "; ".join(metrics.get("skipped", [])) or "no reference"
             raise ValueError(f"--metric {args.metric}: freeu eval did not compute it ({skipped})")
-        record["rungs"].append({"seeds": seeds, "off": scores[BASELINE], "scores": {n: scores[n] for n in alive}})
+        # matched: a candidate's score is its metric minus that of FreeU off at its own equivalent guidance
+        scores = {n: values[n] - values[f"{BASELINE}@{n}"] if matched else values[n] for n in alive}
+        entry: dict[str, Any] = {"seeds": seeds, "off": values[BASELINE], "scores": scores}
+        if matched:
+            entry["values"] = {n: values[n] for n in alive}
+            entry["matched"] = {n: values[f"{BASELINE}@{n}"] for n in alive}
+        record["rungs"].append(entry)
         if main_process:
             _atomic_json(state_path, record)
         return scores
@@ -342,13 +368,16 @@ def run(args: argparse.Namespace) -> int:
     if main_process:
         print(f"confirming {winner} ({tuned.label()}) against FreeU off and {preset} on {args.confirm_seeds} "
               f"other seeds", flush=True)  # fmt: skip
+    baselines = [str(g) for g in args.guidance_baselines or []]
+    if matched and "auto" not in baselines:
+        baselines.insert(0, "auto")
     confirm = evaluations(
         out / "confirm",
         {BASELINE: BASELINE, "tuned": spec(by_name[winner]), preset: preset},
         seeds=args.confirm_seeds, first_seed=args.confirm_first_seed, bootstrap=args.bootstrap,
         set_bootstrap=args.set_bootstrap, bootstrap_seed=args.bootstrap_seed, confidence=args.confidence,
         fid_features=args.fid_features, clip=args.clip,
-        guidance_baselines=",".join(str(g) for g in args.guidance_baselines) if args.guidance_baselines else None,
+        guidance_baselines=",".join(baselines) or None,
     )  # fmt: skip
     if not main_process:
         return 0
@@ -356,6 +385,7 @@ def run(args: argparse.Namespace) -> int:
     _atomic_json(state_path, record)
     summary = write_outputs(
         args, out, model, space, schedule, by_name, history, winner, tuned, preset, preset_note, confirm, prompts,
+        matched,
     )  # fmt: skip
     print(summary)
     return 0

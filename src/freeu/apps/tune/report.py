@@ -152,6 +152,7 @@ def write_outputs(
     args: argparse.Namespace, out: Path, model: Model, space: SearchSpace, schedule: Sequence[Rung],
     candidates: Mapping[str, Mapping[str, Any]], history: Sequence[Mapping[str, float]], winner: str,
     tuned: FreeUConfig, preset: str, preset_note: str, metrics: Mapping[str, Any], prompts: Sequence[str],
+    matched: bool = False,
 ) -> str:  # fmt: skip
     """Write ``preset.toml``, ``report.md`` and ``search.png``; returns the lines to print."""
     from .cli import METRICS, command_line
@@ -159,6 +160,8 @@ def write_outputs(
 
     lower = METRICS[args.metric][1]
     label = f"{args.metric.upper()} ({'lower' if lower else 'higher'} is better)"
+    search_label = (f"{args.metric.upper()} minus that of FreeU off at the candidate's equivalent guidance "
+                    f"({'lower' if lower else 'higher'} is better)" if matched else label)  # fmt: skip
     numbers = confirmation(metrics, args.metric, lower)
     level = round(args.confidence * 100)
     tuned_value, off_value, preset_value = (numbers.value(n) for n in ("tuned", BASELINE, preset))
@@ -221,7 +224,9 @@ def write_outputs(
     for i, rung in enumerate(state.get("rungs", [])[: len(history)]):
         offs[i] = rung["off"]
     varied = [d.key for d in space.varied]
-    plotted = plot_search(out / "search.png", names, history, schedule, offs, winner, label, candidates, varied)
+    # matched: the scores are differences from each candidate's own baseline, so FreeU off's line is 0
+    plotted = plot_search(out / "search.png", names, history, schedule, [0.0] * len(history) if matched else offs,
+                          winner, search_label, candidates, varied)  # fmt: skip
     lines = [
         "# freeu tune report",
         "",
@@ -230,7 +235,8 @@ def write_outputs(
         f"- space: `{space.describe()}`; {len(candidates)} candidates (scrambled Sobol, seed {args.search_seed}, "
         f"rounded to 2 digits)",
         f"- search: successive halving, eta {args.eta}, {len(schedule)} rungs, "
-        f"{rung_cost(schedule)} images per prompt (FreeU off included) on search seeds {search_seeds}",
+        f"{rung_cost(schedule, 2 if matched else 1)} images per prompt (FreeU off included) on search seeds "
+        f"{search_seeds}; score: {search_label}",
         f"- confirmation: seeds {confirm_seeds}, never seen by the search; {level}% paired bootstrap intervals "
         "(see confirm/report.md)",
         f"- command: `{command_line(args)}`",
@@ -265,14 +271,15 @@ def write_outputs(
         "",
         "## Search",
         "",
-        "| rung | candidates | seeds | FreeU off | best | best Δ vs off |",
+        f"| rung | candidates | seeds | FreeU off | best | {'best score' if matched else 'best Δ vs off'} |",
         "|---|---|---|---|---|---|",
     ]
     for i, (rung, scores) in enumerate(zip(schedule, history, strict=False)):
         best = (min if lower else max)(scores, key=lambda n: scores[n])
-        lines.append(f"| {i + 1} | {rung.candidates} | {rung.seeds} | {offs[i]:.4g} | {best} | "
-                     f"{scores[best] - offs[i]:+.4g} |")  # fmt: skip
-    lines += ["", "Every candidate, with its score at each rung it reached (set-level on that rung's seeds):", ""]
+        score = scores[best] if matched else scores[best] - offs[i]
+        lines.append(f"| {i + 1} | {rung.candidates} | {rung.seeds} | {offs[i]:.4g} | {best} | {score:+.4g} |")
+    lines += ["", f"Every candidate, with its score ({search_label}) at each rung it reached (set-level on that "
+              "rung's seeds):", ""]  # fmt: skip
     head = ["candidate", "settings"] + [f"rung {i + 1}" for i in range(len(history))]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     reached = sorted(names, key=lambda n: (-sum(n in h for h in history), history[0][n] * (1 if lower else -1)))

@@ -210,27 +210,30 @@ def plan_rungs(candidates: int, seeds: int, eta: int = 2, min_seeds: int = 16) -
 MAX_CANDIDATES = 512
 
 
-def schedule_for_budget(budget: int, seeds: int, eta: int = 2, min_seeds: int = 16) -> list[Rung]:
+def schedule_for_budget(
+    budget: int, seeds: int, eta: int = 2, min_seeds: int = 16, per_candidate: int = 1
+) -> list[Rung]:
     """The rungs of the most candidates (up to :data:`MAX_CANDIDATES`) whose images fit in ``budget``
     (:func:`rung_cost`); ``ValueError`` where not even two candidates fit."""
     best = None
     for count in range(2, MAX_CANDIDATES + 1):
         rungs = plan_rungs(count, seeds, eta, min_seeds)
-        if rung_cost(rungs) <= budget:
+        if rung_cost(rungs, per_candidate) <= budget:
             best = rungs
     if best is None:
-        smallest = rung_cost(plan_rungs(2, seeds, eta, min_seeds))
+        smallest = rung_cost(plan_rungs(2, seeds, eta, min_seeds), per_candidate)
         raise ValueError(f"--budget {budget}: the smallest search (2 candidates and FreeU off on {seeds} seeds) makes "
                          f"{smallest} images; raise --budget or lower --seeds")  # fmt: skip
     return best
 
 
-def rung_cost(rungs: Sequence[Rung]) -> int:
+def rung_cost(rungs: Sequence[Rung], per_candidate: int = 1) -> int:
     """Images the rungs make, FreeU off included, counting each (setting, seed) once: a rung reuses the images of
-    the rungs before it."""
+    the rungs before it. ``per_candidate`` 2: each candidate also has its own baseline (FreeU off at its matched
+    guidance)."""
     total, previous = 0, 0
     for rung in rungs:
-        total += (rung.candidates + 1) * max(rung.seeds - previous, 0)
+        total += (per_candidate * rung.candidates + 1) * max(rung.seeds - previous, 0)
         previous = max(previous, rung.seeds)
     return total
 
