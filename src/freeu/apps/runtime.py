@@ -279,11 +279,18 @@ class Model:
 
 
 class UNetModel(Model):
-    """An unconditional pixel-space ``UNet2DModel`` with a diffusers scheduler (DDIM runs with ``eta = 0``): the
-    bundled demo model, one exported in its format, or the U-Net of a ``DDPMPipeline``-like pipeline."""
+    """A pixel-space ``UNet2DModel`` with a diffusers scheduler (DDIM runs with ``eta = 0``): the bundled demo model,
+    one exported in its format, or the U-Net of a ``DDPMPipeline``-like pipeline.
+
+    With ``classes`` it is class-conditional: the U-Net takes ``class_labels``, the index of the class (its name is
+    the request's ``prompt``) or ``len(classes)`` for no class, and with ``guidance`` above 1 each step runs the
+    no-class and the class half of one batch and follows ``eps_u + guidance * (eps_c - eps_u)`` (classifier-free
+    guidance, the unconditional half first, as diffusers' pipelines do); at 1 or below, the class half alone.
+    """
 
     def __init__(self, unet: torch.nn.Module, scheduler: Any, name: str, *, kind: Literal["demo", "unet"] = "unet",
-                 description: str | None = None, fingerprint: str | None = None) -> None:  # fmt: skip
+                 description: str | None = None, fingerprint: str | None = None,
+                 classes: Sequence[str] | None = None, guidance: float = 2.0) -> None:  # fmt: skip
         self.unet, self.scheduler, self.name, self.target, self.kind = unet, scheduler, name, unet, kind
         #: The demo's ``config.json`` (``"unet"``, ``"scheduler"``, ``"training"``) when loaded from one.
         self.config: dict[str, Any] = {}
@@ -292,16 +299,49 @@ class UNetModel(Model):
         self.size = Size(height=int(height), width=int(width))
         self.description = description or f"{type(unet).__name__} {name}, {self.size}"
         self.fingerprint = fingerprint or f"unet:{name}:{type(scheduler).__name__}"
+        self.classes = tuple(classes) if classes else None
+        self.default_guidance = float(guidance)
+        self.takes_prompt = self.guided = self.classes is not None
+        if self.classes is not None:
+            embeds = getattr(unet.config, "num_class_embeds", None)
+            if embeds != len(self.classes) + 1:
+                raise ValueError(f"{name}: {len(self.classes)} classes need a U-Net with num_class_embeds "
+                                 f"{len(self.classes) + 1} (the classes and no class), got {embeds}")  # fmt: skip
 
     def check(self, request: Request) -> Request:
-        what = "the demo model" if self.kind == "demo" else f"{self.name} (an unconditional UNet2DModel)"
-        for flag, value in (("--prompt", request.prompt), ("--negative-prompt", request.negative_prompt),
-                            ("--guidance", request.guidance), ("--frames", request.frames)):  # fmt: skip
-            if value is not None:
-                raise ValueError(f"{flag}: {what} is unconditional and makes still images; leave {flag} out")
+        what = "the demo model" if self.kind == "demo" else f"{self.name} (a UNet2DModel)"
+        if self.classes is None:
+            for flag, value in (("--prompt", request.prompt), ("--negative-prompt", request.negative_prompt),
+                                ("--guidance", request.guidance), ("--frames", request.frames)):  # fmt: skip
+                if value is not None:
+                    raise ValueError(f"{flag}: {what} is unconditional and makes still images; leave {flag} out")
+        else:
+            if request.prompt not in self.classes:
+                raise ValueError(f"--prompt: {what} is class-conditional; the prompt must name one of its classes "
+                                 f"{list(self.classes)}, got {request.prompt!r}")  # fmt: skip
+            for flag, value in (("--negative-prompt", request.negative_prompt), ("--frames", request.frames)):
+                if value is not None:
+                    raise ValueError(f"{flag}: {what} takes a class and a guidance scale; leave {flag} out")
         if request.size is not None and request.size != self.size:
             raise ValueError(f"--size {request.size}: {what} samples at its own size, {self.size}; leave --size out")
-        return Request(steps=request.steps, size=self.size)
+        if self.classes is None:
+            return Request(steps=request.steps, size=self.size)
+        guidance = self.default_guidance if request.guidance is None else float(request.guidance)
+        return Request(steps=request.steps, prompt=request.prompt, guidance=guidance, size=self.size)
+
+    def _eps(self, x: torch.Tensor, t: Any, request: Request) -> torch.Tensor:
+        """The noise prediction the sampler follows: plain, class-conditional, or guided."""
+        if self.classes is None:
+            return self.unet(x, t).sample
+        n = x.shape[0]
+        label = self.classes.index(request.prompt)  # type: ignore[arg-type]
+        scale = float(request.guidance or 0.0)
+        if scale <= 1:
+            labels = torch.full((n,), label, device=x.device, dtype=torch.long)
+            return self.unet(x, t, class_labels=labels).sample
+        labels = torch.tensor([len(self.classes)] * n + [label] * n, device=x.device)
+        uncond, cond = self.unet(torch.cat([x, x]), t, class_labels=labels).sample.chunk(2)
+        return uncond + scale * (cond - uncond)
 
     @torch.no_grad()
     def _sample(self, seeds: list[int], request: Request, on_step: OnStep | None, output: Output,
@@ -323,7 +363,7 @@ class UNetModel(Model):
             x = seed_noise(chunk, shape) * scheduler.init_noise_sigma
             x = x.to(device=parameter.device, dtype=parameter.dtype)  # noise drawn on the CPU: the same everywhere
             for i, t in enumerate(scheduler.timesteps):
-                out = self.unet(scheduler.scale_model_input(x, t), t).sample
+                out = self._eps(scheduler.scale_model_input(x, t), t, request)
                 step = scheduler.step(out, t, x, **kwargs)
                 if on_step is not None:
                     on_step(Step(index + i, int(t), x, lambda s=scheduler, o=step, e=out, t=t, x=x:
@@ -511,8 +551,12 @@ def load_demo(folder: str | Path | None = None, *, device: str = "cpu", dtype: s
         f"demo U-Net from {directory} ({count_parameters(unet) / 1e6:.2f}M parameters{ema}, weights sha256 {digest}...)"
     )
     name = DEMO if folder is None else str(folder)
+    classes = config.get("classes")
+    if classes:
+        description += f", class-conditional: {len(classes)} classes, default guidance {config.get('guidance', 2.0):g}"
     model = UNetModel(unet, build_scheduler("ddim", config["scheduler"]), name, kind="demo", description=description,
-                      fingerprint=f"demo-unet:{digest}")  # fmt: skip
+                      fingerprint=f"demo-unet:{digest}", classes=classes,
+                      guidance=config.get("guidance", 2.0))  # fmt: skip
     model.config = config
     return model
 
@@ -581,9 +625,14 @@ def _config_file(model: str, name: str) -> Path | None:
 
 def peek_takes_prompt(model: str | None) -> bool:
     """Whether ``--model`` names a text-conditioned pipeline, read from its ``model_index.json`` alone (a text
-    encoder or tokenizer among its parts); ``True`` when that file is not on disk, ``False`` for the demo model."""
-    if is_demo_folder(model) is not None:
-        return False
+    encoder or tokenizer among its parts), or a class-conditional demo model (``classes`` in its ``config.json``);
+    ``True`` when that file is not on disk, ``False`` for the bundled (unconditional) demo model."""
+    folder = is_demo_folder(model)
+    if folder is not None:  # a class-conditional demo model takes its class as the prompt
+        try:
+            return bool(json.loads((folder / "config.json").read_text()).get("classes"))
+        except (OSError, ValueError):
+            return False
     assert model is not None
     index = _config_file(model, "model_index.json")
     if index is None:

@@ -71,6 +71,9 @@ _FIXED_ON_RESUME = (
     "eval_samples",
     "eval_sampler_steps",
     "eval_reference",
+    "classes",
+    "label_dropout",
+    "eval_guidance",
 )
 
 # Independent random streams per step (see data.mix_seed).
@@ -108,6 +111,17 @@ class TrainConfig:
     unet: dict[str, Any] = dataclasses.field(default_factory=lambda: copy.deepcopy(UNET_CONFIG))
     export_dir: str | None = str(WEIGHTS_DIR)
     progress: bool = True
+    #: Class-conditional: the class of a patch is the picture it was cropped from (one of TRAIN_IMAGES); with
+    #: probability ``label_dropout`` the label is the null class instead, so one network learns both the conditional
+    #: and the unconditional prediction (classifier-free guidance, Ho & Salimans 2022). The evaluation samples the
+    #: classes in turn at guidance ``eval_guidance``.
+    classes: bool = False
+    label_dropout: float = 0.1
+    eval_guidance: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.classes and "num_class_embeds" not in self.unet:
+            self.unet = {**self.unet, "num_class_embeds": len(TRAIN_IMAGES) + 1}  # the last one: no class
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field, its value and what is allowed."""
@@ -143,6 +157,15 @@ class TrainConfig:
             raise ValueError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
         if self.max_hours is not None and not (math.isfinite(self.max_hours) and self.max_hours > 0):
             raise ValueError(f"max_hours must be None or a finite number > 0, got {self.max_hours!r}")
+        if not (0 <= self.label_dropout < 1):
+            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout!r}")
+        if not (math.isfinite(self.eval_guidance) and self.eval_guidance >= 0):
+            raise ValueError(f"eval_guidance must be a finite number >= 0, got {self.eval_guidance!r}")
+        if self.classes and self.unet.get("num_class_embeds") != len(TRAIN_IMAGES) + 1:
+            raise ValueError(
+                f"a class-conditional run needs unet num_class_embeds = {len(TRAIN_IMAGES) + 1} (the "
+                f"{len(TRAIN_IMAGES)} pictures and no class), got {self.unet.get('num_class_embeds')}"
+            )
         if self.precision not in _PRECISIONS:
             raise ValueError(f"precision must be one of {list(_PRECISIONS)}, got {self.precision!r}")
 
@@ -277,9 +300,20 @@ def score(images: torch.Tensor, reference: torch.Tensor, seed: int) -> dict[str,
 
 
 def evaluate(unet: torch.nn.Module, cfg: TrainConfig, reference: torch.Tensor) -> tuple[dict[str, Any], torch.Tensor]:
-    """Sample ``eval_samples`` fixed seeds (0, 1, ...) with DDIM and score them; returns (metrics, samples)."""
-    model = UNetModel(unet, build_scheduler("ddim"), "the EMA model")
-    final = model.sample(range(cfg.eval_samples), Request(steps=cfg.eval_sampler_steps), output="tensor", batch_size=64)
+    """Sample ``eval_samples`` fixed seeds (0, 1, ...) with DDIM and score them; returns (metrics, samples).
+    Class-conditional: seed ``i`` samples class ``i mod classes`` at guidance ``eval_guidance``."""
+    classes = TRAIN_IMAGES if cfg.classes else None
+    model = UNetModel(unet, build_scheduler("ddim"), "the EMA model", classes=classes)
+    seeds = list(range(cfg.eval_samples))
+    if classes is None:
+        final = model.sample(seeds, Request(steps=cfg.eval_sampler_steps), output="tensor", batch_size=64)
+    else:
+        final = torch.empty(len(seeds), 3, model.size.height, model.size.width)
+        for k, name in enumerate(classes):
+            mine = seeds[k :: len(classes)]
+            if mine:
+                request = Request(steps=cfg.eval_sampler_steps, prompt=name, guidance=cfg.eval_guidance)
+                final[k :: len(classes)] = model.sample(mine, request, output="tensor", batch_size=64).float().cpu()
     samples = to_unit_range(final)
     return score(samples, reference, mix_seed(cfg.seed, _STREAM_METRIC)), samples
 
@@ -431,16 +465,22 @@ def _train_loop(
         with _stop_on_signals() as stop_requested:
             while state["step"] < cfg.max_steps:
                 step = state["step"]
-                clean = sampler.sample(step, cfg.batch_size)[0] * 2 - 1
+                clean, sources = sampler.sample(step, cfg.batch_size)
+                clean = clean * 2 - 1
                 gen = torch.Generator().manual_seed(mix_seed(cfg.seed, step, _STREAM_NOISE))
                 noise = torch.randn(clean.shape, generator=gen)
                 t = torch.randint(0, num_timesteps, (cfg.batch_size,), generator=gen)
+                labels = None
+                if cfg.classes:  # the source picture, or (label dropout) the null class
+                    labels = torch.tensor([TRAIN_IMAGES.index(name) for name in sources])
+                    dropped = torch.rand(cfg.batch_size, generator=gen) < cfg.label_dropout
+                    labels = torch.where(dropped, len(TRAIN_IMAGES), labels)
                 a = alphas[t].view(-1, 1, 1, 1)
                 noisy = a.sqrt() * clean + (1 - a).sqrt() * noise
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(cfg, step)
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                    pred = unet(noisy, t).sample
+                    pred = unet(noisy, t, class_labels=labels).sample
                 loss = F.mse_loss(pred.float(), noise)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower lr (now {cfg.lr})")
@@ -575,7 +615,7 @@ def export_weights(run_dir: str | Path, export_dir: str | Path = WEIGHTS_DIR) ->
     unet_config = cfg["unet"]
     import diffusers
 
-    config = {
+    config: dict[str, Any] = {
         "unet": unet_config,
         "scheduler": SCHEDULER_CONFIG,
         "training": {
@@ -607,6 +647,12 @@ def export_weights(run_dir: str | Path, export_dir: str | Path = WEIGHTS_DIR) ->
             "diffusers": diffusers.__version__,
         },
     }
+    if cfg.get("classes"):
+        config["classes"] = list(TRAIN_IMAGES)
+        config["guidance"] = cfg["eval_guidance"]
+        config["training"]["label_dropout"] = cfg["label_dropout"]
+        config["training"]["eval"]["classes"] = "seed i samples class i mod 15"
+        config["training"]["eval"]["guidance"] = cfg["eval_guidance"]
     export_dir.mkdir(parents=True, exist_ok=True)
     _atomic_write(export_dir / "unet.safetensors", lambda tmp: save_file(half, str(tmp), metadata={"format": "pt"}))
     _write_json(config, export_dir / "config.json")
@@ -639,6 +685,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-samples", type=int, default=defaults.eval_samples)
     p.add_argument("--eval-sampler-steps", type=int, default=defaults.eval_sampler_steps)
     p.add_argument("--threads", type=int, default=defaults.threads)
+    p.add_argument("--classes", action="store_true", help="class-conditional: the class is the source picture")
+    p.add_argument("--label-dropout", type=float, default=defaults.label_dropout, help="null-class share (0.1)")
+    p.add_argument("--eval-guidance", type=float, default=defaults.eval_guidance, help="guidance of the evaluation")
     p.add_argument("--export-dir", default=defaults.export_dir, help="where the best EMA weights go at the end")
     p.add_argument("--no-export", action="store_true", help="do not export at the end")
     p.add_argument("--export-only", action="store_true", help="export the best weights of --out and exit")
@@ -671,6 +720,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         eval_samples=args.eval_samples,
         eval_sampler_steps=args.eval_sampler_steps,
         threads=args.threads,
+        classes=args.classes,
+        label_dropout=args.label_dropout,
+        eval_guidance=args.eval_guidance,
         export_dir=None if args.no_export else args.export_dir,
         progress=not args.no_progress,
     )
