@@ -320,3 +320,16 @@ def test_a_class_conditional_run_learns_labels_with_dropout_and_samples_with_gui
     assert len(trace.steps) == 2 and all(0 <= s.orthogonal_share <= 1 for s in trace.steps)
     with pytest.raises(ValueError, match="must name one of its classes"):
         model.sample([0], Request(steps=1, prompt="coffee"))
+    # freeu eval on it: every class by default, the model's own guidance, FreeU off at the matched guidance
+    from freeu.apps.cli import main
+
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", str(folder), "--seeds", "1", "--steps", "2", "--config", "sd15",
+                 "--guidance-baselines", "auto", "--guidance-units", "2", "--reference-count", "16",
+                 "--swd-patches", "8", "--swd-projections", "16", "--bootstrap", "20", "--set-bootstrap", "5",
+                 "--fid-features", "none", "--no-progress", "--out", str(out)]) == 0  # fmt: skip
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert sorted({r["prompt"] for r in records}) == sorted(data.TRAIN_IMAGES)
+    assert {r["guidance"] for r in records if r["config"] in ("off", "sd15")} == {3.0}
+    matched = json.loads((out / "guidance.json").read_text())["configs"]["sd15"]["baseline_guidance"]
+    assert {r["guidance"] for r in records if r["config"] == "off@sd15"} == {matched}

@@ -38,6 +38,7 @@ from .errors import ModelLoadError
 
 __all__ = [
     "DEMO",
+    "DEMO_CLASSES",
     "DTYPES",
     "Model",
     "ModelLoadError",
@@ -50,6 +51,7 @@ __all__ = [
     "detect_preset",
     "is_demo_folder",
     "load_model",
+    "peek_classes",
     "peek_downsampling",
     "peek_takes_prompt",
     "predicted_x0",
@@ -62,6 +64,8 @@ logger = logging.getLogger(__name__)
 
 #: What ``--model`` names for the bundled demo model (``None`` means it too).
 DEMO = "demo"
+#: What ``--model`` names for the bundled class-conditional demo model (its class is the prompt; guided).
+DEMO_CLASSES = "demo-classes"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 VIDEO_UNETS = ("UNet3DConditionModel", "UNetMotionModel", "I2VGenXLUNet", "UNetSpatioTemporalConditionModel")
 
@@ -523,10 +527,12 @@ def is_demo_folder(model: str | Path | None) -> Path | None:
     A folder in the demo's format holds ``unet.safetensors`` and a ``config.json`` with ``"unet"`` and
     ``"scheduler"`` entries (what :func:`freeu.apps.demo.train.export_weights` writes).
     """
-    from .demo.model import WEIGHTS_DIR
+    from .demo.model import CLASSES_WEIGHTS_DIR, WEIGHTS_DIR
 
     if model is None or model == DEMO:
         return WEIGHTS_DIR
+    if model == DEMO_CLASSES:
+        return CLASSES_WEIGHTS_DIR
     path = Path(model).expanduser()
     if not ((path / "unet.safetensors").is_file() and (path / "config.json").is_file()):
         return None
@@ -594,7 +600,10 @@ def load_model(model: str | None, *, device: str | None = None, dtype: str | Non
     folder = is_demo_folder(model)
     if folder is not None:
         try:
-            return load_demo(None if model in (None, DEMO) else folder, device=device, dtype=dtype)
+            loaded = load_demo(None if model in (None, DEMO) else folder, device=device, dtype=dtype)
+            if model == DEMO_CLASSES:
+                loaded.name = DEMO_CLASSES
+            return loaded
         except FileNotFoundError as error:
             raise ModelLoadError(str(error)) from None
     assert model is not None
@@ -623,16 +632,24 @@ def _config_file(model: str, name: str) -> Path | None:
     return Path(found) if isinstance(found, str) else None
 
 
+def peek_classes(model: str | None) -> list[str] | None:
+    """The classes of a class-conditional demo model (from its ``config.json``, before loading), else ``None``."""
+    folder = is_demo_folder(model)
+    if folder is None:
+        return None
+    try:
+        classes = json.loads((folder / "config.json").read_text()).get("classes")
+    except (OSError, ValueError):
+        return None
+    return [str(c) for c in classes] if isinstance(classes, list) and classes else None
+
+
 def peek_takes_prompt(model: str | None) -> bool:
     """Whether ``--model`` names a text-conditioned pipeline, read from its ``model_index.json`` alone (a text
     encoder or tokenizer among its parts), or a class-conditional demo model (``classes`` in its ``config.json``);
     ``True`` when that file is not on disk, ``False`` for the bundled (unconditional) demo model."""
-    folder = is_demo_folder(model)
-    if folder is not None:  # a class-conditional demo model takes its class as the prompt
-        try:
-            return bool(json.loads((folder / "config.json").read_text()).get("classes"))
-        except (OSError, ValueError):
-            return False
+    if is_demo_folder(model) is not None:  # a class-conditional demo model takes its class as the prompt
+        return peek_classes(model) is not None
     assert model is not None
     index = _config_file(model, "model_index.json")
     if index is None:

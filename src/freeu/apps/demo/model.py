@@ -21,6 +21,7 @@ from typing import Any, Literal
 import torch
 
 __all__ = [
+    "CLASSES_WEIGHTS_DIR",
     "SCHEDULER_CONFIG",
     "UNET_CONFIG",
     "WEIGHTS_DIR",
@@ -35,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 #: Where the exported (shipped) weights live: ``unet.safetensors`` and ``config.json``.
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+#: The class-conditional demo model's (``--model demo-classes``): the same U-Net with a class embedding.
+CLASSES_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights-classes"
 
 #: Keyword arguments of ``diffusers.UNet2DModel``. JSON-serialisable (lists, not tuples) so it is stored verbatim in
 #: checkpoints and in the exported ``config.json``.

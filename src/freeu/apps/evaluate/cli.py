@@ -86,8 +86,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--guidance",
         type=options.non_negative,
-        default=7.5,
-        help="guidance scale of every configuration unless it sets its own (default 7.5; guided pipelines)",
+        default=None,
+        help="guidance scale of every configuration unless it sets its own (guided models; default: the model's, "
+        "7.5 for pipelines, the class-conditional demo model's own)",
     )
     g.add_argument("--size", type=options.vae_size, default=None, help="size SIZE or WIDTHxHEIGHT (pipelines)")
     g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32", help="default float32")
@@ -438,7 +439,7 @@ def _write_meter_files(out: Path, name: str, traces: list[tuple[int, Any]], mode
 def run(args: argparse.Namespace, model: Model | None = None) -> int:
     """Generate (sharded, resumable), analyse (sharded), then on the main process: metrics, statistics, report.
     ``model``: the model ``args.model`` names, already loaded (``freeu tune`` evaluates one model many times)."""
-    from ..runtime import Request, is_demo_folder, load_model, peek_takes_prompt
+    from ..runtime import Request, is_demo_folder, load_model, peek_classes, peek_takes_prompt
     from .generation import Store, analyze_shard, generate_shard, image_keys, make_units
 
     demo_dir = is_demo_folder(args.model)
@@ -453,12 +454,18 @@ def run(args: argparse.Namespace, model: Model | None = None) -> int:
         raise ValueError(f"--first-seed {args.first_seed} --seeds {args.seeds}: the seeds must stay below 2**63")
     options.writable_folder("--out", args.out)
     conditional = peek_takes_prompt(args.model)
+    if conditional and not prompts and demo_dir is not None:
+        prompts = peek_classes(args.model) or []  # a class-conditional demo model: every class by default
     if not conditional and (prompts or args.negative_prompt):
         what = "the demo model" if demo_dir is not None else args.model
         raise ValueError(f"{what} is unconditional: --prompt, --prompts and --negative-prompt need a text pipeline")
     if conditional and not prompts:
         raise ValueError("a text-to-image pipeline needs prompts: --prompt TEXT (repeatable) or --prompts FILE")
-    if demo_dir is not None and (any(c.guidance is not None for c in configs) or args.auto_guidance):
+    if (
+        not conditional
+        and demo_dir is not None
+        and (any(c.guidance is not None for c in configs) or args.auto_guidance)
+    ):
         raise ValueError("the demo model is unconditional: no guidance scales (--guidance-baselines, guidance=)")
     state = process_state(args.device)
     main_process = state.is_main_process

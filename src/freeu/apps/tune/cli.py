@@ -70,8 +70,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prompt", action="append", default=None, help="a prompt (repeat for several); pipelines only")
     g.add_argument("--prompts", default=None, help="a text file with one prompt per line")
     g.add_argument("--negative-prompt", default=None, help="the negative prompt (pipelines)")
-    g.add_argument("--guidance", type=options.non_negative, default=7.5, help="guidance scale (default 7.5; guided "
-                   "pipelines)")  # fmt: skip
+    g.add_argument("--guidance", type=options.non_negative, default=None, help="guidance scale (guided models; "
+                   "default: the model's, 7.5 for pipelines)")  # fmt: skip
     g.add_argument("--size", type=options.vae_size, default=None, help="size SIZE or WIDTHxHEIGHT (pipelines)")
     g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32", help="default float32")
     g.add_argument("--device", type=options.device, default=None, help="torch device (default: this process's "
@@ -281,15 +281,16 @@ def _matched(args: argparse.Namespace) -> bool:
     (read from the model's files, before it loads) sampled above guidance 1, unless ``--no-matched-guidance``."""
     from ..runtime import peek_takes_prompt
 
-    return not args.no_matched_guidance and peek_takes_prompt(args.model) and args.guidance > 1
+    scale = args.guidance if args.guidance is not None else 2.0  # every model's default is above 1
+    return not args.no_matched_guidance and peek_takes_prompt(args.model) and scale > 1
 
 
 def run(args: argparse.Namespace) -> int:
     """Search, confirm, write ``preset.toml``, ``report.md``, ``search.png``; resumable."""
-    from ..runtime import load_model
+    from ..runtime import load_model, peek_classes
     from .report import nearest_preset, write_outputs
 
-    prompts = evaluate._prompts(args)
+    prompts = evaluate._prompts(args) or peek_classes(args.model) or []  # a class demo model: every class
     space = parse_space(args.space or (), args.version, args.convention)
     _check(args, prompts)
     matched = _matched(args)
