@@ -222,6 +222,10 @@ def _atomic_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+class EvalFailed(RuntimeError):
+    """A ``freeu eval`` run of the search or the confirmation ended with an error (exit 1 of ``freeu tune``)."""
+
+
 class Evaluations:
     """``freeu eval`` runs of one model, in this process: each writes its report folder and gives its metrics."""
 
@@ -242,7 +246,7 @@ class Evaluations:
             print(f"# freeu eval {' '.join(argv)}", flush=True)
             code = evaluate.run(eval_args, model=self.model)
         if code:
-            raise RuntimeError(f"freeu eval into {out} failed (exit {code}); see {self.log}; rerun to resume")
+            raise EvalFailed(f"freeu eval into {out} failed (exit {code}); see {self.log}; rerun to resume")
         self.state.wait_for_everyone()
         return json.loads((out / "metrics.json").read_text())
 
@@ -287,6 +291,14 @@ def _matched(args: argparse.Namespace) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     """Search, confirm, write ``preset.toml``, ``report.md``, ``search.png``; resumable."""
+    try:
+        return _run(args)
+    except EvalFailed as error:
+        print(f"freeu tune: {error}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     from ..runtime import load_model, peek_classes
     from .report import nearest_preset, write_outputs
 
