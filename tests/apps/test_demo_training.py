@@ -333,3 +333,19 @@ def test_a_class_conditional_run_learns_labels_with_dropout_and_samples_with_gui
     assert {r["guidance"] for r in records if r["config"] in ("off", "sd15")} == {3.0}
     matched = json.loads((out / "guidance.json").read_text())["configs"]["sd15"]["baseline_guidance"]
     assert {r["guidance"] for r in records if r["config"] == "off@sd15"} == {matched}
+    # the guided part of freeu demo: FreeU off, FreeU, and FreeU off at FreeU's equivalent guidance
+    from freeu.apps.demo.showcase import guided_summary, run_guided_demo
+
+    record = run_guided_demo(tmp_path / "demo", seeds=(0,), classes=("brick", "grass"), steps=2, weights=folder,
+                             progress=False)  # fmt: skip
+    assert record is not None and record["guidance"] == 3.0
+    per_class = [record["per_class"][c]["equivalent"] for c in ("brick", "grass")]
+    assert record["equivalent_guidance"] == pytest.approx(sum(per_class) / 2)
+    assert record["matched_guidance"] == round(record["equivalent_guidance"], 2)
+    again = measure_guidance(model, [0], Request(steps=2, prompt="grass", guidance=3.0),
+                             freeu.FreeUConfig(1.5, 1.6, 0.9, 0.2))  # fmt: skip
+    assert record["per_class"]["grass"]["equivalent"] == pytest.approx(again.equivalent, rel=1e-6)
+    assert record["change_vs_off_grey_levels"]["off"] == 0 and record["change_vs_off_grey_levels"]["on"] > 0
+    assert (tmp_path / "demo" / "demo-guidance.png").stat().st_size > 5000
+    assert f"acts like guidance {record['equivalent_guidance']:.2f} instead of 3" in guided_summary(record)
+    assert run_guided_demo(tmp_path / "none", weights=tmp_path / "nowhere", progress=False) is None

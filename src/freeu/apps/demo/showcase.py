@@ -37,7 +37,7 @@ from .data import HELD_OUT_IMAGES, HELD_OUT_SEED, PatchSampler
 from .metrics import high_frequency_share, radial_power_spectrum, rapsd_distance, swd_laplacian
 from .model import WEIGHTS_DIR
 
-__all__ = ["DEFAULT_ROWS", "DemoRow", "register", "run", "run_demo", "summary"]
+__all__ = ["DEFAULT_ROWS", "DemoRow", "guided_summary", "register", "run", "run_demo", "run_guided_demo", "summary"]
 
 logger = logging.getLogger(__name__)
 
@@ -216,6 +216,111 @@ def run_demo(
     return record
 
 
+#: The classes and the setting of the guided part of ``freeu demo`` (the class-conditional demo model).
+GUIDED_CLASSES: tuple[str, ...] = ("brick", "coins", "grass", "text")
+GUIDED_SETTING = _setting(1.5, 1.6, 0.9, 0.2)
+
+
+def run_guided_demo(
+    out: str | Path = "freeu-demo",
+    *,
+    seeds: Sequence[int] = (0, 1),
+    classes: Sequence[str] = GUIDED_CLASSES,
+    steps: int = 25,
+    setting: dict[str, Any] = GUIDED_SETTING,
+    weights: str | Path | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict[str, Any] | None:
+    """How much of FreeU is stronger guidance, on the class-conditional demo model: for the same classes and seeds,
+    FreeU off at the model's guidance, FreeU on, and FreeU off at FreeU's equivalent guidance (the guidance meter
+    on these samples). Writes ``demo-guidance.png`` and ``demo-guidance.json``; ``None`` where the class-conditional
+    weights are not installed."""
+    from ..guidance import measure_guidance
+    from .model import CLASSES_WEIGHTS_DIR
+
+    folder = Path(weights) if weights is not None else CLASSES_WEIGHTS_DIR
+    if not (folder / "unet.safetensors").is_file():
+        logger.warning("no class-conditional demo weights in %s: no guided demo", folder)
+        return None
+    model = load_demo(folder, device=device)
+    if model.classes is None:
+        raise ValueError(f"{folder} holds an unconditional model; the guided demo needs a class-conditional one")
+    unknown = [c for c in classes if c not in model.classes]
+    if unknown:
+        raise ValueError(f"classes {unknown} are not the model's; it has {list(model.classes)}")
+    config = freeu.FreeUConfig(**setting)
+    scale = model.default_guidance
+    started = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    from tqdm.auto import tqdm
+
+    columns = [(c, int(s)) for c in classes for s in seeds]
+    traces = []
+    rows: dict[str, list[torch.Tensor]] = {"off": [], "on": [], "matched": []}
+    with tqdm(total=len(classes) * steps * 5, desc="guided demo", unit="step", disable=not progress) as bar:
+        for name in classes:
+            request = Request(steps=steps, prompt=name, guidance=scale)
+            trace = measure_guidance(model, list(seeds), request, config, on_step=lambda n: bar.update(2))
+            traces.append(trace)
+            for key, run, freeu_setting in (("off", request, None), ("on", request, config)):
+                final = model.sample(list(seeds), run, freeu=freeu_setting, output="tensor",
+                                     on_step=lambda _: bar.update())  # fmt: skip
+                rows[key].append(to_unit_range(final))
+        equivalent = sum(t.equivalent for t in traces) / len(traces)
+        share = sum(t.orthogonal_share for t in traces) / len(traces)
+        matched = round(equivalent, 2)
+        for name in classes:
+            request = Request(steps=steps, prompt=name, guidance=matched)
+            final = model.sample(list(seeds), request, output="tensor", on_step=lambda _: bar.update())
+            rows["matched"].append(to_unit_range(final))
+    images = {k: torch.cat(v) for k, v in rows.items()}
+    figures = {k: _figures(v, images["off"], None) for k, v in images.items()}
+    labels = {
+        "off": f"FreeU off\nguidance {scale:g}",
+        "on": f"FreeU\n{config.label().split(' (')[0]}\nguidance {scale:g}",
+        "matched": f"FreeU off\nguidance {matched:g}\n(FreeU's equivalent)",
+    }
+    picture = grid(
+        [[to_pil(image) for image in images[k]] for k in labels],
+        row_labels=list(labels.values()),
+        col_labels=[f"{c}, seed {s}" for c, s in columns],
+        title=f"How much of FreeU is stronger guidance? The class-conditional demo model, DDIM {steps} steps; FreeU "
+        f"acts like guidance {equivalent:.2f} instead of {scale:g}, {share:.0%} of its change is orthogonal to "
+        "the guidance direction",
+        footer="Same noise in every column. The guidance meter: docs/eval.md. Figures: demo-guidance.json.",
+        min_cell=96,
+    )  # fmt: skip
+    record: dict[str, Any] = {
+        "model": f"class-conditional demo model ({folder})", "classes": list(classes), "seeds": [int(s) for s in seeds],
+        "sampler": f"DDIM {steps} steps, eta 0", "guidance": scale, "freeu": config.to_dict(),
+        "equivalent_guidance": equivalent, "orthogonal_share": share, "matched_guidance": matched,
+        "per_class": {c: {"equivalent": t.equivalent, "orthogonal_share": t.orthogonal_share}
+                      for c, t in zip(classes, traces, strict=True)},
+        "change_vs_off_grey_levels": {k: f["change_vs_off_grey_levels"] for k, f in figures.items()},
+        "change_freeu_vs_matched_grey_levels": float(((images["on"] - images["matched"]) * 255).round().abs().mean()),
+    }  # fmt: skip
+    files = {"guided_grid": out / "demo-guidance.png", "guided_json": out / "demo-guidance.json"}
+    save_png(picture, files["guided_grid"], {k: v for k, v in record.items() if k != "per_class"})
+    record["seconds"] = round(time.perf_counter() - started, 1)
+    record["files"] = {k: str(v) for k, v in files.items()}
+    files["guided_json"].write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def guided_summary(record: dict[str, Any]) -> str:
+    lines = [
+        f"guided (class-conditional demo model, classes {', '.join(record['classes'])}): FreeU acts like guidance "
+        f"{record['equivalent_guidance']:.2f} instead of {record['guidance']:g}; {record['orthogonal_share']:.0%} of "
+        "its change is orthogonal to the guidance direction",
+        f"  change from FreeU off: FreeU {record['change_vs_off_grey_levels']['on']:.1f} grey levels, FreeU off at "
+        f"guidance {record['matched_guidance']:g} {record['change_vs_off_grey_levels']['matched']:.1f}; FreeU vs "
+        f"that: {record['change_freeu_vs_matched_grey_levels']:.1f}",
+    ]
+    return "\n".join(lines + [f"wrote {path}" for path in record["files"].values()])
+
+
 def summary(record: dict[str, Any]) -> str:
     """A few lines for the terminal: each row's figures and where the files are."""
     lines = [f"{record['sampler']}, seeds {record['seeds']}, {record['seconds']} s"]
@@ -260,7 +365,10 @@ def run(args: argparse.Namespace) -> int:
     if seeds[-1] >= 2**63:
         raise ValueError(f"--first-seed {args.first_seed}: the seeds must stay below 2**63")
     writable_folder("--out", args.out)
-    record = run_demo(args.out, seeds=seeds, steps=args.steps, device=args.device or default_device(),
-                      progress=not args.no_progress)  # fmt: skip
+    device_name = args.device or default_device()
+    record = run_demo(args.out, seeds=seeds, steps=args.steps, device=device_name, progress=not args.no_progress)
     print(summary(record))
+    guided = run_guided_demo(args.out, steps=args.steps, device=device_name, progress=not args.no_progress)
+    if guided is not None:
+        print(guided_summary(guided))
     return 0
