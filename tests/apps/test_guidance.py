@@ -178,7 +178,7 @@ def test_eval_adds_freeu_off_at_each_configurations_equivalent_guidance(pipeline
     assert main(argv) == 0
     printed = capsys.readouterr().out
     meter = json.loads((out / "guidance.json").read_text())
-    assert meter["units"] == ["p0-s0", "p0-s1", "p1-s0"]  # the first 3 units: prompt-major
+    assert meter["units"] == ["p0-s0", "p1-s0", "p0-s1"]  # every prompt's first seed, then the second seeds
     assert list(meter["configs"]) == ["auto", "mild"]
     summary = json.loads((out / "metrics.json").read_text())
     names = [c["name"] for c in summary["configs"]]

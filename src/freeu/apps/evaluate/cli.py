@@ -348,8 +348,9 @@ def _matched_guidance(
     args: argparse.Namespace, model: Model, request: Any, configs: list[EvalConfig], units: list[Any], state: Any,
     show: bool,
 ) -> list[EvalConfig]:  # fmt: skip
-    """FreeU off at the equivalent guidance scale of each FreeU configuration (the guidance meter on the first
-    ``--guidance-units`` units, each prompt's seeds in one batch), rounded to 2 digits. The main process measures
+    """FreeU off at the equivalent guidance scale of each FreeU configuration (the guidance meter on
+    ``--guidance-units`` units: the first seed of every prompt, then the second, ...; each prompt's seeds in one
+    batch), rounded to 2 digits. The main process measures
     and writes ``guidance.json`` (and per-step CSVs and figures under ``guidance/``); every process reads it back,
     so all sample the same configurations. A configuration measured before with the same settings, model, steps,
     guidance and units is not measured again."""
@@ -360,7 +361,8 @@ def _matched_guidance(
     measured = [c for c in configs if c.freeu is not None and c.guidance is None]
     if not measured:
         raise ValueError("--guidance-baselines auto: no FreeU configuration to measure (give --config ...)")
-    shown = units[: args.guidance_units]
+    # the first seed of every prompt, then the second, ...: the meter sees every prompt before a second seed of one
+    shown = sorted(units, key=lambda u: (u.seed, u.prompt_index or 0))[: args.guidance_units]
     common = {
         "model": model.fingerprint, "steps": request.steps, "guidance": request.guidance, "size": list(request.size),
         "negative_prompt": request.negative_prompt, "units": [[u.seed, u.prompt] for u in shown],
