@@ -88,8 +88,8 @@ def markdown(results: Sequence[ConfigResult], header: dict[str, Any], skipped: S
         lines += [
             "## Guidance meter",
             "",
-            f"Each FreeU configuration sampled on {header['guidance_units']} units (the first seed of every prompt, then "
-            "the second, ...) with FreeU on; at every "
+            f"Each FreeU configuration sampled on {header['guidance_units']} units (the first seed of every prompt, "
+            "then the second, ...) with FreeU on; at every "
             "step the U-Net also ran with FreeU off on the same inputs, and FreeU's change of the guided prediction "
             "was split along the guidance direction (eps_c - eps_u of FreeU off) and orthogonal to it "
             "(docs/eval.md). The equivalent scale is the run's guidance plus the mean extra along the direction; "
