@@ -40,6 +40,13 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def evaluation_setup(run: Path) -> tuple[dict, torch.Tensor, int]:
+    """A training run's saved config, the held-out reference patches of its evaluation, and its metric's seed."""
+    saved = json.loads((run / "train_config.json").read_text())
+    cfg = TrainConfig(out=str(run), seed=saved["seed"], eval_reference=saved["eval_reference"])
+    return saved, evaluation_reference(cfg), mix_seed(cfg.seed, _STREAM_METRIC)
+
+
 def plot_training(run: Path, path: Path) -> None:
     from matplotlib.figure import Figure
 
@@ -84,10 +91,7 @@ def main() -> int:
     args = p.parse_args()
     run, weights = Path(args.run), Path(args.weights)
     torch.set_num_threads(args.threads)
-    saved = json.loads((run / "train_config.json").read_text())
-    cfg = TrainConfig(out=str(run), seed=saved["seed"], eval_reference=saved["eval_reference"])
-    reference = evaluation_reference(cfg)
-    metric_seed = mix_seed(cfg.seed, _STREAM_METRIC)
+    saved, reference, metric_seed = evaluation_setup(run)
     model = load_demo(None if weights == WEIGHTS_DIR else weights, device="cpu")
     config = model.config
 

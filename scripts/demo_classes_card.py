@@ -25,12 +25,12 @@ os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
-from demo_card import plot_training  # noqa: E402
+from demo_card import evaluation_setup, plot_training  # noqa: E402
 
-from freeu.apps.demo.data import TRAIN_IMAGES, PatchSampler, mix_seed  # noqa: E402
+from freeu.apps.demo.data import TRAIN_IMAGES, PatchSampler  # noqa: E402
 from freeu.apps.demo.model import CLASSES_WEIGHTS_DIR  # noqa: E402
 from freeu.apps.demo.showcase import DEFAULT_ROWS  # noqa: E402
-from freeu.apps.demo.train import _STREAM_METRIC, TrainConfig, evaluation_reference, score  # noqa: E402
+from freeu.apps.demo.train import score  # noqa: E402
 from freeu.apps.evaluate.stats import paired_mean_difference, resample  # noqa: E402
 from freeu.apps.runtime import Request, load_demo, to_pil, to_unit_range  # noqa: E402
 
@@ -67,10 +67,7 @@ def main() -> int:
     args = p.parse_args()
     run, weights = Path(args.run), Path(args.weights)
     torch.set_num_threads(args.threads)
-    saved = json.loads((run / "train_config.json").read_text())
-    cfg = TrainConfig(out=str(run), seed=saved["seed"], eval_reference=saved["eval_reference"])
-    reference = evaluation_reference(cfg)
-    metric_seed = mix_seed(cfg.seed, _STREAM_METRIC)
+    saved, reference, metric_seed = evaluation_setup(run)
     model = load_demo(weights, device="cpu")
     plain = load_demo(None, device="cpu")
     classes = model.classes

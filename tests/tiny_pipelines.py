@@ -98,6 +98,19 @@ def video_pipeline(folder: Path) -> Path:
     return folder
 
 
+def random_pictures(folder: Path, count: int, height: int = 32, width: int = 32, digits: int = 1) -> Path:
+    """``count`` PNGs of uniform random RGB noise (seeded, one generator for all), a reference folder for the
+    weight-free metrics; ``digits`` pads the file names."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(0)
+    for i in range(count):
+        pixels = torch.randint(0, 256, (height, width, 3), generator=gen, dtype=torch.uint8).numpy()
+        Image.fromarray(pixels).save(folder / f"{i:0{digits}d}.png")
+    return folder
+
+
 def plain_call(pipe, *, prompt: str, seed: int, count: int, steps: int, guidance: float, height: int, width: int):
     """``count`` PIL images from the pipeline called directly, every sample from ``seed``'s noise drawn on the CPU
     (``(4, height / 8, width / 8)`` per sample): the pipeline's own result, an oracle independent of the runtime."""

@@ -451,12 +451,8 @@ def test_guided_pipeline_with_guidance_baseline_fid_kid_and_clip(tmp_path, capsy
 
     sd = tiny_pipelines.sd_pipeline(tmp_path / "sd")
     clip = _tiny_clip(tmp_path / "clip")
-    reference = tmp_path / "reference"
-    reference.mkdir()
-    gen = torch.Generator().manual_seed(0)
-    for i in range(10):  # 40x48 pictures: the protocol's resize (cover, centre crop) brings them to 32x32
-        pixels = torch.randint(0, 256, (48, 40, 3), generator=gen, dtype=torch.uint8).numpy()
-        Image.fromarray(pixels).save(reference / f"{i:02d}.png")
+    # 40x48 pictures: the protocol's resize (cover, centre crop) brings them to 32x32
+    reference = tiny_pipelines.random_pictures(tmp_path / "reference", 10, height=48, width=40, digits=2)
     batch = torch.export.Dim("batch", min=1)
     example = (torch.zeros(2, 3, 32, 32, dtype=torch.uint8),)
     program = torch.export.export(TinyFeatures(8).eval(), example, dynamic_shapes=({0: batch},))

@@ -157,18 +157,14 @@ def test_analyze_refuses_the_meter_on_an_unguided_model(capsys, tmp_path) -> Non
 def test_eval_adds_freeu_off_at_each_configurations_equivalent_guidance(pipeline, tmp_path, capsys) -> None:
     import json
 
-    from PIL import Image
+    import numpy as np
+    import tiny_pipelines
 
     from freeu.apps.cli import main
     from freeu.apps.evaluate.generation import load_png
 
     name, model = pipeline
-    reference = tmp_path / "reference"
-    reference.mkdir()
-    gen = torch.Generator().manual_seed(0)
-    for i in range(6):
-        Image.fromarray(torch.randint(0, 256, (32, 32, 3), generator=gen, dtype=torch.uint8).numpy()).save(
-            reference / f"{i}.png")  # fmt: skip
+    reference = tiny_pipelines.random_pictures(tmp_path / "reference", 6)
     out = tmp_path / "eval"
     argv = ["eval", "--model", model.name, "--prompt", "a cat", "--prompt", "a dog", "--seeds", "2", "--steps", "3",
             "--guidance", "5", "--config", "auto", "--config", "mild:b1=1.1 b2=1.2 s1=0.9 s2=0.9",
@@ -197,9 +193,6 @@ def test_eval_adds_freeu_off_at_each_configurations_equivalent_guidance(pipeline
         assert (out / "guidance" / f"{config}.png").stat().st_size > 5000
     assert meter["configs"]["auto"]["freeu"] == freeu.get_preset(name).config.to_dict()
     # the matched baseline's images are FreeU off at that guidance, sampled by the pipeline itself
-    import numpy as np
-    import tiny_pipelines
-
     from freeu.apps.runtime import load_pipeline
 
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]

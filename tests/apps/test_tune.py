@@ -333,18 +333,12 @@ def test_tune_on_a_guided_text_to_image_pipeline(tmp_path, capsys) -> None:
     pytest.importorskip("transformers")
     import numpy as np
     import tiny_pipelines
-    from PIL import Image
 
     from freeu.apps.evaluate.generation import load_png
     from freeu.apps.runtime import load_pipeline
 
     sd = tiny_pipelines.sd_pipeline(tmp_path / "sd")
-    reference = tmp_path / "reference"
-    reference.mkdir()
-    gen = torch.Generator().manual_seed(0)
-    for i in range(8):
-        Image.fromarray(torch.randint(0, 256, (32, 32, 3), generator=gen, dtype=torch.uint8).numpy()).save(
-            reference / f"{i}.png")  # fmt: skip
+    reference = tiny_pipelines.random_pictures(tmp_path / "reference", 8)
     out = tmp_path / "tune"
     argv = ["tune", "--model", str(sd), "--prompt", "a cat", "--prompt", "a dog", "--steps", "2", "--guidance", "3",
             "--seeds", "2", "--min-seeds", "1", "--budget", "12", "--confirm-seeds", "2",

@@ -428,14 +428,12 @@ def _write_meter_files(out: Path, name: str, traces: list[tuple[int, Any]], mode
         lines = trace.csv().splitlines()
         rows += (["run," + lines[0]] if i == 0 else []) + [f"{i},{line}" for line in lines[1:]]
     (folder / f"{_slug(name)}.csv").write_text("\n".join(rows) + "\n")
-    try:
-        from ..analyze.plots import plot_guidance
-    except ImportError:
-        return
+    from ..analyze.plots import plot_guidance
+
     try:
         plot_guidance(traces[0][1].as_dict(), folder, model, filename=f"{_slug(name)}.png")
-    except ImportError:
-        logger.warning("matplotlib is missing: no guidance figure")
+    except ImportError:  # matplotlib, imported when the figure is drawn
+        logger.warning("matplotlib is missing: no guidance figure (pip install 'freeu[eval]')")
 
 
 def run(args: argparse.Namespace, model: Model | None = None) -> int:

@@ -180,10 +180,6 @@ def spec(settings: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in settings.items())
 
 
-def config_of(settings: Mapping[str, Any]) -> FreeUConfig:
-    return FreeUConfig(**settings)
-
-
 def _eval_argv(args: argparse.Namespace, **changes: Any) -> list[str]:
     """``freeu eval`` arguments: the shared flags as given, then ``changes`` (``None``: left out; ``True``: a bare
     flag)."""
@@ -371,7 +367,7 @@ def _run(args: argparse.Namespace) -> int:
     winner, history = successive_halving(names, schedule, evaluate_rung, lower, done)
     record["winner"] = winner
     # confirmation: off, the winner, the model's preset or the published one nearest the winner
-    tuned = config_of(by_name[winner])
+    tuned = FreeUConfig(**by_name[winner])
     try:
         preset, why = model.preset()
         preset_note = f"the model's preset ({why})"

@@ -17,15 +17,14 @@ from freeu.config import PRESETS, FreeUConfig
 
 from ..evaluate.configs import BASELINE
 from ..evaluate.stats import Estimate, paired_mean_difference, resample
+from ..options import FACTORS
 from ..runtime import Model
 from .preset_file import write_preset
 from .search import Rung, SearchSpace
 
-__all__ = ["Confirmation", "confirmation", "nearest_preset", "plot_search", "write_outputs"]
+__all__ = ["Confirmation", "nearest_preset", "plot_search", "write_outputs"]
 
 logger = logging.getLogger(__name__)
-
-FACTORS = ("b1", "b2", "s1", "s2")
 
 
 def nearest_preset(config: FreeUConfig) -> str:
@@ -67,10 +66,6 @@ class Confirmation:
     def better(self, estimate: Estimate) -> bool:
         """Whether a difference's interval lies entirely on the better side of zero."""
         return estimate.high < 0 if self.lower else estimate.low > 0
-
-
-def confirmation(metrics: Mapping[str, Any], metric: str, lower_is_better: bool) -> Confirmation:
-    return Confirmation(metrics, metric, lower_is_better)
 
 
 def _per_image_pair(folder: Path, metric: str, a: str, b: str, args: argparse.Namespace, higher: bool) -> Any:
@@ -162,7 +157,7 @@ def write_outputs(
     label = f"{args.metric.upper()} ({'lower' if lower else 'higher'} is better)"
     search_label = (f"{args.metric.upper()} minus that of FreeU off at the candidate's equivalent guidance "
                     f"({'lower' if lower else 'higher'} is better)" if matched else label)  # fmt: skip
-    numbers = confirmation(metrics, args.metric, lower)
+    numbers = Confirmation(metrics, args.metric, lower)
     level = round(args.confidence * 100)
     tuned_value, off_value, preset_value = (numbers.value(n) for n in ("tuned", BASELINE, preset))
     tuned_off, preset_off = numbers.versus_off("tuned"), numbers.versus_off(preset)
