@@ -8,8 +8,10 @@ Writes into the weights folder (``src/freeu/apps/demo/weights-classes`` by defau
   crops of the class's source picture;
 - ``card.json``: the distance to held-out patches of this model and of the unconditional demo model on the same
   seeds (the training evaluation's metric), and the FreeU table: each setting's equivalent guidance (the guidance
-  meter) and its per-image metric differences from FreeU off at that guidance, with paired bootstrap intervals (a
-  ``freeu eval --guidance-baselines auto`` run, kept in ``--eval-out``).
+  meter) and its metric differences from FreeU off at that guidance, set-level and per image, with paired bootstrap
+  intervals (a ``freeu eval --guidance-baselines auto`` run, kept in ``--eval-out``).
+
+``--table-only`` remakes the FreeU table alone (it needs the weights, not the training run).
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from freeu.apps.demo.data import TRAIN_IMAGES, PatchSampler  # noqa: E402
 from freeu.apps.demo.model import CLASSES_WEIGHTS_DIR  # noqa: E402
 from freeu.apps.demo.showcase import DEFAULT_ROWS  # noqa: E402
 from freeu.apps.demo.train import score  # noqa: E402
-from freeu.apps.evaluate.stats import paired_mean_difference, resample  # noqa: E402
 from freeu.apps.runtime import Request, load_demo, to_pil, to_unit_range  # noqa: E402
 
 #: The rows of the FreeU table: the demo's settings (off is the baseline).
@@ -55,18 +56,71 @@ def class_sheet(model, path: Path, steps: int, per_class: int = 6, real: int = 4
     picture.save(path)
 
 
+def freeu_table(weights: Path, out: Path, seeds: int, first: int, steps: int, classes: int) -> dict | None:
+    """The FreeU table: ``freeu eval`` of the demo's settings with FreeU off at each one's equivalent guidance
+    (``--guidance-baselines auto``, measured on one seed of every class); each setting against its matched baseline,
+    set-level and per image, with the eval's paired bootstrap intervals. ``None`` when the eval fails."""
+    from freeu.apps.cli import main as freeu
+
+    argv = ["eval", "--model", str(weights), "--seeds", str(seeds), "--first-seed", str(first),
+            "--steps", str(steps), "--guidance-baselines", "auto", "--guidance-units", str(classes),
+            "--fid-features", "none", "--out", str(out), "--no-progress"]  # fmt: skip
+    for row in ROWS:
+        s = row.settings
+        argv += ["--config", f"{row.label.replace(' ', '-')}:b1={s['b1']} b2={s['b2']} s1={s['s1']} s2={s['s2']} "
+                 f"version={s['version']}"]  # fmt: skip
+    if freeu(argv) != 0:
+        return None
+    metrics = {c["name"]: c for c in json.loads((out / "metrics.json").read_text())["configs"]}
+    meter = json.loads((out / "guidance.json").read_text())["configs"]
+    rows = []
+    for row in ROWS:
+        name = row.label.replace(" ", "-")
+        versus = metrics[name]["versus_matched_guidance"]
+        entry = {"label": row.label, "freeu": row.settings, "equivalent_guidance": meter[name]["equivalent"],
+                 "orthogonal_share": meter[name]["orthogonal_share"],
+                 "baseline_guidance": meter[name]["baseline_guidance"]}  # fmt: skip
+        for metric in ("swd", "rapsd"):
+            entry[f"set_{metric}"] = metrics[name]["set_level"][metric]["value"]
+            entry[f"set_{metric}_matched"] = metrics[versus["baseline"]]["set_level"][metric]["value"]
+            entry[f"set_{metric}_vs_matched"] = versus["set_level_difference"][metric]
+            entry[f"set_{metric}_vs_off"] = metrics[name]["set_level"][metric]["difference_vs_off"]
+            entry[f"{metric}_vs_matched"] = versus["per_image_paired"][metric]["mean"] | {
+                "better_share": versus["per_image_paired"][metric]["better_share"]}  # fmt: skip
+            entry[f"{metric}_vs_off"] = metrics[name]["per_image_paired_vs_off"][metric]["mean"]
+        rows.append(entry)
+    return {
+        "units": f"{seeds} seeds ({first}-{first + seeds - 1}) x {classes} classes",
+        "command": "freeu " + " ".join(argv),
+        "off": {m: metrics["off"]["set_level"][m]["value"] for m in ("swd", "rapsd")},
+        "rows": rows,
+    }
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", default="runs/demo-classes", help="the training run folder (logs, train_config.json)")
     p.add_argument("--weights", default=str(CLASSES_WEIGHTS_DIR))
     p.add_argument("--count", type=int, default=256, help="samples for the distance to held-out patches")
-    p.add_argument("--eval-seeds", type=int, default=8, help="seeds per class of the FreeU table")
+    p.add_argument("--eval-seeds", type=int, default=16, help="seeds per class of the FreeU table")
+    p.add_argument("--table-only", action="store_true", help="only the FreeU table, into the card.json there is "
+                   "(needs no training run)")  # fmt: skip
     p.add_argument("--eval-out", default="runs/demo-classes-eval", help="the freeu eval folder of the FreeU table")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     run, weights = Path(args.run), Path(args.weights)
     torch.set_num_threads(args.threads)
+    if args.table_only:
+        card = json.loads((weights / "card.json").read_text())
+        first = int(card["distance"]["seeds"].split("-")[0])
+        table = freeu_table(weights, Path(args.eval_out), args.eval_seeds, first, args.steps, len(card["classes"]))
+        if table is None:
+            return 1
+        card["freeu_table"] = table
+        (weights / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+        print(json.dumps(table, indent=2))
+        return 0
     saved, reference, metric_seed = evaluation_setup(run)
     model = load_demo(weights, device="cpu")
     plain = load_demo(None, device="cpu")
@@ -93,53 +147,15 @@ def main() -> int:
     }
     print(json.dumps(distance, indent=2), f"({time.perf_counter() - started:.0f} s)")
 
-    # the FreeU table: freeu eval with FreeU off at each setting's equivalent guidance
-    from freeu.apps.cli import main as freeu
-
-    out = Path(args.eval_out)
-    argv = ["eval", "--model", str(weights), "--seeds", str(args.eval_seeds), "--first-seed", str(first),
-            "--steps", str(args.steps), "--guidance-baselines", "auto", "--guidance-units", str(len(classes)),
-            "--fid-features", "none", "--out", str(out), "--no-progress"]  # fmt: skip
-    for row in ROWS:
-        s = row.settings
-        argv += ["--config", f"{row.label.replace(' ', '-')}:b1={s['b1']} b2={s['b2']} s1={s['s1']} s2={s['s2']} "
-                 f"version={s['version']}"]  # fmt: skip
-    if freeu(argv) != 0:
+    table = freeu_table(weights, Path(args.eval_out), args.eval_seeds, first, args.steps, len(classes))
+    if table is None:
         return 1
-    metrics = {c["name"]: c for c in json.loads((out / "metrics.json").read_text())["configs"]}
-    meter = json.loads((out / "guidance.json").read_text())["configs"]
-    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-    per_image: dict[str, dict[int, dict[str, float]]] = {}
-    for r in records:
-        per_image.setdefault(r["config"], {})[r["unit"]] = r["metrics"]
-    units = sorted(per_image["off"])
-    rows_out = []
-    indices = resample(len(units), 2000, 0)
-    for row in ROWS:
-        name = row.label.replace(" ", "-")
-        matched = f"off@{name}"
-        entry = {"label": row.label, "freeu": row.settings, "equivalent_guidance": meter[name]["equivalent"],
-                 "orthogonal_share": meter[name]["orthogonal_share"],
-                 "baseline_guidance": meter[name]["baseline_guidance"]}  # fmt: skip
-        for metric in ("swd", "rapsd"):
-            a = torch.tensor([per_image[name][u][metric] for u in units], dtype=torch.float64)
-            b = torch.tensor([per_image[matched][u][metric] for u in units], dtype=torch.float64)
-            versus = paired_mean_difference(a, b, indices, 0.95)
-            entry[f"{metric}_vs_matched"] = versus.mean.as_dict() | {"better_share": versus.better_share}
-            entry[f"{metric}_vs_off"] = metrics[name]["per_image_paired_vs_off"][metric]["mean"]
-            entry[f"set_{metric}"] = metrics[name]["set_level"][metric]["value"]
-            entry[f"set_{metric}_matched"] = metrics[matched]["set_level"][metric]["value"]
-        rows_out.append(entry)
     card = {
         "classes": list(classes),
         "guidance": model.default_guidance,
         "sampler": f"DDIM {args.steps} steps, eta 0",
         "distance": distance,
-        "freeu_table": {
-            "units": f"{args.eval_seeds} seeds ({first}-{first + args.eval_seeds - 1}) x {len(classes)} classes",
-            "off": {m: metrics["off"]["set_level"][m]["value"] for m in ("swd", "rapsd")},
-            "rows": rows_out,
-        },  # fmt: skip
+        "freeu_table": table,
         "training": model.config["training"],
         "train_images": list(TRAIN_IMAGES),
     }

@@ -346,10 +346,20 @@ def test_what_the_model_cannot_do_is_refused(tiny_folder, tmp_path, capsys, monk
     assert "space must be one of ['pixel']" in capsys.readouterr().err
     import freeu.apps.demo.model
 
-    monkeypatch.setattr(freeu.apps.demo.model, "WEIGHTS_DIR", tmp_path / "no-weights")
-    assert analyze("--out", str(tmp_path)) == 1
+    monkeypatch.setattr(freeu.apps.demo.model, "CLASSES_WEIGHTS_DIR", tmp_path / "no-weights")
+    assert analyze("--out", str(tmp_path)) == 1  # the default model, demo-classes
     assert "unet.safetensors is missing" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_the_default_model_is_the_class_conditional_demo_with_its_default_class(tmp_path, capsys) -> None:
+    out = tmp_path / "default"
+    assert analyze("--steps", "2", "--count", "2", "--only", "trajectory,guidance", "--out", str(out)) == 0
+    assert "class 'brick' (the model's default; --prompt names one of astronaut, brick" in capsys.readouterr().out
+    results = json.loads((out / "analysis.json").read_text())
+    assert (results["model"], results["prompt"], results["guidance_scale"]) == ("demo-classes", "brick", 2.0)
+    assert results["guidance"]["scale"] == 2.0 and len(results["guidance"]["steps"]) == 2
+    assert (out / "guidance.png").is_file() and (out / "guidance.csv").is_file()
 
 
 @pytest.fixture(scope="module")

@@ -87,8 +87,17 @@ def test_ui_is_a_freeu_command_and_names_a_missing_model(tmp_path, capsys) -> No
     [
         (["generate", "--model", "demo", "--b1", "1.2"], 2, "give --preset (auto or a name) or all four factors"),
         (["sweep", "--model", "demo", "--preset", "sd15", "--b1", "1,1.2"], 2, "exactly two factors"),
-        (["analyze", "--prompt", "a cat", "--steps", "1"], 2, "--prompt: the demo model is unconditional"),
-        (["eval", "--prompt", "a cat", "--seeds", "1"], 2, "the demo model is unconditional"),
+        (
+            ["analyze", "--model", "demo", "--prompt", "a cat", "--steps", "1"],
+            2,
+            "--prompt: the demo model is unconditional",
+        ),
+        (["eval", "--model", "demo", "--prompt", "a cat", "--seeds", "1"], 2, "the demo model is unconditional"),
+        (
+            ["analyze", "--prompt", "a cat", "--steps", "1"],
+            2,
+            "--prompt: the demo model is class-conditional; the prompt must name one of its classes",
+        ),
         (["generate", "--model", "NOWHERE", "--prompt", "x", "--preset", "sd15"], 1, "NOWHERE"),
         (["analyze", "--model", "NOWHERE", "--prompt", "x"], 1, "NOWHERE"),
         (["eval", "--model", "NOWHERE", "--prompt", "x", "--seeds", "1"], 1, "NOWHERE"),

@@ -19,7 +19,7 @@ import freeu  # noqa: E402
 from freeu.apps.cli import main  # noqa: E402
 from freeu.apps.demo.metrics import high_frequency_share  # noqa: E402
 from freeu.apps.demo.model import WEIGHTS_DIR, check_freeu_stages, count_parameters, load_exported  # noqa: E402
-from freeu.apps.demo.showcase import DEFAULT_ROWS, run_demo  # noqa: E402
+from freeu.apps.demo.showcase import DEFAULT_ROWS, GUIDED_CLASSES, load_demo_model, run_demo  # noqa: E402
 from freeu.apps.imaging import read_settings  # noqa: E402
 from freeu.apps.runtime import Request, load_demo, to_unit_range  # noqa: E402
 
@@ -83,10 +83,17 @@ def test_demo_command_end_to_end(tmp_path, capsys) -> None:
     out = tmp_path / "demo"
     assert main(["demo", "--seeds", "2", "--first-seed", "5", "--steps", "2", "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    for name in ("demo-grid.png", "demo-spectra.png", "demo.json"):
+    for name in ("demo-guidance.png", "demo-guidance.json", "demo-grid.png", "demo-spectra.png", "demo.json"):
         assert f"wrote {out / name}" in printed
         assert (out / name).stat().st_size > 1000
+    # the default model is the class-conditional one: every class with every seed, at its guidance
     record = json.loads((out / "demo.json").read_text())
+    assert record["classes"] == list(GUIDED_CLASSES) and record["guidance"] == 2.0
+    guided = json.loads((out / "demo-guidance.json").read_text())
+    assert guided["classes"] == list(GUIDED_CLASSES) and guided["seeds"] == [5, 6]
+    assert printed.index("demo-guidance.png") < printed.index("demo-grid.png")  # the guidance comparison first
+    carried = read_settings(out / "demo-grid.png")
+    assert carried["classes"] == list(GUIDED_CLASSES)
     assert record["seeds"] == [5, 6] and record["sampler"] == "DDIM 2 steps, eta 0"
     assert [r["label"] for r in record["rows"]] == [r.label for r in DEFAULT_ROWS]
     assert [r["freeu"] for r in record["rows"]] == [r.settings for r in DEFAULT_ROWS]
@@ -105,7 +112,7 @@ def test_demo_command_end_to_end(tmp_path, capsys) -> None:
 
 def test_demo_figures_match_a_recomputation(bundled, tmp_path) -> None:
     unet, config = bundled
-    record = run_demo(tmp_path, seeds=[3], steps=2, rows=DEFAULT_ROWS[:2], progress=False)
+    record = run_demo(tmp_path, seeds=[3], steps=2, rows=DEFAULT_ROWS[:2], weights="demo", progress=False)
     base = reference_ddim(unet, [3], 2, config["scheduler"])
     with freeu.apply(unet, **DEFAULT_ROWS[1].settings):
         b_only = reference_ddim(unet, [3], 2, config["scheduler"])
@@ -113,6 +120,46 @@ def test_demo_figures_match_a_recomputation(bundled, tmp_path) -> None:
     figures = record["rows"][1]["figures"]
     assert figures["change_vs_off_grey_levels"] == pytest.approx(float(change), abs=1e-6)
     assert figures["high_frequency_share"] == pytest.approx(float(high_frequency_share(b_only).mean()), abs=1e-9)
+
+
+def test_demo_on_the_class_model_samples_every_class_with_every_seed(tmp_path) -> None:
+    record = run_demo(tmp_path, seeds=[3, 4], classes=["grass", "brick"], steps=2, rows=DEFAULT_ROWS[:2],
+                      progress=False)  # fmt: skip
+    model = load_demo_model()
+    assert model.name == "demo-classes" and model.default_prompt == "brick"
+
+    def images(freeu_setting):
+        return torch.cat([to_unit_range(model.sample([3, 4], Request(steps=2, prompt=c, guidance=2.0),
+                                                     freeu=freeu_setting, output="tensor"))
+                          for c in ("grass", "brick")])  # fmt: skip
+
+    base, b_only = images(None), images(freeu.FreeUConfig(**DEFAULT_ROWS[1].settings))
+    change = ((b_only * 255).round() - (base * 255).round()).abs().mean()
+    assert record["classes"] == ["grass", "brick"] and record["seeds"] == [3, 4] and record["guidance"] == 2.0
+    assert record["rows"][1]["figures"]["change_vs_off_grey_levels"] == pytest.approx(float(change), abs=1e-6)
+    assert record["rows"][1]["figures"]["high_frequency_share"] == pytest.approx(
+        float(high_frequency_share(b_only).mean()), abs=1e-9)  # fmt: skip
+
+
+def test_demo_on_the_unconditional_model(tmp_path, capsys) -> None:
+    out = tmp_path / "plain"
+    argv = ["demo", "--model", "demo", "--seeds", "2", "--steps", "1", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "guided" not in printed and not (out / "demo-guidance.png").exists()
+    record = json.loads((out / "demo.json").read_text())
+    assert record["classes"] is None and record["guidance"] is None and record["seeds"] == [0, 1]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--model", "demo", "--classes", "brick"], "--classes: demo is unconditional"),
+    (["--classes", "brick,coffee"], "--classes: ['coffee'] are not classes of demo-classes"),
+    (["--classes", "brick,grass,text", "--seeds", "22"], "3 classes x 22 seeds = 66 columns, more than 64"),
+    (["--model", "some/pipeline"], "--model 'some/pipeline': freeu demo runs demo-classes, demo or a folder"),
+])  # fmt: skip
+def test_demo_refuses_what_it_cannot_show(argv, message, tmp_path, capsys) -> None:
+    assert main(["demo", *argv, "--steps", "1", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("flag", "value", "message"), [("--seeds", "0", "must be an integer >= 1"),

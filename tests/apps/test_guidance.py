@@ -150,7 +150,8 @@ def test_analyze_writes_the_meter_figure_and_its_numbers(pipeline, tmp_path, cap
 def test_analyze_refuses_the_meter_on_an_unguided_model(capsys, tmp_path) -> None:
     from freeu.apps.cli import main
 
-    assert main(["analyze", "--only", "guidance", "--steps", "2", "--out", str(tmp_path / "x")]) == 2
+    argv = ["analyze", "--model", "demo", "--only", "guidance", "--steps", "2", "--out", str(tmp_path / "x")]
+    assert main(argv) == 2
     assert "--only guidance: demo takes no guidance scale" in capsys.readouterr().err
 
 
@@ -205,6 +206,25 @@ def test_eval_adds_freeu_off_at_each_configurations_equivalent_guidance(pipeline
     assert (stored - torch.from_numpy(np.asarray(plain, dtype=np.int16)).permute(2, 0, 1)).abs().max().item() <= 1
     report = (out / "report.md").read_text()
     assert "## Guidance meter" in report and f"| mild | 5 | {meter['configs']['mild']['equivalent']:.3f} |" in report
+    # each configuration against its matched baseline: set-level and per-image differences, paired per unit
+    by_name = {c["name"]: c for c in summary["configs"]}
+    assert by_name["off"]["versus_matched_guidance"] is None and by_name["off@cfg7"]["versus_matched_guidance"] is None
+    for config in ("auto", "mild"):
+        versus = by_name[config]["versus_matched_guidance"]
+        assert versus["baseline"] == f"off@{config}"
+        mine = torch.tensor([r["metrics"]["swd"] for r in records if r["config"] == config], dtype=torch.float64)
+        theirs = torch.tensor([r["metrics"]["swd"] for r in records if r["config"] == f"off@{config}"],
+                              dtype=torch.float64)  # fmt: skip
+        paired = versus["per_image_paired"]["swd"]
+        assert paired["mean"]["value"] == pytest.approx((mine - theirs).mean().item(), abs=1e-12)
+        assert paired["better_share"] == pytest.approx(((mine < theirs).double() + 0.5 * (mine == theirs)).mean())
+        assert paired["mean"]["low"] <= paired["mean"]["value"] <= paired["mean"]["high"]
+        for metric in ("swd", "rapsd"):
+            sets = by_name[config]["set_level"][metric]["value"]["value"]
+            matched = by_name[f"off@{config}"]["set_level"][metric]["value"]["value"]
+            assert versus["set_level_difference"][metric]["value"] == pytest.approx(sets - matched, abs=1e-12)
+    assert "## Against FreeU off at the matched guidance" in report
+    assert report.count("| off@mild |") >= 2  # its own rows, and the matched-baseline column
     # a rerun reuses the measurement
     before = (out / "guidance.json").stat().st_mtime_ns
     assert main(argv) == 0
@@ -214,5 +234,6 @@ def test_eval_adds_freeu_off_at_each_configurations_equivalent_guidance(pipeline
 def test_guidance_baselines_auto_is_refused_where_it_cannot_apply(capsys, tmp_path) -> None:
     from freeu.apps.cli import main
 
-    assert main(["eval", "--guidance-baselines", "auto", "--seeds", "1", "--out", str(tmp_path / "x")]) == 2
+    argv = ["eval", "--model", "demo", "--guidance-baselines", "auto", "--seeds", "1", "--out", str(tmp_path / "x")]
+    assert main(argv) == 2
     assert "no guidance scales" in capsys.readouterr().err

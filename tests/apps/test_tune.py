@@ -398,3 +398,25 @@ def test_the_verdict_needs_the_whole_interval_on_the_better_side() -> None:
     assert nearest_preset(freeu.FreeUConfig(1.44, 1.62, 0.98, 0.85)) == "sd21"
     assert nearest_preset(freeu.FreeUConfig(1.1, 1.2, 0.6, 0.45)) == "sdxl-sweep"
     assert nearest_preset(freeu.FreeUConfig(1.2, 1.35, 0.9, 0.2, version=1)) == "sd14-v1"  # same version first
+
+
+def test_tune_on_the_class_conditional_demo_model_scores_against_matched_guidance(tmp_path, capsys) -> None:
+    out = tmp_path / "tune"
+    argv = ["tune", "--model", "demo-classes", "--prompt", "brick", "--prompt", "grass", "--steps", "2", "--seeds",
+            "2", "--min-seeds", "1", "--budget", "12", "--confirm-seeds", "2", "--reference-count", "16",
+            "--fid-features", "none", "--swd-patches", "8", "--swd-projections", "16", "--bootstrap", "50",
+            "--set-bootstrap", "5", "--no-progress", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "each candidate scored against FreeU off at its own equivalent guidance" in printed
+    record = json.loads((out / "tune.json").read_text())
+    last = record["rungs"][-1]
+    metrics = {c["name"]: c for c in json.loads((out / "search" / "metrics.json").read_text())["configs"]}
+    for name, score in last["scores"].items():
+        value, baseline = (metrics[n]["set_level"]["swd"]["value"]["value"] for n in (name, f"off@{name}"))
+        assert score == pytest.approx(value - baseline)
+        assert metrics[name]["versus_matched_guidance"]["set_level_difference"]["swd"]["value"] == pytest.approx(
+            value - baseline)  # fmt: skip
+    confirm = _records(out / "confirm")
+    assert {r["guidance"] for r in confirm if r["config"] in ("off", "tuned")} == {2.0}  # the model's own scale
+    assert {r["prompt"] for r in confirm} == {"brick", "grass"}

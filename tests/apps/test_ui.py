@@ -43,6 +43,11 @@ def studio(demo_model, tmp_path) -> Studio:
     return Studio(demo_model, tmp_path)
 
 
+@pytest.fixture(scope="module")
+def class_model() -> Model:
+    return load_model("demo-classes", device="cpu")
+
+
 def test_each_control_changes_the_freeu_image_and_never_the_cached_baseline(studio) -> None:
     sampling = studio.sampling(None, 3, STEPS, None)
     first = studio.generate(sampling, studio.config(**BASE))
@@ -163,9 +168,27 @@ def test_parser_binds_to_loopback_by_default() -> None:
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["ui"])
-    assert (args.command, args.host, args.model, args.port) == ("ui", "127.0.0.1", None, None)
+    assert (args.command, args.host, args.model, args.port) == ("ui", "127.0.0.1", "demo-classes", None)
     args = parser.parse_args(["ui", "--model", "some/folder", "--port", "8000", "--host", "0.0.0.0"])
     assert (args.model, args.port, args.host) == ("some/folder", 8000, "0.0.0.0")
+
+
+def test_a_class_conditional_model_takes_its_classes_and_caches_per_class(class_model, tmp_path) -> None:
+    studio = Studio(class_model, tmp_path)
+    config = studio.config(**BASE)
+    first = studio.generate(studio.sampling("grass", 0, STEPS, 2.0), config)
+    again = studio.generate(studio.sampling("grass", 0, STEPS, 2.0), config.replace(b1=1.0))
+    assert again.baseline_cached and np.array_equal(pixels(again.baseline), pixels(first.baseline))
+    other = studio.generate(studio.sampling("brick", 0, STEPS, 2.0), config)
+    assert not other.baseline_cached and np.abs(pixels(other.baseline) - pixels(first.baseline)).max() > 0
+    from freeu.apps.runtime import Request
+
+    expected = class_model.sample([0], Request(steps=STEPS, prompt="brick", guidance=2.0))[0]
+    assert np.array_equal(pixels(other.baseline), pixels(expected))
+    settings = read_settings(other.freeu_path)
+    assert (settings["prompt"], settings["guidance"], settings["model"]) == ("brick", 2.0, "demo-classes")
+    with pytest.raises(ValueError, match=r"class must be one of \['astronaut', 'brick'.*got 'a cat'"):
+        studio.sampling("a cat", 0, STEPS, 2.0)
 
 
 def test_a_text_to_image_pipeline_takes_a_prompt_and_caches_per_prompt(tmp_path) -> None:
@@ -197,13 +220,14 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(demo_model, tmp_path_factory):
-    """The page on a free loopback port, served from a background thread, closed afterwards."""
+def server(class_model, tmp_path_factory):
+    """The page of the default model (the class-conditional demo model) on a free loopback port, served from a
+    background thread, closed afterwards."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     pytest.importorskip("gradio", reason="the page needs Gradio: pip install 'freeu[ui]'")
     from freeu.apps.ui import build_app, launch
 
-    studio = Studio(demo_model, tmp_path_factory.mktemp("ui"))
+    studio = Studio(class_model, tmp_path_factory.mktemp("ui"))
     app = build_app(studio, steps=PAGE_STEPS)
     port = _free_port()
     launch(app, port=port, block=False, allowed=[studio.out_dir])
@@ -263,6 +287,8 @@ def test_page_in_chromium_moves_a_slider_generates_and_downloads_a_png_with_sett
     settings = read_settings(saved)
     assert settings["freeu"]["b1"] == 1.23 and settings["seed"] == 1 and settings["role"] == "freeu"
     assert settings["steps"] == PAGE_STEPS and settings["freeu"]["b2"] == 1.6
+    # the default model's class and guidance: the class box starts at its default class, the slider at its scale
+    assert settings["prompt"] == "brick" and settings["guidance"] == 2.0 and settings["model"] == "demo-classes"
 
     shot = tmp_path / "ui.png"
     page.screenshot(path=str(shot), full_page=True)
@@ -273,6 +299,25 @@ def test_page_in_chromium_moves_a_slider_generates_and_downloads_a_png_with_sett
     if os.environ.get("FREEU_UPDATE_SCREENSHOT"):
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, SCREENSHOT)
+
+    # another class from the class box: FreeU off and on rendered for it
+    box = page.locator("#prompt input")
+    box.click()
+    box.fill("grass")
+    page.get_by_role("option", name="grass").click()
+    before = set(studio.out_dir.glob("*.png"))
+    page.locator("#generate").click()
+    prompts: list[str] = []
+    for _ in range(300):  # another class: FreeU off is rendered again, then FreeU on
+        written = sorted(set(studio.out_dir.glob("*.png")) - before)
+        try:
+            prompts = [read_settings(p)["prompt"] for p in written]
+        except (OSError, ValueError, KeyError):  # a PNG still being written
+            prompts = []
+        if len(prompts) == 2:
+            break
+        threading.Event().wait(0.1)
+    assert prompts == ["grass", "grass"]
 
     # the grid tab: rows b1 x columns s1 (the defaults, 3 x 3) in one batch, downloadable with its axes
     page.get_by_role("tab", name="Grid").click()

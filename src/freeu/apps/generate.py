@@ -28,12 +28,19 @@ from .options import (
     vae_size,
     writable_folder,
 )
-from .runtime import DTYPES, Model, Request, is_demo_folder, load_model, peek_downsampling, peek_takes_prompt
+from .runtime import (
+    DTYPES,
+    MODEL_HELP,
+    Model,
+    Request,
+    is_demo_folder,
+    load_model,
+    peek_downsampling,
+    peek_takes_prompt,
+)
 
 __all__ = ["SweepAxis", "generate", "info", "register", "sweep"]
 
-MODEL_HELP = "demo (the bundled demo model), a folder of exported demo weights, or a local diffusers pipeline " \
-             "folder / cached hub id (never downloaded)"  # fmt: skip
 #: What a sampling flag means when neither it nor ``--from IMAGE`` gives it.
 DEFAULTS = {"seed": 0, "steps": 25, "dtype": "float32"}
 

@@ -3,8 +3,9 @@
 Every command (``generate``, ``sweep``, ``analyze``, ``eval``, ``ui``, ``demo``) and the demo's training loop use
 it, so that they cannot drift apart:
 
-- :func:`load_model` turns what the user names into a :class:`Model`: ``None`` or ``"demo"`` is the bundled demo
-  model, a folder with ``unet.safetensors`` and a demo ``config.json`` is a model exported in the demo's format,
+- :func:`load_model` turns what the user names into a :class:`Model`: ``None`` or ``"demo-classes"`` is the
+  bundled class-conditional demo model (guided; its class is the prompt), ``"demo"`` the bundled unconditional one,
+  a folder with ``unet.safetensors`` and a demo ``config.json`` is a model exported in the demo's format,
   anything else is a diffusers pipeline from a local folder or the local Hugging Face cache (never downloaded). A
   pipeline whose U-Net is an unconditional ``UNet2DModel`` (``DDPMPipeline``, say) runs like the demo model.
 - :meth:`Model.sample` samples a list of seeds with an optional prompt, guidance and size (a :class:`Request`),
@@ -38,8 +39,10 @@ from .errors import ModelLoadError
 
 __all__ = [
     "DEMO",
+    "DEFAULT_MODEL",
     "DEMO_CLASSES",
     "DTYPES",
+    "MODEL_HELP",
     "Model",
     "ModelLoadError",
     "PipelineModel",
@@ -62,10 +65,18 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: What ``--model`` names for the bundled demo model (``None`` means it too).
+#: What ``--model`` names for the bundled unconditional demo model.
 DEMO = "demo"
 #: What ``--model`` names for the bundled class-conditional demo model (its class is the prompt; guided).
 DEMO_CLASSES = "demo-classes"
+#: The model of ``demo``, ``analyze``, ``eval`` and ``ui`` when ``--model`` is not given (``None`` means it too).
+DEFAULT_MODEL = DEMO_CLASSES
+#: What the commands say of their ``--model`` (the bundled models, exported weights, a pipeline).
+MODEL_HELP = (
+    f"{DEMO_CLASSES} (the bundled class-conditional demo model; its class is the prompt), {DEMO} (the bundled "
+    "unconditional one), a folder of exported demo weights, or a local diffusers pipeline folder / cached hub id "
+    "(never downloaded)"
+)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 VIDEO_UNETS = ("UNet3DConditionModel", "UNetMotionModel", "I2VGenXLUNet", "UNetSpatioTemporalConditionModel")
 
@@ -201,7 +212,9 @@ class Model:
     ``name`` is what the user gave (``"demo"``, a folder, a hub id); ``description`` a line for reports;
     ``fingerprint`` identifies the weights and sampler class for resumable runs; ``target`` is what ``freeu.apply``
     receives; ``native`` is the space sampling runs in and ``spaces`` those its samples can be shown in; ``size`` is
-    the model's own output size.
+    the model's own output size. ``classes`` are a class-conditional model's classes (its prompts), with
+    ``default_prompt`` the one the commands take when no ``--prompt`` is given; ``default_guidance`` is the
+    guidance scale of guided models when none is given.
     """
 
     kind: Literal["demo", "unet", "pipeline"] = "unet"
@@ -216,6 +229,9 @@ class Model:
     guided: bool = False
     video: bool = False
     size: Size = Size(height=0, width=0)
+    classes: tuple[str, ...] | None = None
+    default_prompt: str | None = None
+    default_guidance: float = 7.5
 
     # -- what the model can do ----------------------------------------------------------------------------------
 
@@ -290,11 +306,13 @@ class UNetModel(Model):
     the request's ``prompt``) or ``len(classes)`` for no class, and with ``guidance`` above 1 each step runs the
     no-class and the class half of one batch and follows ``eps_u + guidance * (eps_c - eps_u)`` (classifier-free
     guidance, the unconditional half first, as diffusers' pipelines do); at 1 or below, the class half alone.
+    ``guidance`` is its default scale, ``default_class`` (default: the first class) its ``default_prompt``.
     """
 
     def __init__(self, unet: torch.nn.Module, scheduler: Any, name: str, *, kind: Literal["demo", "unet"] = "unet",
                  description: str | None = None, fingerprint: str | None = None,
-                 classes: Sequence[str] | None = None, guidance: float = 2.0) -> None:  # fmt: skip
+                 classes: Sequence[str] | None = None, guidance: float = 2.0,
+                 default_class: str | None = None) -> None:  # fmt: skip
         self.unet, self.scheduler, self.name, self.target, self.kind = unet, scheduler, name, unet, kind
         #: The demo's ``config.json`` (``"unet"``, ``"scheduler"``, ``"training"``) when loaded from one.
         self.config: dict[str, Any] = {}
@@ -307,6 +325,9 @@ class UNetModel(Model):
         self.default_guidance = float(guidance)
         self.takes_prompt = self.guided = self.classes is not None
         if self.classes is not None:
+            if default_class is not None and default_class not in self.classes:
+                raise ValueError(f"{name}: default_class must be one of {list(self.classes)}, got {default_class!r}")
+            self.default_prompt = default_class or self.classes[0]
             embeds = getattr(unet.config, "num_class_embeds", None)
             if embeds != len(self.classes) + 1:
                 raise ValueError(f"{name}: {len(self.classes)} classes need a U-Net with num_class_embeds "
@@ -522,14 +543,17 @@ def _pipeline_fingerprint(pipe: Any, name: str) -> str:
 
 
 def is_demo_folder(model: str | Path | None) -> Path | None:
-    """The weights folder ``model`` names in the demo's format (``None``/``"demo"``: the bundled one), else ``None``.
+    """The weights folder ``model`` names in the demo's format (``"demo"``, ``"demo-classes"`` or ``None``, which
+    is :data:`DEFAULT_MODEL`: a bundled one), else ``None``.
 
     A folder in the demo's format holds ``unet.safetensors`` and a ``config.json`` with ``"unet"`` and
     ``"scheduler"`` entries (what :func:`freeu.apps.demo.train.export_weights` writes).
     """
     from .demo.model import CLASSES_WEIGHTS_DIR, WEIGHTS_DIR
 
-    if model is None or model == DEMO:
+    if model is None:
+        model = DEFAULT_MODEL
+    if model == DEMO:
         return WEIGHTS_DIR
     if model == DEMO_CLASSES:
         return CLASSES_WEIGHTS_DIR
@@ -562,7 +586,7 @@ def load_demo(folder: str | Path | None = None, *, device: str = "cpu", dtype: s
         description += f", class-conditional: {len(classes)} classes, default guidance {config.get('guidance', 2.0):g}"
     model = UNetModel(unet, build_scheduler("ddim", config["scheduler"]), name, kind="demo", description=description,
                       fingerprint=f"demo-unet:{digest}", classes=classes,
-                      guidance=config.get("guidance", 2.0))  # fmt: skip
+                      guidance=config.get("guidance", 2.0), default_class=config.get("default_class"))  # fmt: skip
     model.config = config
     return model
 
@@ -600,8 +624,8 @@ def load_model(model: str | None, *, device: str | None = None, dtype: str | Non
     folder = is_demo_folder(model)
     if folder is not None:
         try:
-            loaded = load_demo(None if model in (None, DEMO) else folder, device=device, dtype=dtype)
-            if model == DEMO_CLASSES:
+            loaded = load_demo(None if (model or DEFAULT_MODEL) == DEMO else folder, device=device, dtype=dtype)
+            if (model or DEFAULT_MODEL) == DEMO_CLASSES:
                 loaded.name = DEMO_CLASSES
             return loaded
         except FileNotFoundError as error:

@@ -30,7 +30,7 @@ from freeu.config import PRESETS, FreeUConfig, get_preset, is_preset_file, parse
 from .errors import require
 from .imaging import grid, save_png
 from .options import add_model_options, parse_values, port, positive_int, writable_folder
-from .runtime import Model, Request, load_model
+from .runtime import DEFAULT_MODEL, MODEL_HELP, Model, Request, load_model
 
 __all__ = [
     "Cancelled",
@@ -129,6 +129,8 @@ class Studio:
         """The sampling settings; fields the model does not take (prompt, guidance) are fixed."""
         seed, steps = _whole("seed", seed), _whole("steps", steps)
         prompt = (prompt or "") if self.model.takes_prompt else ""
+        if self.model.classes is not None and prompt not in self.model.classes:
+            raise ValueError(f"class must be one of {list(self.model.classes)}, got {prompt!r}")
         guidance = float(guidance) if self.model.guided and guidance is not None else 0.0
         return Sampling(prompt=prompt, seed=seed, steps=steps, guidance=guidance)
 
@@ -269,10 +271,12 @@ def theme():
     return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 
 
-def build_app(studio: Studio, steps: int = 25, guidance: float = 7.5):
-    """The page for ``studio``: controls on the left; side-by-side and grid tabs on the right."""
+def build_app(studio: Studio, steps: int = 25, guidance: float | None = None):
+    """The page for ``studio``: controls on the left; side-by-side and grid tabs on the right. ``guidance``: the
+    initial scale (default: the model's). A class-conditional model's prompt is a choice of its classes."""
     gr = _gradio()
     model = studio.model
+    guidance = model.default_guidance if guidance is None else guidance
     initial = preset_controls(studio.default_preset)
     tracker = gr.Progress()  # Gradio sees it as a parameter default and reports the progress of each event
 
@@ -333,7 +337,11 @@ def build_app(studio: Studio, steps: int = 25, guidance: float = 7.5):
         )
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
-                prompt = gr.Textbox(label="Prompt", value="", visible=model.takes_prompt, elem_id="prompt")
+                if model.classes is not None:
+                    prompt = gr.Dropdown(list(model.classes), value=model.default_prompt, label="Class",
+                                         elem_id="prompt")  # fmt: skip
+                else:
+                    prompt = gr.Textbox(label="Prompt", value="", visible=model.takes_prompt, elem_id="prompt")
                 with gr.Row():
                     seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, elem_id="seed")
                     n_steps = gr.Number(label="Steps", value=steps, precision=0, minimum=1, elem_id="steps")
@@ -446,8 +454,8 @@ def register(subparsers: Any) -> None:
         "ui", help="a local web page: the same seed with FreeU off and on, side by side, and a grid",
         description="Start a local web page (Gradio) to try FreeU's settings interactively. Needs freeu[ui].",
     )  # fmt: skip
-    add_model_options(p, model_help="demo (the bundled demo model, default), a folder of exported demo weights, or "
-                      "a diffusers pipeline folder / cached hub id", title="model")  # fmt: skip
+    add_model_options(p, model_help=f"{MODEL_HELP}; default {DEFAULT_MODEL}", model_default=DEFAULT_MODEL,
+                      title="model")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=port, default=None, help="port (default: Gradio's, 7860 or the next free one)")
     p.add_argument("--steps", type=positive_int, default=25, help="initial denoising steps (default 25)")

@@ -23,7 +23,7 @@ from ..options import (
     size,
     writable_folder,
 )
-from ..runtime import Model, Request, load_model
+from ..runtime import DEFAULT_MODEL, MODEL_HELP, Model, Request, load_model
 from .experiments import DEMO_SETTING, SPACES, SWEPT, b_sweep, features, trajectory
 from .measures import PATHS
 from .plots import plot_b_sweep, plot_features, plot_guidance, plot_trajectory, setting_label
@@ -132,13 +132,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         description="Reproduce FreeU's Fourier analyses (paper Fig. 3, 4, 6, 7) on the bundled demo model or a "
         "pipeline; writes PNG figures and analysis.json into --out and prints a summary.",
     )
-    g = add_model_options(p, model_help="a diffusers pipeline folder / cached hub id, or a folder with "
-                          "unet.safetensors + config.json in the demo's format (default: the bundled demo model)",
+    g = add_model_options(p, model_help=f"{MODEL_HELP}; default {DEFAULT_MODEL}", model_default=DEFAULT_MODEL,
                           title="model and sampling")  # fmt: skip
-    g.add_argument("--prompt", default=None, help="text prompt (text-to-image pipelines only)")
-    g.add_argument(
-        "--guidance", type=non_negative, default=None, help="classifier-free guidance, pipelines (default 7.5)"
-    )
+    g.add_argument("--prompt", default=None, help="text prompt (text-to-image pipelines), or the class of a "
+                   "class-conditional demo model (default: its default class, brick for demo-classes)")  # fmt: skip
+    g.add_argument("--guidance", type=non_negative, default=None, help="classifier-free guidance of guided models "
+                   "(default: the model's, 7.5 for pipelines, 2 for demo-classes)")  # fmt: skip
     g.add_argument("--size", type=size, default=None, help="SIZE or WIDTHxHEIGHT, pipelines (default: the model's)")
     g.add_argument("--seed", type=seed, default=0, help="first seed; seeds are seed .. seed+count-1 (default 0)")
     g.add_argument("--count", type=positive_int, default=None,
@@ -191,11 +190,15 @@ def run(args: argparse.Namespace) -> int:
     require("matplotlib", "plots", "freeu analyze's figures")
     overrides = freeu_overrides(args)
     writable_folder("--out", args.out)
-    print(f"loading {args.model or 'the bundled demo model'} ...", flush=True)
+    print(f"loading {args.model or DEFAULT_MODEL} ...", flush=True)
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     if model.video:
         raise ValueError(f"{args.model}: freeu analyze handles image models; video pipelines are not supported yet")
-    request = model.check(Request(steps=args.steps, prompt=args.prompt, guidance=args.guidance, size=args.size))
+    prompt = args.prompt
+    if prompt is None and model.classes is not None:
+        prompt = model.default_prompt
+        print(f"class {prompt!r} (the model's default; --prompt names one of {', '.join(model.classes)})")
+    request = model.check(Request(steps=args.steps, prompt=prompt, guidance=args.guidance, size=args.size))
     spaces = list(model.spaces) if args.space in (None, "both") else [args.space]
     if args.space == "both" and len(model.spaces) < 2:
         raise ValueError(f"--space both needs a VAE; {model.name} only has {model.spaces[0]} space")
@@ -219,7 +222,8 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     results: dict[str, Any] = {
-        "model": model.name, "freeu": config.to_dict(), "freeu_source": source, "seeds": seeds,
+        "model": model.name, "prompt": request.prompt, "guidance_scale": request.guidance, "freeu": config.to_dict(),
+        "freeu_source": source, "seeds": seeds,
         "steps": args.steps, "path": args.path, "bins": args.bins, "spaces": spaces,
     }  # fmt: skip
     written: list[Path] = []

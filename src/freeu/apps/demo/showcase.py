@@ -1,17 +1,22 @@
-"""``freeu demo``: FreeU on the bundled demo model, offline, on a CPU, in well under two minutes.
+"""``freeu demo``: FreeU on a bundled demo model, offline, on a CPU, in well under two minutes.
 
-The same seeds are sampled with FreeU off and at a few settings (a b-only row, an s-only row, the full setting in
-version 2 and in version 1, a mild one), all through the public API (``freeu.apply`` as a context manager), and
-three things are written into one folder:
+By default the model is the class-conditional demo model (``--model demo-classes``: guided, its class is the
+prompt); ``--model demo`` is the unconditional one. The same seeds (on the class model: the same classes and seeds)
+are sampled with FreeU off and at a few settings (a b-only row, an s-only row, the full setting in version 2 and in
+version 1, a mild one), all through the public API, and written into one folder:
 
-- ``demo-grid.png``: rows are settings, columns are seeds, every cell from the same noise as the cells above it; the
-  title states the sampler, the convention and the version. The PNG carries all settings in its ``freeu`` text chunk.
+- ``demo-guidance.png`` and ``demo-guidance.json`` (guided models): how much of FreeU is stronger guidance. For the
+  same classes and seeds, FreeU off at the model's guidance, FreeU on, and FreeU off at FreeU's equivalent guidance
+  as the guidance meter (``freeu.apps.guidance``) measures it on these samples, with the numbers.
+- ``demo-grid.png``: rows are settings, columns are seeds (classes and seeds), every cell from the same noise as the
+  cells above it; the title states the sampler, the convention and the version. The PNG carries all settings in its
+  ``freeu`` text chunk.
 - ``demo-spectra.png``: the radially averaged power spectrum of each row's images (mean over seeds and channels),
   with held-out real patches for reference, and each row's spectrum divided by FreeU off.
 - ``demo.json``: settings, seeds, sampler, and per row: the mean absolute change from FreeU off (in 8-bit grey
   levels), the share of power above half the Nyquist frequency, and the distances to held-out patches (Laplacian
-  SWD and radial power spectrum distance; with a handful of seeds these are noisy: the model card has 1024-sample
-  figures).
+  SWD and radial power spectrum distance; with a handful of seeds these are noisy: the model cards have figures on
+  hundreds of samples).
 """
 
 from __future__ import annotations
@@ -32,12 +37,34 @@ import freeu
 from ..errors import require
 from ..imaging import grid, save_png
 from ..options import device, positive_int, seed, writable_folder
-from ..runtime import Request, default_device, load_demo, to_pil, to_unit_range
+from ..runtime import (
+    DEFAULT_MODEL,
+    DEMO,
+    DEMO_CLASSES,
+    Request,
+    UNetModel,
+    default_device,
+    is_demo_folder,
+    load_demo,
+    to_pil,
+    to_unit_range,
+)
 from .data import HELD_OUT_IMAGES, HELD_OUT_SEED, PatchSampler
 from .metrics import high_frequency_share, radial_power_spectrum, rapsd_distance, swd_laplacian
-from .model import WEIGHTS_DIR
+from .model import CLASSES_WEIGHTS_DIR, WEIGHTS_DIR
 
-__all__ = ["DEFAULT_ROWS", "DemoRow", "guided_summary", "register", "run", "run_demo", "run_guided_demo", "summary"]
+__all__ = [
+    "DEFAULT_ROWS",
+    "GUIDED_CLASSES",
+    "DemoRow",
+    "guided_summary",
+    "load_demo_model",
+    "register",
+    "run",
+    "run_demo",
+    "run_guided_demo",
+    "summary",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -122,32 +149,75 @@ def _plot_spectra(path: Path, rows: Sequence[DemoRow], spectra: list[torch.Tenso
     fig.savefig(path)
 
 
+#: The classes of the demo on a class-conditional model (columns: each class with every seed), and the setting of
+#: its guided comparison (the SD 1.5 factors, version 2).
+GUIDED_CLASSES: tuple[str, ...] = ("brick", "coins", "grass", "text")
+GUIDED_SETTING = _setting(1.5, 1.6, 0.9, 0.2)
+
+
+def load_demo_model(weights: str | Path | None = None, device: str = "cpu") -> UNetModel:
+    """The demo model ``weights`` names: ``None`` or ``"demo-classes"`` the bundled class-conditional one, ``"demo"``
+    the unconditional one, else a folder of exported demo weights (``FileNotFoundError`` naming what is missing)."""
+    name = DEFAULT_MODEL if weights is None else str(weights)
+    folder = is_demo_folder(name)
+    if folder is None:
+        folder = Path(weights)  # type: ignore[arg-type]  # load_demo names the file that is missing
+    model = load_demo(None if folder == WEIGHTS_DIR else folder, device=device)
+    if folder == CLASSES_WEIGHTS_DIR:
+        model.name = DEMO_CLASSES
+    return model
+
+
+def _columns(model: UNetModel, seeds: Sequence[int], classes: Sequence[str] | None) -> list[tuple[str | None, int]]:
+    """The grid's columns: ``(class, seed)`` for every class and seed on a class-conditional model, else
+    ``(None, seed)``; refuses classes the model does not have."""
+    if model.classes is None:
+        if classes is not None:
+            raise ValueError(f"classes: {model.name} is unconditional; leave the classes out")
+        return [(None, s) for s in seeds]
+    classes = list(GUIDED_CLASSES if classes is None else classes)
+    unknown = [c for c in classes if c not in model.classes]
+    if not classes or unknown:
+        raise ValueError(f"classes must be a non-empty list of the model's classes {list(model.classes)}, got "
+                         f"{classes}")  # fmt: skip
+    return [(c, s) for c in classes for s in seeds]
+
+
 def run_demo(
     out: str | Path = "freeu-demo",
     *,
-    seeds: Sequence[int] = tuple(range(8)),
+    seeds: Sequence[int] | None = None,
+    classes: Sequence[str] | None = None,
     steps: int = 25,
     rows: Sequence[DemoRow] = DEFAULT_ROWS,
-    weights: str | Path = WEIGHTS_DIR,
+    weights: str | Path | None = None,
     device: str = "cpu",
     progress: bool = True,
+    model: UNetModel | None = None,
 ) -> dict[str, Any]:
     """Sample ``seeds`` with every row's setting, write the grid, the spectrum plot and the JSON into ``out``.
 
+    ``weights`` names the model (see :func:`load_demo_model`; default the class-conditional one) unless ``model``
+    is given. On a class-conditional model every class of ``classes`` (default :data:`GUIDED_CLASSES`) is sampled
+    with every seed (default 0 and 1) at the model's guidance; on an unconditional one every seed (default 0..7).
     Sampling runs on ``device``; the initial noise is drawn on the CPU per seed, so the seeds give the same noise on
     every device. Returns the JSON's content, whose ``"files"`` names what was written. The first row should be
     FreeU off: the change and the spectrum ratios are taken against it.
     """
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise ValueError("seeds must name at least one seed")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     if not rows or rows[0].settings is not None:
         raise ValueError("rows must start with the FreeU-off row (settings=None): the others are compared with it")
     configs = [None if row.settings is None else freeu.FreeUConfig(**row.settings) for row in rows]  # validated
     started = time.perf_counter()
-    model = load_demo(None if Path(weights) == WEIGHTS_DIR else weights, device=device)
+    model = model if model is not None else load_demo_model(weights, device=device)
+    if seeds is None:
+        seeds = range(8) if model.classes is None else range(2)
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds must name at least one seed")
+    columns = _columns(model, seeds, classes)
+    groups = list(dict.fromkeys(c for c, _ in columns))  # one batch per class (one for an unconditional model)
     config = model.config
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -155,19 +225,25 @@ def run_demo(
     from tqdm.auto import tqdm
 
     samples: list[torch.Tensor] = []
-    with tqdm(total=len(rows) * steps, desc="demo sampling", unit="step", disable=not progress) as bar:
+    with tqdm(total=len(rows) * len(groups) * steps, desc="demo sampling", unit="step", disable=not progress) as bar:
         for row, setting in zip(rows, configs, strict=True):
             bar.set_postfix_str(row.label)
-            final = model.sample(seeds, Request(steps=steps), freeu=setting, on_step=lambda _: bar.update(),
-                                 output="tensor", batch_size=64)  # fmt: skip
-            samples.append(to_unit_range(final))
+            parts = []
+            for group in groups:
+                final = model.sample(seeds, Request(steps=steps, prompt=group), freeu=setting,
+                                     on_step=lambda _: bar.update(), output="tensor", batch_size=64)  # fmt: skip
+                parts.append(to_unit_range(final))
+            samples.append(torch.cat(parts))
 
     reference = _reference_patches(REFERENCE_PATCHES)
     training = config.get("training", {})
     sampler = f"DDIM {steps} steps, eta 0"
+    guided = model.classes is not None
+    what = f"the {'class-conditional ' if guided else ''}demo model"
     title = (
-        f"FreeU on the bundled demo model (32x32 pixel U-Net, {training.get('parameters', 0) / 1e6:.1f}M parameters), "
-        f"{sampler}; convention official, version 2 unless marked v1"
+        f"FreeU on {what} (32x32 pixel U-Net, {training.get('parameters', 0) / 1e6:.1f}M parameters), {sampler}"
+        + (f", guidance {model.default_guidance:g}" if guided else "")
+        + "; convention official, version 2 unless marked v1"
     )
     record_rows = []
     for row, images in zip(rows, samples, strict=True):
@@ -175,10 +251,12 @@ def run_demo(
             {"label": row.label, "freeu": row.settings, "figures": _figures(images, samples[0], reference)}
         )
     record: dict[str, Any] = {
-        "model": "bundled demo model (freeu.apps.demo)",
-        "weights": str(weights),
+        "model": model.description,
+        "weights": model.name,
         "ema_step": training.get("ema_step"),
         "seeds": seeds,
+        "classes": groups if guided else None,
+        "guidance": model.default_guidance if guided else None,
         "sampler": sampler,
         "rows": record_rows,
         "reference": f"{REFERENCE_PATCHES} held-out patches of {', '.join(HELD_OUT_IMAGES)}" if reference is not None
@@ -188,7 +266,7 @@ def run_demo(
             "high_frequency_share": "power above half the Nyquist frequency / total power (mean removed), mean over "
             "seeds",
             "swd_to_held_out": "Laplacian-pyramid sliced Wasserstein distance to held-out patches (lower is closer; "
-            f"noisy with {len(seeds)} samples)",
+            f"noisy with {len(columns)} samples)",
             "rapsd_to_held_out": "RMS log10 ratio of radially averaged power spectra to held-out patches",
         },
     }  # fmt: skip
@@ -196,7 +274,7 @@ def run_demo(
     picture = grid(
         [[to_pil(image) for image in images] for images in samples],
         row_labels=[row.describe() for row in rows],
-        col_labels=[f"seed {s}" for s in seeds],
+        col_labels=[f"seed {s}" if c is None else f"{c}, seed {s}" for c, s in columns],
         title=title,
         footer="Same noise in every column. Official convention: stage 1 at the 128-wide joins, stage 2 at the "
         "64-wide ones. Figures: demo.json.",
@@ -216,11 +294,6 @@ def run_demo(
     return record
 
 
-#: The classes and the setting of the guided part of ``freeu demo`` (the class-conditional demo model).
-GUIDED_CLASSES: tuple[str, ...] = ("brick", "coins", "grass", "text")
-GUIDED_SETTING = _setting(1.5, 1.6, 0.9, 0.2)
-
-
 def run_guided_demo(
     out: str | Path = "freeu-demo",
     *,
@@ -231,21 +304,22 @@ def run_guided_demo(
     weights: str | Path | None = None,
     device: str = "cpu",
     progress: bool = True,
+    model: UNetModel | None = None,
 ) -> dict[str, Any] | None:
-    """How much of FreeU is stronger guidance, on the class-conditional demo model: for the same classes and seeds,
-    FreeU off at the model's guidance, FreeU on, and FreeU off at FreeU's equivalent guidance (the guidance meter
-    on these samples). Writes ``demo-guidance.png`` and ``demo-guidance.json``; ``None`` where the class-conditional
-    weights are not installed."""
+    """How much of FreeU is stronger guidance, on a class-conditional demo model (``model``, else the one
+    ``weights`` names, default the bundled one): for the same classes and seeds, FreeU off at the model's guidance,
+    FreeU on, and FreeU off at FreeU's equivalent guidance (the guidance meter on these samples). Writes
+    ``demo-guidance.png`` and ``demo-guidance.json``; ``None`` where the weights are not installed."""
     from ..guidance import measure_guidance
-    from .model import CLASSES_WEIGHTS_DIR
 
-    folder = Path(weights) if weights is not None else CLASSES_WEIGHTS_DIR
-    if not (folder / "unet.safetensors").is_file():
-        logger.warning("no class-conditional demo weights in %s: no guided demo", folder)
-        return None
-    model = load_demo(folder, device=device)
+    if model is None:
+        folder = Path(weights) if weights is not None else CLASSES_WEIGHTS_DIR
+        if not (folder / "unet.safetensors").is_file():
+            logger.warning("no class-conditional demo weights in %s: no guided demo", folder)
+            return None
+        model = load_demo_model(folder, device=device)
     if model.classes is None:
-        raise ValueError(f"{folder} holds an unconditional model; the guided demo needs a class-conditional one")
+        raise ValueError(f"{model.name} is an unconditional model; the guided demo needs a class-conditional one")
     unknown = [c for c in classes if c not in model.classes]
     if unknown:
         raise ValueError(f"classes {unknown} are not the model's; it has {list(model.classes)}")
@@ -293,7 +367,7 @@ def run_guided_demo(
         min_cell=96,
     )  # fmt: skip
     record: dict[str, Any] = {
-        "model": f"class-conditional demo model ({folder})", "classes": list(classes), "seeds": [int(s) for s in seeds],
+        "model": model.description, "classes": list(classes), "seeds": [int(s) for s in seeds],
         "sampler": f"DDIM {steps} steps, eta 0", "guidance": scale, "freeu": config.to_dict(),
         "equivalent_guidance": equivalent, "orthogonal_share": share, "matched_guidance": matched,
         "per_class": {c: {"equivalent": t.equivalent, "orthogonal_share": t.orthogonal_share}
@@ -323,7 +397,9 @@ def guided_summary(record: dict[str, Any]) -> str:
 
 def summary(record: dict[str, Any]) -> str:
     """A few lines for the terminal: each row's figures and where the files are."""
-    lines = [f"{record['sampler']}, seeds {record['seeds']}, {record['seconds']} s"]
+    classes = f"classes {', '.join(record['classes'])} x " if record.get("classes") else ""
+    guidance = f", guidance {record['guidance']:g}" if record.get("guidance") is not None else ""
+    lines = [f"grid: {record['sampler']}{guidance}, {classes}seeds {record['seeds']}, {record['seconds']} s"]
     for row in record["rows"]:
         f = row["figures"]
         swd = f" | SWD to held-out {f['swd_to_held_out']:.3f}" if "swd_to_held_out" in f else ""
@@ -345,11 +421,24 @@ def _seed_count(text: str) -> int:
     return value
 
 
+def _class_list(text: str) -> list[str]:
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"must be a comma-separated list of class names, got {text!r}")
+    return names
+
+
 def register(subparsers: Any) -> None:
     """Add ``demo`` to the ``freeu`` command line."""
-    p = subparsers.add_parser("demo", help="FreeU on the bundled demo model: grid, spectra, figures (offline, CPU)")
+    p = subparsers.add_parser("demo", help="FreeU on a bundled demo model: how much is guidance, grid, spectra, "
+                              "figures (offline, CPU)")  # fmt: skip
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"{DEMO_CLASSES} (the class-conditional demo model, "
+                   f"default), {DEMO} (the unconditional one), or a folder of exported demo weights")  # fmt: skip
     p.add_argument("--out", default="freeu-demo", help="output folder (default freeu-demo)")
-    p.add_argument("--seeds", type=_seed_count, default=8, help="how many seeds, one column each (1-64, default 8)")
+    p.add_argument("--seeds", type=_seed_count, default=None, help="how many seeds (1-64; default 2 per class on a "
+                   "class-conditional model, 8 on an unconditional one); one grid column each, per class")  # fmt: skip
+    p.add_argument("--classes", type=_class_list, default=None, help="comma-separated classes of a class-conditional "
+                   f"model (default {','.join(GUIDED_CLASSES)})")  # fmt: skip
     p.add_argument("--first-seed", type=seed, default=0, help="the first seed (default 0)")
     p.add_argument("--steps", type=positive_int, default=25, help="DDIM steps (default 25)")
     p.add_argument("--device", type=device, default=None, help=f"torch device (default: cuda, else mps, else cpu; here "
@@ -359,16 +448,37 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``freeu demo``: the grid, the spectra and the JSON; prints a summary."""
+    """``freeu demo``: on a class-conditional model the guidance comparison first; the grid, the spectra and the
+    JSON; prints a summary."""
     require("diffusers", "demo", "freeu demo")
-    seeds = range(args.first_seed, args.first_seed + args.seeds)
-    if seeds[-1] >= 2**63:
-        raise ValueError(f"--first-seed {args.first_seed}: the seeds must stay below 2**63")
     writable_folder("--out", args.out)
     device_name = args.device or default_device()
-    record = run_demo(args.out, seeds=seeds, steps=args.steps, device=device_name, progress=not args.no_progress)
-    print(summary(record))
-    guided = run_guided_demo(args.out, steps=args.steps, device=device_name, progress=not args.no_progress)
-    if guided is not None:
+    if args.model not in (DEMO, DEMO_CLASSES) and is_demo_folder(args.model) is None:
+        raise ValueError(f"--model {args.model!r}: freeu demo runs {DEMO_CLASSES}, {DEMO} or a folder of exported "
+                         "demo weights (unet.safetensors and config.json); for pipelines use freeu generate, analyze "
+                         "or eval")  # fmt: skip
+    model = load_demo_model(args.model, device=device_name)
+    count = args.seeds or (8 if model.classes is None else 2)
+    seeds = range(args.first_seed, args.first_seed + count)
+    if seeds[-1] >= 2**63:
+        raise ValueError(f"--first-seed {args.first_seed}: the seeds must stay below 2**63")
+    if model.classes is None and args.classes is not None:
+        raise ValueError(f"--classes: {args.model} is unconditional; leave --classes out")
+    classes = args.classes or (list(GUIDED_CLASSES) if model.classes is not None else None)
+    if classes is not None:
+        unknown = [c for c in classes if c not in model.classes]  # type: ignore[operator]
+        if unknown:
+            raise ValueError(f"--classes: {unknown} are not classes of {args.model}; it has "
+                             f"{', '.join(model.classes)}")  # type: ignore[arg-type]  # fmt: skip
+        if len(classes) * count > 64:
+            raise ValueError(f"--classes and --seeds: {len(classes)} classes x {count} seeds = "
+                             f"{len(classes) * count} columns, more than 64")  # fmt: skip
+    show = not args.no_progress
+    if model.classes is not None:
+        guided = run_guided_demo(args.out, seeds=seeds, classes=classes, steps=args.steps, progress=show,
+                                 model=model)  # type: ignore[arg-type]  # fmt: skip
+        assert guided is not None
         print(guided_summary(guided))
+    record = run_demo(args.out, seeds=seeds, classes=classes, steps=args.steps, progress=show, model=model)
+    print(summary(record))
     return 0

@@ -23,7 +23,7 @@ from freeu import __version__
 
 from .. import options
 from ..errors import run_command
-from ..runtime import Model
+from ..runtime import DEFAULT_MODEL, MODEL_HELP, Model
 from .configs import (
     BASELINE,
     EvalConfig,
@@ -64,6 +64,10 @@ def _guidances(text: str) -> list[float | str]:
     return [AUTO if v.strip() == AUTO else options.non_negative(v) for v in text.split(",") if v.strip()]
 
 
+#: ``--seeds`` when not given: per prompt, and per class of a class-conditional demo model (15 classes: 240 units).
+DEFAULT_SEEDS, DEFAULT_CLASS_SEEDS = 256, 16
+
+
 def _eval_size(text: str) -> options.Size:
     return options.size(text, minimum=8)
 
@@ -73,11 +77,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and protocol")
     g.add_argument(
         "--model",
-        default="demo",
-        help="demo (the bundled demo model, default), a folder of exported demo "
-        "weights, or a diffusers pipeline folder / hub id in the local cache (never downloaded)",
+        default=DEFAULT_MODEL,
+        help=f"{MODEL_HELP}; default {DEFAULT_MODEL}",
     )
-    g.add_argument("--seeds", type=_positive_int, default=256, help="seeds per prompt (default 256)")
+    g.add_argument(
+        "--seeds",
+        type=_positive_int,
+        default=None,
+        help=f"seeds per prompt (default {DEFAULT_SEEDS}; "
+        f"{DEFAULT_CLASS_SEEDS} per class on a class-conditional demo model, whose every class is a prompt)",
+    )
     g.add_argument("--first-seed", type=options.seed, default=0, help="the first seed (default 0)")
     g.add_argument("--steps", type=_positive_int, default=25, help="denoising steps (default 25)")
     g.add_argument("--prompt", action="append", default=None, help="a prompt (repeat for several); pipelines only")
@@ -450,12 +459,14 @@ def run(args: argparse.Namespace, model: Model | None = None) -> int:
             f"{len(configs)} configurations (grids expand), more than --max-configs {args.max_configs}: use fewer "
             "values or raise --max-configs"
         )
-    if args.first_seed + args.seeds > 2**63:
-        raise ValueError(f"--first-seed {args.first_seed} --seeds {args.seeds}: the seeds must stay below 2**63")
     options.writable_folder("--out", args.out)
     conditional = peek_takes_prompt(args.model)
     if conditional and not prompts and demo_dir is not None:
         prompts = peek_classes(args.model) or []  # a class-conditional demo model: every class by default
+    if args.seeds is None:
+        args.seeds = DEFAULT_CLASS_SEEDS if conditional and demo_dir is not None else DEFAULT_SEEDS
+    if args.first_seed + args.seeds > 2**63:
+        raise ValueError(f"--first-seed {args.first_seed} --seeds {args.seeds}: the seeds must stay below 2**63")
     if not conditional and (prompts or args.negative_prompt):
         what = "the demo model" if demo_dir is not None else args.model
         raise ValueError(f"{what} is unconditional: --prompt, --prompts and --negative-prompt need a text pipeline")
@@ -637,6 +648,7 @@ def _finish(args, store, configs, units, keys, analyzer, header, skipped, summar
             args.confidence,
             swd_method=args.swd_replicates,
             on_config=lambda name: (bar.set_postfix_str(name), bar.update(0 if name == configs[0].name else 1)),
+            matched={name: entry["baseline"] for name, entry in (header.get("guidance_meter") or {}).items()},
         )
         bar.update(1)
     out = store.out

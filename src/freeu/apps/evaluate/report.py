@@ -103,6 +103,29 @@ def markdown(results: Sequence[ConfigResult], header: dict[str, Any], skipped: S
             lines.append(f"| {_cell(name)} | {entry['scale']:g} | {entry['equivalent']:.3f} | "
                          f"{entry['orthogonal_share']:.0%} | {matched} |")  # fmt: skip
         lines += ["", "Per-step numbers: `guidance.json`, `guidance/*.csv`; figures: `guidance/*.png`.", ""]
+    versus = [r for r in results if r.matched is not None]
+    if versus:
+        lines += [
+            "## Against FreeU off at the matched guidance",
+            "",
+            "Each FreeU configuration minus FreeU off at its equivalent guidance, on the same units: what FreeU does "
+            "beyond the guidance it adds. Set-level differences with paired basic intervals; per-image differences "
+            "paired per unit, with the share of units on which the configuration is better.",
+            "",
+        ]
+        head = ["config", "matched baseline"]
+        head += [f"Δ {METRICS[m][0]}" for m in sets]
+        for m in paired:
+            head += [f"Δ {PER_IMAGE[m][0]}", "better on"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in versus:
+            row = [_cell(r.config.name), _cell(r.matched or "")]
+            row += [_diff(r.sets_vs_matched[m]) if m in r.sets_vs_matched else "—" for m in sets]
+            for m in paired:
+                d = r.paired_vs_matched.get(m)
+                row += ["—", "—"] if d is None else [_diff(d.mean), f"{d.better_share:.0%}"]
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
     if skipped:
         lines += ["## Not computed", ""] + [f"- {s}" for s in skipped] + [""]
     lines += [

@@ -42,8 +42,20 @@ class ConfigResult:
     sets: dict[str, tuple[Estimate, Estimate]] = field(default_factory=dict)
     means: dict[str, Estimate] = field(default_factory=dict)
     paired: dict[str, PairedDifference] = field(default_factory=dict)
+    #: The configuration against its matched baseline (FreeU off at its equivalent guidance), when it has one: the
+    #: baseline's name, set-level differences (paired basic intervals) and per-image paired differences.
+    matched: str | None = None
+    sets_vs_matched: dict[str, Estimate] = field(default_factory=dict)
+    paired_vs_matched: dict[str, PairedDifference] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
+        versus = None
+        if self.matched is not None:
+            versus = {
+                "baseline": self.matched,
+                "set_level_difference": {k: v.as_dict() for k, v in self.sets_vs_matched.items()},
+                "per_image_paired": {k: v.as_dict() for k, v in self.paired_vs_matched.items()},
+            }
         return {
             "name": self.config.name,
             "description": self.config.describe(),
@@ -56,6 +68,7 @@ class ConfigResult:
             },
             "per_image_mean": {k: v.as_dict() for k, v in self.means.items()},
             "per_image_paired_vs_off": {k: v.as_dict() for k, v in self.paired.items()},
+            "versus_matched_guidance": versus,
         }
 
 
@@ -83,13 +96,21 @@ def compute_results(
     device: str | torch.device = "cpu",
     swd_method: str = "linear",
     on_config: Callable[[str], None] = lambda name: None,
+    matched: dict[str, str] | None = None,
 ) -> list[ConfigResult]:
     """Every configuration's numbers. ``scalars[config][metric]``, ``spectra[config]``, ``features[config]`` are in
     unit order; ``load_images(config)`` gives its ``uint8`` images (evaluation size, unit order) for the SWD;
     ``indices`` are the bootstrap rows shared by all configurations, ``set_indices`` those of the set-level metrics
-    (usually fewer: they cost more per replicate)."""
+    (usually fewer: they cost more per replicate). ``matched`` maps a configuration to its matched-guidance
+    baseline (another configuration): it is also compared with that, as with FreeU off."""
     set_rows = set_indices
     base_sets: dict[str, torch.Tensor] = {}
+    all_sets: dict[str, dict[str, torch.Tensor]] = {}
+    matched = dict(matched or {})
+    names = {c.name for c in configs}
+    unknown = {k: v for k, v in matched.items() if k not in names or v not in names}
+    if unknown:
+        raise ValueError(f"matched names configurations that are not evaluated: {unknown}")
     results = []
     ordered = [c for c in configs if c.name == BASELINE] + [c for c in configs if c.name != BASELINE]
     for config in ordered:
@@ -105,6 +126,7 @@ def compute_results(
         if feature_distances is not None and features is not None:
             values["fid"] = feature_distances.fid_values(features[config.name], set_rows)
             values["kid"] = feature_distances.kid_values(features[config.name], set_rows)
+        all_sets[config.name] = values
         for metric, tensor in values.items():
             if config.name == BASELINE:
                 base_sets[metric] = tensor
@@ -120,4 +142,15 @@ def compute_results(
                 )
         results.append(result)
     by_name = {r.config.name: r for r in results}
+    for name, baseline in matched.items():
+        result = by_name[name]
+        result.matched = baseline
+        for metric, tensor in all_sets[name].items():
+            result.sets_vs_matched[metric] = set_metric_estimates(tensor, all_sets[baseline][metric], level)[1]
+        for metric, (_, direction) in PER_IMAGE.items():
+            if direction is not None and metric in scalars[name]:
+                result.paired_vs_matched[metric] = paired_mean_difference(
+                    scalars[name][metric], scalars[baseline][metric], indices, level,
+                    higher_is_better=direction == "higher",
+                )  # fmt: skip
     return [by_name[c.name] for c in configs]

@@ -31,7 +31,7 @@ from freeu.config import FreeUConfig
 from .. import options
 from ..evaluate import cli as evaluate
 from ..evaluate.configs import BASELINE
-from ..runtime import Model
+from ..runtime import DEMO, MODEL_HELP, Model
 from .search import (
     DEFAULT_SPACE,
     KEYS,
@@ -64,8 +64,8 @@ SHARED_FLAGS = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and protocol (as in freeu eval)")
-    g.add_argument("--model", default="demo", help="demo (default), a folder of exported demo weights, or a "
-                   "diffusers pipeline folder / hub id in the local cache (never downloaded)")  # fmt: skip
+    g.add_argument("--model", default=DEMO, help=f"{MODEL_HELP}; default {DEMO}, the quickest to tune (a guided "
+                   "model's candidates are also measured against FreeU off at their equivalent guidance)")  # fmt: skip
     g.add_argument("--steps", type=options.positive_int, default=25, help="denoising steps (default 25)")
     g.add_argument("--prompt", action="append", default=None, help="a prompt (repeat for several); pipelines only")
     g.add_argument("--prompts", default=None, help="a text file with one prompt per line")
