@@ -92,6 +92,10 @@ def test_demo_command_end_to_end(tmp_path, capsys) -> None:
     guided = json.loads((out / "demo-guidance.json").read_text())
     assert guided["classes"] == list(GUIDED_CLASSES) and guided["seeds"] == [5, 6]
     assert printed.index("demo-guidance.png") < printed.index("demo-grid.png")  # the guidance comparison first
+    # the grid's FreeU off and FreeU rows are the comparison's first two (sampled once): the same change from off
+    freeu_row = next(r for r in record["rows"] if r["label"] == "FreeU")
+    assert freeu.FreeUConfig(**freeu_row["freeu"]) == freeu.FreeUConfig(**guided["freeu"])
+    assert freeu_row["figures"]["change_vs_off_grey_levels"] == guided["change_vs_off_grey_levels"]["on"]
     carried = read_settings(out / "demo-grid.png")
     assert carried["classes"] == list(GUIDED_CLASSES)
     assert record["seeds"] == [5, 6] and record["sampler"] == "DDIM 2 steps, eta 0"

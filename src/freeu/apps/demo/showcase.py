@@ -155,6 +155,28 @@ GUIDED_CLASSES: tuple[str, ...] = ("brick", "coins", "grass", "text")
 GUIDED_SETTING = _setting(1.5, 1.6, 0.9, 0.2)
 
 
+#: Samples already made in one ``freeu demo`` run, by (seeds, request, FreeU settings): the guided comparison's FreeU
+#: off and FreeU rows are the grid's first and fourth, sampled once.
+SampleCache = dict[tuple[Any, ...], torch.Tensor]
+
+
+def _sample(model: UNetModel, seeds: Sequence[int], request: Request, setting: freeu.FreeUConfig | None,
+            tick: Any, cache: SampleCache | None) -> torch.Tensor:  # fmt: skip
+    """``model``'s samples in ``[0, 1]`` (taken from ``cache`` when they are there); ``tick()`` once per step."""
+    request = model.check(request)
+    key = (tuple(int(s) for s in seeds), request, None if setting is None else json.dumps(setting.to_dict()))
+    if cache is not None and key in cache:
+        for _ in range(request.steps):
+            tick()
+        return cache[key]
+    final = model.sample(list(seeds), request, freeu=setting, on_step=lambda _: tick(), output="tensor",
+                         batch_size=64)  # fmt: skip
+    images = to_unit_range(final)
+    if cache is not None:
+        cache[key] = images
+    return images
+
+
 def load_demo_model(weights: str | Path | None = None, device: str = "cpu") -> UNetModel:
     """The demo model ``weights`` names: ``None`` or ``"demo-classes"`` the bundled class-conditional one, ``"demo"``
     the unconditional one, else a folder of exported demo weights (``FileNotFoundError`` naming what is missing)."""
@@ -194,6 +216,7 @@ def run_demo(
     device: str = "cpu",
     progress: bool = True,
     model: UNetModel | None = None,
+    cache: SampleCache | None = None,
 ) -> dict[str, Any]:
     """Sample ``seeds`` with every row's setting, write the grid, the spectrum plot and the JSON into ``out``.
 
@@ -230,9 +253,7 @@ def run_demo(
             bar.set_postfix_str(row.label)
             parts = []
             for group in groups:
-                final = model.sample(seeds, Request(steps=steps, prompt=group), freeu=setting,
-                                     on_step=lambda _: bar.update(), output="tensor", batch_size=64)  # fmt: skip
-                parts.append(to_unit_range(final))
+                parts.append(_sample(model, seeds, Request(steps=steps, prompt=group), setting, bar.update, cache))
             samples.append(torch.cat(parts))
 
     reference = _reference_patches(REFERENCE_PATCHES)
@@ -305,6 +326,7 @@ def run_guided_demo(
     device: str = "cpu",
     progress: bool = True,
     model: UNetModel | None = None,
+    cache: SampleCache | None = None,
 ) -> dict[str, Any] | None:
     """How much of FreeU is stronger guidance, on a class-conditional demo model (``model``, else the one
     ``weights`` names, default the bundled one): for the same classes and seeds, FreeU off at the model's guidance,
@@ -338,17 +360,14 @@ def run_guided_demo(
             request = Request(steps=steps, prompt=name, guidance=scale)
             trace = measure_guidance(model, list(seeds), request, config, on_step=lambda n: bar.update(2))
             traces.append(trace)
-            for key, run, freeu_setting in (("off", request, None), ("on", request, config)):
-                final = model.sample(list(seeds), run, freeu=freeu_setting, output="tensor",
-                                     on_step=lambda _: bar.update())  # fmt: skip
-                rows[key].append(to_unit_range(final))
+            for key, freeu_setting in (("off", None), ("on", config)):
+                rows[key].append(_sample(model, seeds, request, freeu_setting, bar.update, cache))
         equivalent = sum(t.equivalent for t in traces) / len(traces)
         share = sum(t.orthogonal_share for t in traces) / len(traces)
         matched = round(equivalent, 2)
         for name in classes:
             request = Request(steps=steps, prompt=name, guidance=matched)
-            final = model.sample(list(seeds), request, output="tensor", on_step=lambda _: bar.update())
-            rows["matched"].append(to_unit_range(final))
+            rows["matched"].append(_sample(model, seeds, request, None, bar.update, cache))
     images = {k: torch.cat(v) for k, v in rows.items()}
     figures = {k: _figures(v, images["off"], None) for k, v in images.items()}
     labels = {
@@ -474,11 +493,12 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--classes and --seeds: {len(classes)} classes x {count} seeds = "
                              f"{len(classes) * count} columns, more than 64")  # fmt: skip
     show = not args.no_progress
+    cache: SampleCache = {}  # the grid's FreeU off and FreeU rows are the guided comparison's first two
     if model.classes is not None:
         guided = run_guided_demo(args.out, seeds=seeds, classes=classes, steps=args.steps, progress=show,
-                                 model=model)  # type: ignore[arg-type]  # fmt: skip
+                                 model=model, cache=cache)  # type: ignore[arg-type]  # fmt: skip
         assert guided is not None
         print(guided_summary(guided))
-    record = run_demo(args.out, seeds=seeds, classes=classes, steps=args.steps, progress=show, model=model)
+    record = run_demo(args.out, seeds=seeds, classes=classes, steps=args.steps, progress=show, model=model, cache=cache)
     print(summary(record))
     return 0
