@@ -46,7 +46,8 @@ _positive_int = options.positive_int
 _count = options.non_negative_int
 
 
-def _level(text: str) -> float:
+def confidence_level(text: str) -> float:
+    """An argparse type: ``--confidence``, a level in (0, 1)."""
     try:
         value = float(text)
     except ValueError:
@@ -60,7 +61,8 @@ def _level(text: str) -> float:
 AUTO = "auto"
 
 
-def _guidances(text: str) -> list[float | str]:
+def guidance_baselines_arg(text: str) -> list[float | str]:
+    """An argparse type: ``--guidance-baselines``, scales >= 0 and ``auto``, comma-separated."""
     return [AUTO if v.strip() == AUTO else options.non_negative(v) for v in text.split(",") if v.strip()]
 
 
@@ -68,7 +70,8 @@ def _guidances(text: str) -> list[float | str]:
 DEFAULT_SEEDS, DEFAULT_CLASS_SEEDS = 256, 16
 
 
-def _eval_size(text: str) -> options.Size:
+def eval_size_arg(text: str) -> options.Size:
+    """An argparse type: ``--eval-size``, a size of at least 8 pixels."""
     return options.size(text, minimum=8)
 
 
@@ -124,7 +127,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     c.add_argument(
         "--guidance-baselines",
-        type=_guidances,
+        type=guidance_baselines_arg,
         default=None,
         metavar="G1,G2",
         help="also FreeU off at these stronger guidance scales (guided pipelines), to tell a FreeU gain "
@@ -145,7 +148,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--reference-count", type=_positive_int, default=1024, help="reference images used (default 1024)")
     m.add_argument(
         "--eval-size",
-        type=_eval_size,
+        type=eval_size_arg,
         default=None,
         help="resize every image, generated and reference, "
         "to SIZE or WIDTHxHEIGHT (cover, centre crop) before scoring (default: the generated size)",
@@ -166,7 +169,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="set-level SWD replicates: first-order expansion in the unit weights (default; fast) or "
                    "recomputed per replicate (one sort per level and replicate: for GPUs or small runs)")  # fmt: skip
     s.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the resampling (default 0)")
-    s.add_argument("--confidence", type=_level, default=0.95, help="interval level (default 0.95)")
+    s.add_argument("--confidence", type=confidence_level, default=0.95, help="interval level (default 0.95)")
     o = p.add_argument_group("output")
     o.add_argument("--out", default="freeu-eval", help="report folder; rerunning into it resumes (default freeu-eval)")
     o.add_argument("--grid-units", type=_count, default=8, help="units shown in samples.png (default 8)")
@@ -238,7 +241,8 @@ def _default_configs(demo: bool) -> list[EvalConfig]:
     return [EvalConfig(BASELINE)] + [EvalConfig(r.label, FreeUConfig(**r.settings)) for r in DEFAULT_ROWS[1:]]
 
 
-def _prompts(args: argparse.Namespace) -> list[str]:
+def read_prompts(args: argparse.Namespace) -> list[str]:
+    """The prompts of ``--prompt`` (repeatable) and then of ``--prompts FILE`` (one per line, blank lines skipped)."""
     prompts = list(args.prompt or [])
     if args.prompts:
         try:
@@ -452,7 +456,7 @@ def run(args: argparse.Namespace, model: Model | None = None) -> int:
     from .generation import Store, analyze_shard, generate_shard, image_keys, make_units
 
     demo_dir = is_demo_folder(args.model)
-    prompts = _prompts(args)
+    prompts = read_prompts(args)
     configs = _configs(args, demo_dir is not None)
     if len(configs) > args.max_configs:
         raise ValueError(

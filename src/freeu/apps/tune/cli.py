@@ -116,7 +116,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default 256)")  # fmt: skip
     c.add_argument("--confirm-first-seed", type=options.seed, default=None, help="the first confirmation seed "
                    "(default: right after the search seeds); the two sets must not overlap")  # fmt: skip
-    c.add_argument("--guidance-baselines", type=evaluate._guidances, default=None, metavar="G1,G2",
+    c.add_argument("--guidance-baselines", type=evaluate.guidance_baselines_arg, default=None, metavar="G1,G2",
                    help="also FreeU off at these stronger guidance scales in the confirmation (guided pipelines), "
                    "to tell a FreeU gain from a guidance gain; 'auto': at the tuned setting's (and the preset's) "
                    "equivalent guidance, measured by the guidance meter")  # fmt: skip
@@ -125,12 +125,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--set-bootstrap", type=options.non_negative_int, default=1000, help="replicates for set-level "
                    "metrics (default 1000)")  # fmt: skip
     c.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the resampling (default 0)")
-    c.add_argument("--confidence", type=evaluate._level, default=0.95, help="interval level (default 0.95)")
+    c.add_argument("--confidence", type=evaluate.confidence_level, default=0.95, help="interval level (default 0.95)")
     m = p.add_argument_group("metrics (as in freeu eval)")
     m.add_argument("--reference", default=None, metavar="DIR", help="reference images (default for the demo "
                    "model: its held-out patches)")  # fmt: skip
     m.add_argument("--reference-count", type=options.positive_int, default=1024, help="reference images used")
-    m.add_argument("--eval-size", type=evaluate._eval_size, default=None, help="resize before scoring")
+    m.add_argument("--eval-size", type=evaluate.eval_size_arg, default=None, help="resize before scoring")
     m.add_argument("--fid-features", default="auto", help="FID/KID feature network (as in freeu eval)")
     m.add_argument("--clip", default="auto", help="CLIP folder / cached hub id (as in freeu eval)")
     m.add_argument("--swd-levels", type=options.positive_int, default=3, help="Laplacian levels (default 3)")
@@ -298,7 +298,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..runtime import load_model, peek_classes
     from .report import nearest_preset, write_outputs
 
-    prompts = evaluate._prompts(args) or peek_classes(args.model) or []  # a class demo model: every class
+    prompts = evaluate.read_prompts(args) or peek_classes(args.model) or []  # a class demo model: every class
     space = parse_space(args.space or (), args.version, args.convention)
     _check(args, prompts)
     matched = _matched(args)
