@@ -46,12 +46,13 @@ from ..runtime import (
     default_device,
     is_demo_folder,
     load_demo,
+    load_model,
     to_pil,
     to_unit_range,
 )
 from .data import HELD_OUT_IMAGES, HELD_OUT_SEED, PatchSampler
 from .metrics import high_frequency_share, radial_power_spectrum, rapsd_distance, swd_laplacian
-from .model import CLASSES_WEIGHTS_DIR, WEIGHTS_DIR
+from .model import CLASSES_WEIGHTS_DIR
 
 __all__ = [
     "DEFAULT_ROWS",
@@ -181,12 +182,10 @@ def load_demo_model(weights: str | Path | None = None, device: str = "cpu") -> U
     """The demo model ``weights`` names: ``None`` or ``"demo-classes"`` the bundled class-conditional one, ``"demo"``
     the unconditional one, else a folder of exported demo weights (``FileNotFoundError`` naming what is missing)."""
     name = DEFAULT_MODEL if weights is None else str(weights)
-    folder = is_demo_folder(name)
-    if folder is None:
-        folder = Path(weights)  # type: ignore[arg-type]  # load_demo names the file that is missing
-    model = load_demo(None if folder == WEIGHTS_DIR else folder, device=device)
-    if folder == CLASSES_WEIGHTS_DIR:
-        model.name = DEMO_CLASSES
+    if is_demo_folder(name) is None:
+        return load_demo(Path(name), device=device)  # not a demo folder: load_demo names the file that is missing
+    model = load_model(name, device=device)
+    assert isinstance(model, UNetModel)
     return model
 
 
@@ -339,7 +338,7 @@ def run_guided_demo(
         if not (folder / "unet.safetensors").is_file():
             logger.warning("no class-conditional demo weights in %s: no guided demo", folder)
             return None
-        model = load_demo_model(folder, device=device)
+        model = load_demo_model(weights, device=device)
     if model.classes is None:
         raise ValueError(f"{model.name} is an unconditional model; the guided demo needs a class-conditional one")
     unknown = [c for c in classes if c not in model.classes]
