@@ -3,6 +3,7 @@ downloaded)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -593,3 +594,104 @@ def test_configurations_that_differ_only_in_factors_share_batches(tiny_demo) -> 
             assert difference <= 1, (config.name, unit.index, difference)
     distinct = {packed[c.name, 0].float().sum().item() for c in configs}
     assert len(distinct) == len(configs)  # every setting changed the image: the comparison above can fail
+
+
+# --- the Python API --------------------------------------------------------------------------------------------------
+
+
+def _fast_request(tiny_demo, out: Path, **changes):
+    """The request of ``FAST`` and ``CONFIGS`` (what ``demo_run`` gives the command line), as Python values."""
+    from freeu.apps.evaluate import EvalRequest, MetricOptions, StatisticsOptions
+
+    configs = tuple(c for text in ("sd15", "late:sd15 start=0.5") for c in parse_config_arg(text))
+    fields = dict(
+        model=str(tiny_demo), configs=configs, seeds=4, steps=2, out=out, progress=False,
+        metrics=MetricOptions(reference_count=24, swd_patches=16, swd_projections=32),
+        statistics=StatisticsOptions(bootstrap=200, set_bootstrap=8),
+    )  # fmt: skip
+    return EvalRequest(**{**fields, **changes})
+
+
+def test_the_python_api_gives_the_numbers_the_command_line_writes(demo_run, tiny_demo, tmp_path) -> None:
+    """evaluate(request) with the settings of demo_run's command line: a result object whose numbers are those in
+    the command line's metrics.json and records.jsonl, and the same report folder."""
+    from freeu.apps.evaluate import EvalResult, evaluate
+
+    cli_out = demo_run[0]
+    notes: list[str] = []
+    result = evaluate(_fast_request(tiny_demo, tmp_path / "api"), notes=notes.append)
+    assert isinstance(result, EvalResult) and result.names == ["off", "sd15", "late"]
+    written = json.loads((cli_out / "metrics.json").read_text())
+    by_name = {c["name"]: c for c in written["configs"]}
+    for name in result.names:
+        mine, theirs = result[name], by_name[name]
+        assert mine.n == theirs["n"] == 4
+        for metric, (value, difference) in mine.sets.items():
+            assert value.value == theirs["set_level"][metric]["value"]["value"]
+            stored = theirs["set_level"][metric]["difference_vs_off"]
+            assert (difference.value, difference.low, difference.high) == (stored["value"], stored["low"],
+                                                                           stored["high"])  # fmt: skip
+        for metric, estimate in mine.means.items():
+            assert estimate.value == theirs["per_image_mean"][metric]["value"]
+        for metric, paired in mine.paired.items():
+            assert paired.mean.value == theirs["per_image_paired_vs_off"][metric]["mean"]["value"]
+            assert paired.better_share == theirs["per_image_paired_vs_off"][metric]["better_share"]
+    assert set(result["sd15"].sets) == {"swd", "rapsd"} and result.guidance_meter == {}
+    # per-image values: what records.jsonl holds, in unit order
+    for record in _records(cli_out):
+        assert result.per_image[record["config"]]["swd"][record["unit"]].item() == record["metrics"]["swd"]
+    # the whole metrics.json, the same folder layout, and what the command line printed
+    assert json.loads(json.dumps(result.as_dict())) == written
+    assert result.header.units == "4 seeds 0..3" and result.header.world == 1
+    assert [u.seed for u in result.units] == [0, 1, 2, 3] and result.generated == 12 and result.reused == 0
+    assert {p.name for p in result.files} == {"records.jsonl", "metrics.json", "report.md", "metrics.png",
+                                              "samples.png"}  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "api").iterdir()) == sorted(p.name for p in cli_out.iterdir())
+    assert (tmp_path / "api" / "report.md").read_text() == (cli_out / "report.md").read_text()
+    assert notes[-1] == f"wrote {tmp_path / 'api' / 'report.md'}" and any("FID, KID: skipped" in n for n in notes)
+    # the request's command line: what command.txt records, and what the eval parser reads back as the same request
+    from freeu.apps.evaluate.cli import build_parser, request_from_args
+
+    command = (tmp_path / "api" / "command.txt").read_text().splitlines()[1]
+    assert command.startswith("python -m freeu eval --model ")
+    request = _fast_request(tiny_demo, tmp_path / "api")
+    again = request_from_args(build_parser().parse_args(request.argv()))
+    assert dataclasses.replace(again, command=None) == request
+    # a second call resumes from the folder: nothing made again, the same numbers
+    rerun = evaluate(request)
+    assert (rerun.generated, rerun.reused) == (0, 12) and rerun.as_dict() == result.as_dict()
+
+
+def test_a_request_is_checked_when_built_with_errors_naming_the_field(tiny_demo, tmp_path) -> None:
+    from freeu.apps.evaluate import EvalRequest, MetricOptions, StatisticsOptions
+
+    for changes, message in [
+        (dict(steps=0), "steps must be an integer >= 1, got 0"),
+        (dict(seeds=2.5), "seeds must be an integer >= 1"),
+        (dict(dtype="float64"), "dtype must be one of float32, float16, bfloat16"),
+        (dict(guidance=-1.0), "guidance must be a finite number >= 0 or None"),
+        (dict(guidance_baselines=(9.0, math.inf)), "guidance_baselines must be a finite number >= 0"),
+        (dict(configs=("sd15",)), "configs must be EvalConfig values"),
+        (dict(configs=(*expand_spec("a", "sd15"), *expand_spec("a", "sdxl"))), "unique"),
+        (dict(configs=tuple(expand_spec("off@cfg9", "off guidance=9")), guidance_baselines=(9.0,)), "unique"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            _fast_request(tiny_demo, tmp_path, **changes)
+    with pytest.raises(ValueError, match=r"confidence must be a level in \(0, 1\)"):
+        StatisticsOptions(confidence=1.5)
+    with pytest.raises(ValueError, match="swd_replicates must be one of linear, exact"):
+        StatisticsOptions(swd_replicates="fast")
+    with pytest.raises(ValueError, match="eval_size must be a Size"):
+        MetricOptions(eval_size=(0, 8))
+    # every kind of configuration, written back as --config NAME:SPEC, parses to itself
+    from freeu.apps.evaluate.request import config_spec
+
+    for text in ["sd15", "late:sd15 start=0.5", "v1:sd15 version=1 start=0.25 stop=0.75", "off@cfg9:off guidance=9",
+                 "mild:b1=1.1 b2=1.2 s1=0.9 s2=0.9 convention=diffusers threshold=2 ramp=0.1 start=0.1 guidance=3.5",
+                 "more:sd15 stage3=b=1.1,s=0.8 stage1=high=1.1,cutoff=0.1", "a:auto stage3=b=1.2,s=0.5"]:  # fmt: skip
+        (config,) = parse_config_arg(text)
+        assert parse_config_arg(f"{config.name}:{config_spec(config)}") == [config]
+    request = EvalRequest(model=str(tiny_demo), prompts=["x"], guidance_baselines=[9])  # lists become tuples
+    assert request.prompts == ("x",) and request.guidance_baselines == (9.0,) and request.out == Path("freeu-eval")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        request.steps = 3  # type: ignore[misc]

@@ -390,8 +390,8 @@ def test_the_verdict_needs_the_whole_interval_on_the_better_side() -> None:
     from freeu.apps.evaluate.stats import Estimate
     from freeu.apps.tune.report import Confirmation, nearest_preset
 
-    lower = Confirmation({"configs": [], "header": {}}, "swd", lower_is_better=True)
-    higher = Confirmation({"configs": [], "header": {}}, "clip", lower_is_better=False)
+    lower = Confirmation([], "swd", lower_is_better=True)
+    higher = Confirmation([], "clip", lower_is_better=False)
     assert lower.better(Estimate(-0.08, -0.1, -0.05)) and not lower.better(Estimate(-0.08, -0.1, 0.01))
     assert not lower.better(Estimate(0.08, 0.05, 0.1))
     assert higher.better(Estimate(0.02, 0.01, 0.03)) and not higher.better(Estimate(0.02, -0.01, 0.03))
@@ -420,3 +420,93 @@ def test_tune_on_the_class_conditional_demo_model_scores_against_matched_guidanc
     confirm = _records(out / "confirm")
     assert {r["guidance"] for r in confirm if r["config"] in ("off", "tuned")} == {2.0}  # the model's own scale
     assert {r["prompt"] for r in confirm} == {"brick", "grass"}
+
+
+# --- tune calls freeu eval's Python API ----------------------------------------------------------------------------
+
+
+def test_a_tune_calls_eval_directly_no_command_line_no_metrics_file_read_and_finds_the_same(
+    tuned, tiny_demo, tmp_path, monkeypatch, capsys
+) -> None:
+    """Inside the process a tune builds no eval command line, parses none, writes no configs file to pass its
+    candidates, redirects no output and reads no metrics.json or records.jsonl back: with all of that made to fail,
+    it tunes and ends with the result of the tune that ran through the command line."""
+    import argparse
+    import contextlib
+    import io
+
+    from freeu.apps.evaluate import cli as eval_cli
+    from freeu.apps.tune import cli as tune_cli
+
+    def forbidden(what):
+        def fail(*args, **kwargs):
+            raise AssertionError(f"freeu tune used {what}")
+
+        return fail
+
+    for name in ("build_parser", "add_arguments", "request_from_args", "run", "main"):
+        monkeypatch.setattr(eval_cli, name, forbidden(f"freeu eval's {name}"))
+    monkeypatch.setattr(contextlib, "redirect_stdout", forbidden("a redirected stdout"))
+    parsed: list[str] = []
+    parse_args = argparse.ArgumentParser.parse_args
+
+    def parse_once(self, *args, **kwargs):
+        parsed.append(self.prog)
+        if len(parsed) > 1:
+            raise AssertionError(f"freeu tune parsed a second command line ({self.prog})")
+        return parse_args(self, *args, **kwargs)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_once)
+    real_open = io.open
+
+    def guarded_open(file, mode="r", *args, **kwargs):
+        if Path(str(file)).name in ("metrics.json", "records.jsonl") and "r" in mode and "+" not in mode:
+            raise AssertionError(f"freeu tune read {file} back")
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(io, "open", guarded_open)
+    monkeypatch.setattr("builtins.open", guarded_open)
+    out = tmp_path / "run"
+    assert tune_cli.main(["--model", str(tiny_demo), *FAST, *SEARCH, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    monkeypatch.undo()
+    assert parsed == ["freeu tune"]
+    assert not list(out.rglob("configs-*.json"))  # the candidates travel as values, not through a file
+    reference = json.loads((tuned[0] / "tune.json").read_text())
+    again = json.loads((out / "tune.json").read_text())
+    assert again["winner"] == reference["winner"] and again["candidates"] == reference["candidates"]
+    for a, b in zip(reference["rungs"], again["rungs"], strict=True):
+        assert b["scores"] == pytest.approx(a["scores"], rel=1e-9)
+    assert tomllib.loads((out / "preset.toml").read_text())["tune"]["confirmation"] == tomllib.loads(
+        (tuned[0] / "preset.toml").read_text())["tune"]["confirmation"]  # fmt: skip
+    assert (out / "confirm" / "metrics.json").is_file() and "wrote" in printed
+    # each evaluation's equivalent freeu eval command is in the log, and reruns as that command line
+    log = (out / "log.txt").read_text()
+    assert log.count("# freeu eval ") == len(again["rungs"]) + 1 and "--config 'tuned:b1=" in log
+
+
+def test_a_candidate_is_the_configuration_its_spec_gave_so_earlier_tune_folders_resume(tiny_demo) -> None:
+    """Earlier versions passed each candidate to eval as a spec in a JSON file; the configuration tune now builds
+    directly is the same (same settings, same image keys), and the fingerprint in tune.json has the same keys and
+    values as the one they wrote from the parsed arguments, so their folders resume."""
+    from freeu.apps.evaluate.configs import expand_spec
+    from freeu.apps.evaluate.generation import Unit, image_key
+    from freeu.apps.tune import cli as tune_cli
+    from freeu.apps.tune.runner import candidate_config
+
+    for texts in [(), ("version=1,2", "convention=official,diffusers", "start=0:0.5", "stop=0.6:1")]:
+        for i, settings in enumerate(draw_candidates(parse_space(texts), 40, seed=5)):
+            name = f"c{i:02d}"
+            spec = " ".join(f"{k}={v}" for k, v in settings.items())
+            old, new = expand_spec(name, json.loads(json.dumps(spec)))[0], candidate_config(name, settings)
+            assert new == old
+            assert image_key({"m": 1}, new, Unit(0, 3), 2.0) == image_key({"m": 1}, old, Unit(0, 3), 2.0)
+    argv = ["--model", str(tiny_demo), "--size", "32x16", "--eval-size", "24", "--guidance", "3", *FAST, *SEARCH]
+    args = tune_cli.build_parser().parse_args(argv)
+    keys = ("model", "steps", "negative_prompt", "guidance", "size", "dtype", "seeds", "first_seed", "budget", "eta",
+            "min_seeds", "search_seed", "metric", "reference", "reference_count", "eval_size", "swd_levels",
+            "swd_patches", "swd_projections")  # fmt: skip
+    written = {k: getattr(args, k) for k in keys}
+    written.update(space="S", prompts=["a"], format=1, matched=True, guidance_units=args.guidance_units)
+    settings = tune_cli.settings_from_args(args)
+    assert settings.fingerprint("S", ["a"], True) == json.loads(json.dumps(written))

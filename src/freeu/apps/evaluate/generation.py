@@ -20,7 +20,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,8 @@ from .metrics import LaplacianSWD, SpectrumDistance, fit_size, to_float
 
 __all__ = [
     "Analyzer",
+    "ImagePlan",
+    "ShardSummary",
     "Store",
     "Unit",
     "analyze_shard",
@@ -48,6 +50,7 @@ __all__ = [
     "make_units",
     "pil_to_uint8",
     "sample_units",
+    "slug",
 ]
 
 logger = logging.getLogger(__name__)
@@ -75,7 +78,9 @@ def make_units(seeds: Sequence[int], prompts: Sequence[str] | None = None) -> li
     return [Unit(i, int(s), p, prompts[p]) for i, (p, s) in enumerate(pairs)]
 
 
-def _slug(name: str) -> str:
+def slug(name: str) -> str:
+    """A configuration's name as a file or folder name (``images/NAME/``, ``guidance/NAME.csv``): runs of characters
+    other than letters, digits and ``._=,@-`` become ``_``; the same name always gives the same file."""
     return re.sub(r"[^A-Za-z0-9._=,@-]+", "_", name).strip("_") or "config"
 
 
@@ -156,7 +161,7 @@ class Store:
         self.own = self.parts / f"gen-r{rank}of{world}.jsonl"
 
     def image_path(self, config: EvalConfig, unit: Unit, key: str) -> str:
-        return f"images/{_slug(config.name)}/{unit.stem}-{key[:8]}.png"
+        return f"images/{slug(config.name)}/{unit.stem}-{key[:8]}.png"
 
     def records(self) -> dict[str, dict[str, Any]]:
         """Every complete record on disk (any process, any run) whose PNG exists, by key."""
@@ -217,6 +222,8 @@ class Store:
 
 @dataclass
 class ShardSummary:
+    """What one process's generation did: images it made, and images it found on disk and reused."""
+
     generated: int = 0
     reused: int = 0
 
@@ -229,36 +236,60 @@ def effective_guidance(model: Model, request: Request, config: EvalConfig) -> fl
 
 
 def image_keys(
-    model: Model, request: Request, configs: Sequence[EvalConfig], units: Sequence[Unit], base: dict[str, Any]
-) -> dict:
+    model: Model, request: Request, configs: Sequence[EvalConfig], units: Sequence[Unit], base: Mapping[str, Any]
+) -> dict[tuple[str, int], str]:
     """``{(config name, unit index): key}`` for every image of the run."""
     return {
-        (c.name, u.index): image_key(base, c, u, effective_guidance(model, request, c)) for c in configs for u in units
+        (c.name, u.index): image_key(dict(base), c, u, effective_guidance(model, request, c))
+        for c in configs
+        for u in units
     }
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """Every image of one run: its configurations and units, what all its images share (``base``: the model's
+    fingerprint, sampler, steps, size, dtype, device type, negative prompt), and the key of each image by
+    ``(configuration name, unit index)``."""
+
+    configs: tuple[EvalConfig, ...]
+    units: tuple[Unit, ...]
+    base: Mapping[str, Any]
+    keys: Mapping[tuple[str, int], str]
+
+    @classmethod
+    def build(
+        cls, model: Model, request: Request, configs: Sequence[EvalConfig], units: Sequence[Unit],
+        base: Mapping[str, Any],
+    ) -> ImagePlan:  # fmt: skip
+        """The plan of ``configs`` on ``units`` sampled with ``request`` (each image keyed by :func:`image_key`)."""
+        return cls(tuple(configs), tuple(units), dict(base), image_keys(model, request, configs, units, base))
+
+    def mine(self, store: Store) -> list[Unit]:
+        """The units the process of ``store`` takes: ``rank, rank + world, ...``."""
+        return list(self.units[store.rank :: store.world])
 
 
 def generate_shard(
     model: Model,
     request: Request,
-    configs: Sequence[EvalConfig],
-    units: Sequence[Unit],
+    plan: ImagePlan,
     store: Store,
-    base: dict[str, Any],
-    keys: dict[tuple[str, int], str],
     on_step: Callable[[int], None] = lambda n: None,
     batch_size: int = 64,
 ) -> ShardSummary:
-    """Generate this process's units for every configuration, skipping those already on disk."""
+    """Generate this process's units for every configuration of ``plan``, skipping those already on disk."""
     store.repair()
     done = store.records()
-    mine = list(units[store.rank :: store.world])
+    mine = plan.mine(store)
+    keys, base = plan.keys, plan.base
     summary = ShardSummary()
     todo = []
-    for config in configs:
+    for config in plan.configs:
         pending = [u for u in mine if keys[config.name, u.index] not in done]
         summary.reused += len(mine) - len(pending)
         todo += [(config, u) for u in pending]
-    on_step((len(configs) * len(mine) - len(todo)) * request.steps)
+    on_step((len(plan.configs) * len(mine) - len(todo)) * request.steps)
     for chunk, images in sample_units(model, request, todo, on_step, batch_size):
         for (config, unit), image in zip(chunk, images, strict=True):
             key = keys[config.name, unit.index]
@@ -302,7 +333,7 @@ class Analyzer:
         self, images: torch.Tensor, off: torch.Tensor, units: Sequence[Unit]
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
         """``(scalars, spectra, features)`` of ``uint8`` images (already at the evaluation size) of ``units``."""
-        from ..demo.metrics import high_frequency_share, radial_power_spectrum
+        from ..measures import high_frequency_share, radial_power_spectrum
 
         x = to_float(images)
         spectra = radial_power_spectrum(x)
@@ -345,21 +376,21 @@ def load_analysis(store: Store, fingerprint: str) -> dict[str, dict[str, Any]]:
 
 def analyze_shard(
     analyzer: Analyzer,
-    configs: Sequence[EvalConfig],
-    units: Sequence[Unit],
+    plan: ImagePlan,
     store: Store,
-    keys: dict[tuple[str, int], str],
-    records: dict[str, dict[str, Any]],
+    records: Mapping[str, Mapping[str, Any]],
     batch_size: int = 64,
     on_image: Callable[[int], None] = lambda n: None,
 ) -> int:
-    """Analyse this process's images not analysed yet; returns how many it analysed."""
+    """Analyse this process's images of ``plan`` not analysed yet (``records``: the generation records on disk, by
+    key); returns how many it analysed."""
     folder = analysis_dir(store, analyzer.fingerprint)
     folder.mkdir(parents=True, exist_ok=True)
     done = load_analysis(store, analyzer.fingerprint)
-    mine = list(units[store.rank :: store.world])
+    mine = plan.mine(store)
+    keys = plan.keys
     count = 0
-    for config in configs:
+    for config in plan.configs:
         todo = [u for u in mine if f"{keys[config.name, u.index]}@{u.index}" not in done]
         on_image(len(mine) - len(todo))
         for start in range(0, len(todo), batch_size):

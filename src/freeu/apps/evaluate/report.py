@@ -4,14 +4,15 @@ differences with their intervals), ``samples.png`` (a grid of the same units und
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .configs import BASELINE
-from .results import METRICS, PER_IMAGE, ConfigResult
+from .meter import GuidanceMatch
+from .results import METRICS, PER_IMAGE, ConfigResult, EvalResult
 from .stats import Estimate
 
 __all__ = ["markdown", "plot_metrics", "sample_grid"]
@@ -28,106 +29,31 @@ def _diff(estimate: Any, digits: int = 3) -> str:
     return f"{estimate.value:+.{digits}g} [{estimate.low:+.{digits}g}, {estimate.high:+.{digits}g}]{mark}"
 
 
-def markdown(results: Sequence[ConfigResult], header: dict[str, Any], skipped: Sequence[str]) -> str:
-    """The report: protocol, set-level table, per-image paired table, skipped metrics."""
+def markdown(result: EvalResult) -> str:
+    """The report: protocol, set-level table, per-image paired table, the guidance meter and the comparison with
+    matched guidance (where measured), skipped metrics, files."""
+    results, header = result.configs, result.header
     n = results[0].n
     lines = [
         "# freeu eval report",
         "",
-        f"- model: {header['model']}",
-        f"- units: {n} ({header['units']}); every configuration sampled on the same units from the same noise",
-        f"- reference: {header['reference']}",
-        f"- evaluation size: {header['eval_size'][1]}x{header['eval_size'][0]} (generated and reference images alike)",
-        f"- intervals: {round(header['level'] * 100)}% paired bootstrap over units: set-level metrics "
-        f"{header['set_replicates']} replicates, basic intervals (SWD replicates: "
-        f"{header.get('swd_replicates', 'linear')}); per-image means {header['replicates']} replicates, percentile "
-        "intervals; `*`: the interval of a difference excludes 0",
-        f"- processes: {header['world']}; command: see command.txt",
+        f"- model: {header.model}",
+        f"- units: {n} ({header.units}); every configuration sampled on the same units from the same noise",
+        f"- reference: {header.reference}",
+        f"- evaluation size: {header.eval_size[1]}x{header.eval_size[0]} (generated and reference images alike)",
+        f"- intervals: {round(header.level * 100)}% paired bootstrap over units: set-level metrics "
+        f"{header.set_replicates} replicates, basic intervals (SWD replicates: {header.swd_replicates}); per-image "
+        f"means {header.replicates} replicates, percentile intervals; `*`: the interval of a difference excludes 0",
+        f"- processes: {header.world}; command: see command.txt",
         "",
     ]
     sets = [m for m in METRICS if m in results[0].sets]
-    if sets:
-        lines += ["## Against the reference (set-level, lower is better)", ""]
-        head = ["config", "settings", "n"]
-        for m in sets:
-            head += [METRICS[m][0], f"Δ {METRICS[m][0]} vs off"]
-        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for r in results:
-            row = [_cell(r.config.name), _cell(r.config.describe()), str(r.n)]
-            for m in sets:
-                value, diff = r.sets[m]
-                row += [value.format(4), "—" if r.config.name == BASELINE else _diff(diff)]
-            lines.append("| " + " | ".join(row) + " |")
-        lines.append("")
     paired = [m for m, (_, d) in PER_IMAGE.items() if d is not None and m in results[0].means]
-    plain = [m for m, (_, d) in PER_IMAGE.items() if d is None and m in results[0].means]
-    lines += [
-        "## Per image, paired with FreeU off on the same unit",
-        "",
-        "Mean of the per-unit difference (configuration minus off) with its interval, and the share of units on "
-        "which the configuration is better (ties count half).",
-        "",
-    ]
-    head = ["config"]
-    for m in paired:
-        head += [f"Δ {PER_IMAGE[m][0]}", "better on"]
-    head += [PER_IMAGE[m][0] for m in plain]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in results:
-        row = [_cell(r.config.name)]
-        for m in paired:
-            if r.config.name == BASELINE:
-                row += ["—", "—"]
-            else:
-                row += [_diff(r.paired[m].mean), f"{r.paired[m].better_share:.0%}"]
-        row += [r.means[m].format(3) for m in plain]
-        lines.append("| " + " | ".join(row) + " |")
-    lines.append("")
-    meter = header.get("guidance_meter")
-    if meter:
-        lines += [
-            "## Guidance meter",
-            "",
-            f"Each FreeU configuration sampled on {header['guidance_units']} units (the first seed of every prompt, "
-            "then the second, ...) with FreeU on; at every "
-            "step the U-Net also ran with FreeU off on the same inputs, and FreeU's change of the guided prediction "
-            "was split along the guidance direction (eps_c - eps_u of FreeU off) and orthogonal to it "
-            "(docs/eval.md). The equivalent scale is the run's guidance plus the mean extra along the direction; "
-            "FreeU off at that scale (rounded to 2 digits) is in the tables above.",
-            "",
-            "| config | guidance | equivalent guidance | orthogonal share | matched baseline |",
-            "|---|---|---|---|---|",
-        ]
-        for name, entry in meter.items():
-            matched = f"{_cell(entry['baseline'])} at {entry['baseline_guidance']:g}"
-            lines.append(f"| {_cell(name)} | {entry['scale']:g} | {entry['equivalent']:.3f} | "
-                         f"{entry['orthogonal_share']:.0%} | {matched} |")  # fmt: skip
-        lines += ["", "Per-step numbers: `guidance.json`, `guidance/*.csv`; figures: `guidance/*.png`.", ""]
-    versus = [r for r in results if r.matched is not None]
-    if versus:
-        lines += [
-            "## Against FreeU off at the matched guidance",
-            "",
-            "Each FreeU configuration minus FreeU off at its equivalent guidance, on the same units: what FreeU does "
-            "beyond the guidance it adds. Set-level differences with paired basic intervals; per-image differences "
-            "paired per unit, with the share of units on which the configuration is better.",
-            "",
-        ]
-        head = ["config", "matched baseline"]
-        head += [f"Δ {METRICS[m][0]}" for m in sets]
-        for m in paired:
-            head += [f"Δ {PER_IMAGE[m][0]}", "better on"]
-        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for r in versus:
-            row = [_cell(r.config.name), _cell(r.matched or "")]
-            row += [_diff(r.sets_vs_matched[m]) if m in r.sets_vs_matched else "—" for m in sets]
-            for m in paired:
-                d = r.paired_vs_matched.get(m)
-                row += ["—", "—"] if d is None else [_diff(d.mean), f"{d.better_share:.0%}"]
-            lines.append("| " + " | ".join(row) + " |")
-        lines.append("")
-    if skipped:
-        lines += ["## Not computed", ""] + [f"- {s}" for s in skipped] + [""]
+    lines += _set_table(results, sets) + _paired_table(results, paired)
+    lines += _meter_section(result.guidance_meter, header.guidance_units)
+    lines += _matched_table(results, sets, paired)
+    if result.skipped:
+        lines += ["## Not computed", ""] + [f"- {s}" for s in result.skipped] + [""]
     lines += [
         "## Files",
         "",
@@ -138,6 +64,107 @@ def markdown(results: Sequence[ConfigResult], header: dict[str, Any], skipped: S
         "",
     ]
     return "\n".join(lines)
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _set_table(results: Sequence[ConfigResult], sets: Sequence[str]) -> list[str]:
+    """Set-level metrics against the reference, with their differences from FreeU off."""
+    if not sets:
+        return []
+    lines = ["## Against the reference (set-level, lower is better)", ""]
+    head = ["config", "settings", "n"]
+    for m in sets:
+        head += [METRICS[m][0], f"Δ {METRICS[m][0]} vs off"]
+    lines += [_row(head), "|" + "---|" * len(head)]
+    for r in results:
+        row = [_cell(r.config.name), _cell(r.config.describe()), str(r.n)]
+        for m in sets:
+            value, diff = r.sets[m]
+            row += [value.format(4), "—" if r.config.name == BASELINE else _diff(diff)]
+        lines.append(_row(row))
+    return [*lines, ""]
+
+
+def _paired_table(results: Sequence[ConfigResult], paired: Sequence[str]) -> list[str]:
+    """Per-image paired differences from FreeU off, and the means of the quantities that have no better side."""
+    plain = [m for m, (_, d) in PER_IMAGE.items() if d is None and m in results[0].means]
+    lines = [
+        "## Per image, paired with FreeU off on the same unit",
+        "",
+        "Mean of the per-unit difference (configuration minus off) with its interval, and the share of units on "
+        "which the configuration is better (ties count half).",
+        "",
+    ]
+    head = ["config"]
+    for m in paired:
+        head += [f"Δ {PER_IMAGE[m][0]}", "better on"]
+    head += [PER_IMAGE[m][0] for m in plain]
+    lines += [_row(head), "|" + "---|" * len(head)]
+    for r in results:
+        row = [_cell(r.config.name)]
+        for m in paired:
+            if r.config.name == BASELINE:
+                row += ["—", "—"]
+            else:
+                row += [_diff(r.paired[m].mean), f"{r.paired[m].better_share:.0%}"]
+        row += [r.means[m].format(3) for m in plain]
+        lines.append(_row(row))
+    return [*lines, ""]
+
+
+def _meter_section(meter: Mapping[str, GuidanceMatch], units: int | None) -> list[str]:
+    """The guidance meter's readings (``--guidance-baselines auto``)."""
+    if not meter:
+        return []
+    lines = [
+        "## Guidance meter",
+        "",
+        f"Each FreeU configuration sampled on {units} units (the first seed of every prompt, "
+        "then the second, ...) with FreeU on; at every "
+        "step the U-Net also ran with FreeU off on the same inputs, and FreeU's change of the guided prediction "
+        "was split along the guidance direction (eps_c - eps_u of FreeU off) and orthogonal to it "
+        "(docs/eval.md). The equivalent scale is the run's guidance plus the mean extra along the direction; "
+        "FreeU off at that scale (rounded to 2 digits) is in the tables above.",
+        "",
+        "| config | guidance | equivalent guidance | orthogonal share | matched baseline |",
+        "|---|---|---|---|---|",
+    ]
+    for name, entry in meter.items():
+        matched = f"{_cell(entry.baseline)} at {entry.baseline_guidance:g}"
+        lines.append(f"| {_cell(name)} | {entry.scale:g} | {entry.equivalent:.3f} | "
+                     f"{entry.orthogonal_share:.0%} | {matched} |")  # fmt: skip
+    return [*lines, "", "Per-step numbers: `guidance.json`, `guidance/*.csv`; figures: `guidance/*.png`.", ""]
+
+
+def _matched_table(results: Sequence[ConfigResult], sets: Sequence[str], paired: Sequence[str]) -> list[str]:
+    """Each FreeU configuration against FreeU off at its matched guidance."""
+    versus = [r for r in results if r.matched is not None]
+    if not versus:
+        return []
+    lines = [
+        "## Against FreeU off at the matched guidance",
+        "",
+        "Each FreeU configuration minus FreeU off at its equivalent guidance, on the same units: what FreeU does "
+        "beyond the guidance it adds. Set-level differences with paired basic intervals; per-image differences "
+        "paired per unit, with the share of units on which the configuration is better.",
+        "",
+    ]
+    head = ["config", "matched baseline"]
+    head += [f"Δ {METRICS[m][0]}" for m in sets]
+    for m in paired:
+        head += [f"Δ {PER_IMAGE[m][0]}", "better on"]
+    lines += [_row(head), "|" + "---|" * len(head)]
+    for r in versus:
+        row = [_cell(r.config.name), _cell(r.matched or "")]
+        row += [_diff(r.sets_vs_matched[m]) if m in r.sets_vs_matched else "—" for m in sets]
+        for m in paired:
+            d = r.paired_vs_matched.get(m)
+            row += ["—", "—"] if d is None else [_diff(d.mean), f"{d.better_share:.0%}"]
+        lines.append(_row(row))
+    return [*lines, ""]
 
 
 def plot_metrics(path: Path, results: Sequence[ConfigResult]) -> bool:

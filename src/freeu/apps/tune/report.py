@@ -1,13 +1,14 @@
 """What ``freeu tune`` leaves in its folder: ``preset.toml`` (the winner, with the record of how it won),
-``report.md`` (the search and the confirmation with their intervals), ``search.png`` (the search curve)."""
+``report.md`` (the search and the confirmation with their intervals), ``search.png`` (the search curve). Everything
+is written from a :class:`TuneOutcome`: the settings, the search's history and the confirmation's
+:class:`~freeu.apps.evaluate.EvalResult`."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +17,15 @@ import torch
 from freeu.config import PRESETS, FreeUConfig
 
 from ..evaluate.configs import BASELINE
-from ..evaluate.stats import Estimate, paired_mean_difference, resample
+from ..evaluate.results import ConfigResult, EvalResult
+from ..evaluate.stats import Estimate, PairedDifference, paired_mean_difference, resample
 from ..options import FACTORS
-from ..runtime import Model
 from .preset_file import write_preset
-from .search import Rung, SearchSpace
+from .search import Rung, SearchSpace, rung_cost
+from .settings import METRICS, TuneSettings
 
-__all__ = ["Confirmation", "nearest_preset", "plot_search", "write_outputs"]
+__all__ = ["Confirmation", "TuneOutcome", "config_label", "nearest_preset", "per_image_pair", "plot_search",
+           "write_outputs"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -39,61 +42,288 @@ def nearest_preset(config: FreeUConfig) -> str:
     return min(PRESETS, key=distance)
 
 
-def _estimate(table: Mapping[str, Any]) -> Estimate:
-    return Estimate(table["value"], table["low"], table["high"], table["level"])
-
-
 class Confirmation:
-    """The confirmation run's numbers for the objective: each configuration's value, and its difference from off."""
+    """The confirmation run's numbers for the objective: each configuration's value, and its difference from off
+    (``results``: the confirmation's configurations, e.g. :attr:`EvalResult.configs`)."""
 
-    def __init__(self, metrics: Mapping[str, Any], metric: str, lower_is_better: bool) -> None:
+    def __init__(self, results: Sequence[ConfigResult], metric: str, lower_is_better: bool) -> None:
         self.metric, self.lower = metric, lower_is_better
-        self.entries = {c["name"]: c for c in metrics["configs"]}
-        self.header = metrics["header"]
+        self.entries = {r.config.name: r for r in results}
 
     def value(self, name: str) -> Estimate:
+        """The objective's value for one configuration (set-level, or the per-image mean for CLIP)."""
         entry = self.entries[name]
-        if self.metric in entry["set_level"]:
-            return _estimate(entry["set_level"][self.metric]["value"])
-        return _estimate(entry["per_image_mean"][self.metric])
+        if self.metric in entry.sets:
+            return entry.sets[self.metric][0]
+        return entry.means[self.metric]
 
     def versus_off(self, name: str) -> Estimate:
+        """One configuration's difference from FreeU off, with its paired interval."""
         entry = self.entries[name]
-        if self.metric in entry["set_level"]:
-            return _estimate(entry["set_level"][self.metric]["difference_vs_off"])
-        return _estimate(entry["per_image_paired_vs_off"][self.metric]["mean"])
+        if self.metric in entry.sets:
+            return entry.sets[self.metric][1]
+        return entry.paired[self.metric].mean
 
     def better(self, estimate: Estimate) -> bool:
         """Whether a difference's interval lies entirely on the better side of zero."""
         return estimate.high < 0 if self.lower else estimate.low > 0
 
 
-def _per_image_pair(folder: Path, metric: str, a: str, b: str, args: argparse.Namespace, higher: bool) -> Any:
-    """The paired per-image difference ``a - b`` on the confirmation units (``None`` where the metric has no
-    per-image value: FID, KID)."""
-    rows: dict[str, dict[int, float]] = {a: {}, b: {}}
-    for line in (folder / "records.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record["config"] in rows and metric in record["metrics"]:
-            rows[record["config"]][record["unit"]] = float(record["metrics"][metric])
-    if not rows[a] or rows[a].keys() != rows[b].keys():
+def per_image_pair(
+    result: EvalResult, metric: str, a: str, b: str, statistics: Any, higher: bool
+) -> PairedDifference | None:
+    """The paired per-image difference ``a - b`` on the evaluation's units, with the interval of ``statistics``
+    (:class:`~freeu.apps.evaluate.StatisticsOptions`); ``None`` where the metric has no per-image value (FID,
+    KID)."""
+    values = result.per_image
+    if metric not in values.get(a, {}) or metric not in values.get(b, {}):
         return None
-    units = sorted(rows[a])
-    first, second = (torch.tensor([rows[name][u] for u in units], dtype=torch.float64) for name in (a, b))
-    indices = resample(len(units), args.bootstrap, args.bootstrap_seed) if args.bootstrap else torch.empty(0, 0)
-    return paired_mean_difference(first, second, indices.long(), args.confidence, higher_is_better=higher)
+    first, second = values[a][metric].double(), values[b][metric].double()
+    count = first.numel()
+    indices = resample(count, statistics.bootstrap, statistics.bootstrap_seed) if statistics.bootstrap else None
+    rows = indices.long() if indices is not None else torch.empty(0, 0, dtype=torch.long)
+    return paired_mean_difference(first, second, rows, statistics.confidence, higher_is_better=higher)
 
 
-def plot_search(path: Path, names: Sequence[str], history: Sequence[Mapping[str, float]], schedule: Sequence[Rung],
-                offs: Sequence[float], winner: str, label: str, candidates: Mapping[str, Mapping[str, Any]],
-                varied: Sequence[str]) -> bool:  # fmt: skip
-    """Left: every candidate's score at each rung it reached (FreeU off dashed, the winner in red). Right: the first
-    rung's scores against each varied setting. False without matplotlib."""
+@dataclass(frozen=True)
+class TuneOutcome:
+    """A finished tune, as its report needs it: the settings, the model (``"description (fingerprint)"``), the
+    space, the rungs and their scores (``history``) with FreeU off's value on each (``offs``), the candidates'
+    settings by name, the winner, the comparison preset and why it was chosen, the confirmation's result, the
+    prompts, and whether candidates were scored against matched guidance."""
+
+    settings: TuneSettings
+    model: str
+    space: SearchSpace
+    schedule: tuple[Rung, ...]
+    candidates: Mapping[str, Mapping[str, Any]]
+    history: tuple[Mapping[str, float], ...]
+    offs: tuple[float, ...]
+    winner: str
+    preset: str
+    preset_note: str
+    confirmation: EvalResult
+    prompts: tuple[str, ...]
+    matched: bool = False
+
+    @property
+    def tuned(self) -> FreeUConfig:
+        """The winner's settings."""
+        return FreeUConfig(**self.candidates[self.winner])
+
+    @property
+    def lower(self) -> bool:
+        """Whether the objective is better lower."""
+        return METRICS[self.settings.metric][1]
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """The confirmation's figures for the report and the preset file."""
+
+    label: str
+    search_label: str
+    numbers: Confirmation
+    tuned_off: Estimate
+    preset_off: Estimate
+    beats: bool
+    pair: PairedDifference | None
+    search_seeds: str
+    confirm_seeds: str
+    text: str
+    command: str
+
+
+def _verdict(outcome: TuneOutcome) -> _Verdict:
+    s, lower = outcome.settings, outcome.lower
+    better = "lower" if lower else "higher"
+    label = f"{s.metric.upper()} ({better} is better)"
+    search_label = (f"{s.metric.upper()} minus that of FreeU off at the candidate's equivalent guidance "
+                    f"({better} is better)" if outcome.matched else label)  # fmt: skip
+    numbers = Confirmation(outcome.confirmation.configs, s.metric, lower)
+    tuned_off = numbers.versus_off("tuned")
+    beats = numbers.better(tuned_off)
+    if beats:
+        text = (f"The tuned setting beats FreeU off on the confirmation seeds: {s.metric} {_signed(tuned_off)} "
+                f"({round(s.statistics.confidence * 100)}% interval excludes 0).")  # fmt: skip
+    else:
+        text = (f"Nothing the search found beat FreeU off on the confirmation seeds: the tuned setting's "
+                f"{s.metric} difference from off is {_signed(tuned_off)}, an interval that does not lie "
+                f"{'below' if lower else 'above'} 0. Keep FreeU off for this model and metric, or search another "
+                "space.")  # fmt: skip
+    pair = per_image_pair(outcome.confirmation, s.metric, "tuned", outcome.preset, s.statistics, higher=not lower)
+    return _Verdict(
+        label, search_label, numbers, tuned_off, numbers.versus_off(outcome.preset), beats, pair,
+        _seeds(s.first_seed, s.seeds, outcome.prompts), _seeds(s.confirm_start, s.confirm_seeds, outcome.prompts),
+        text, s.command_line(),
+    )  # fmt: skip
+
+
+def _preset_record(outcome: TuneOutcome, v: _Verdict) -> dict[str, Any]:
+    """The ``[tune]`` table of ``preset.toml``: how the setting was chosen and confirmed."""
+    s = outcome.settings
+    off, tuned, preset = (v.numbers.value(n) for n in (BASELINE, "tuned", outcome.preset))
+    record = {
+        "metric": s.metric, "lower_is_better": outcome.lower, "steps": s.steps,
+        "protocol": outcome.confirmation.header.model, "search_seeds": v.search_seeds,
+        "confirmation_seeds": v.confirm_seeds, "space": outcome.space.describe(), "budget": s.budget,
+        "candidates": len(outcome.candidates),
+        "rungs": [f"{r.candidates} on {r.seeds} seeds" for r in outcome.schedule], "winner": outcome.winner,
+        "command": v.command,
+        "confirmation": {
+            "level": s.statistics.confidence, "off": off.value, "tuned": tuned.value,
+            "tuned_minus_off": [v.tuned_off.value, v.tuned_off.low, v.tuned_off.high], "beats_off": v.beats,
+            "preset": outcome.preset, "preset_value": preset.value,
+            "preset_minus_off": [v.preset_off.value, v.preset_off.low, v.preset_off.high],
+        },
+    }  # fmt: skip
+    if v.pair is not None:
+        record["confirmation"]["tuned_minus_preset_per_image"] = [v.pair.mean.value, v.pair.mean.low,
+                                                                  v.pair.mean.high]  # fmt: skip
+    return record
+
+
+def _versus_matched(outcome: TuneOutcome, v: _Verdict, record: dict[str, Any]) -> list[str]:
+    """The tuned setting against FreeU off at its own equivalent guidance (where the confirmation measured it); the
+    matched scale goes into ``record``."""
+    s, lower = outcome.settings, outcome.lower
+    matched = f"{BASELINE}@tuned"
+    if matched not in v.numbers.entries:
+        return []
+    guidance = v.numbers.entries[matched].config.guidance
+    versus = per_image_pair(outcome.confirmation, s.metric, "tuned", matched, s.statistics, higher=not lower)
+    gap = v.numbers.value("tuned").value - v.numbers.value(matched).value
+    text = (f"Against FreeU off at the tuned setting's equivalent guidance ({matched}, guidance {guidance:g}, "
+            f"from the guidance meter): {s.metric} {gap:+.4g} as a set")  # fmt: skip
+    if versus is not None:
+        more = versus.mean.high < 0 if lower else versus.mean.low > 0
+        text += (f", per image {_signed(versus.mean)} (better on {versus.better_share:.0%} of the units): "
+                 + ("the tuned setting does more than add guidance." if more
+                    else "not clearly more than added guidance."))  # fmt: skip
+    record["confirmation"]["matched_guidance"] = guidance
+    return [text + ("" if versus is not None else ".")]
+
+
+def write_outputs(outcome: TuneOutcome) -> str:
+    """Write ``preset.toml``, ``report.md`` and ``search.png`` into the tune's folder; returns the lines to print."""
+    s, out = outcome.settings, outcome.settings.out
+    v = _verdict(outcome)
+    record = _preset_record(outcome, v)
+    matched_lines = _versus_matched(outcome, v, record)
+    tuned = outcome.tuned
+    stem = Path(str(s.model)).name or "model"
+    write_preset(
+        out / "preset.toml", tuned, name=s.name or f"tuned-{stem}", model=outcome.model,
+        source=f"freeu tune {s.metric} on seeds {v.search_seeds}, confirmed on seeds {v.confirm_seeds}",
+        tune=record,
+        comment="FreeU settings found by freeu tune. Use them with freeu.apply(unet, preset=\"preset.toml\"),\n"
+        "--preset preset.toml in every freeu command, the page's preset box, or the ComfyUI node's preset_file.",
+    )  # fmt: skip
+    plotted = plot_search(out / "search.png", outcome, v.search_label)
+    lines = _report_head(outcome, v) + _verdict_lines(outcome, v) + matched_lines + _search_lines(outcome, v)
+    lines += ["", "## Files", "", "- `preset.toml`: the tuned setting and this record",
+              "- `search.png`: the search curve" + ("" if plotted else " (not written: matplotlib is missing)"),
+              "- `confirm/`: the confirmation's freeu eval report (report.md, metrics.png, samples.png: the same "
+              "seeds under off, tuned and the preset)",
+              "- `search/`: the search's freeu eval folder (every image; its report is the last rung's)",
+              "- `tune.json`: candidates and every rung's scores (a rerun resumes from it); `log.txt`", ""]  # fmt: skip
+    (out / "report.md").write_text("\n".join(lines))
+    n = v.numbers
+    return "\n".join([
+        f"tuned: {tuned.label()}",
+        f"{s.metric} on the confirmation seeds: off {n.value(BASELINE).format(4)}, tuned {n.value('tuned').format(4)}, "
+        f"{outcome.preset} {n.value(outcome.preset).format(4)}",
+        v.text,
+        f"wrote {out / 'preset.toml'}, {out / 'report.md'}",
+    ])  # fmt: skip
+
+
+def _report_head(outcome: TuneOutcome, v: _Verdict) -> list[str]:
+    s, header = outcome.settings, outcome.confirmation.header
+    return [
+        "# freeu tune report",
+        "",
+        f"- model: {header.model}",
+        f"- objective: {v.label}, against {header.reference}",
+        f"- space: `{outcome.space.describe()}`; {len(outcome.candidates)} candidates (scrambled Sobol, seed "
+        f"{s.search_seed}, rounded to 2 digits)",
+        f"- search: successive halving, eta {s.eta}, {len(outcome.schedule)} rungs, "
+        f"{rung_cost(outcome.schedule, 2 if outcome.matched else 1)} images per prompt (FreeU off included) on search "
+        f"seeds {v.search_seeds}; score: {v.search_label}",
+        f"- confirmation: seeds {v.confirm_seeds}, never seen by the search; "
+        f"{round(s.statistics.confidence * 100)}% paired bootstrap intervals (see confirm/report.md)",
+        f"- command: `{v.command}`",
+        "",
+    ]
+
+
+def _verdict_lines(outcome: TuneOutcome, v: _Verdict) -> list[str]:
+    s, n, preset = outcome.settings, v.numbers, outcome.preset
+    lines = [
+        "## Verdict",
+        "",
+        v.text,
+        "",
+        "| configuration | settings | " + f"{s.metric} | Δ vs off |",
+        "|---|---|---|---|",
+        f"| off | FreeU off | {n.value(BASELINE).format(4)} | — |",
+        f"| tuned ({outcome.winner}) | {outcome.tuned.label()} | {n.value('tuned').format(4)} | "
+        f"{_signed(v.tuned_off)} |",
+        f"| {preset} | {PRESETS[preset].config.label()} | {n.value(preset).format(4)} | {_signed(v.preset_off)} |",
+    ]
+    for name, entry in n.entries.items():
+        if name.startswith(f"{BASELINE}@"):
+            lines.append(f"| {name} | FreeU off, guidance {entry.config.guidance:g} | {n.value(name).format(4)} | "
+                         f"{_signed(n.versus_off(name))} |")  # fmt: skip
+    lines += ["", f"The comparison preset is {preset}: {outcome.preset_note}."]
+    if v.pair is not None:
+        lines.append(f"Tuned against {preset}, paired per image on the confirmation units: per-image {s.metric} "
+                     f"{_signed(v.pair.mean)}; the tuned setting is better on {v.pair.better_share:.0%} of "
+                     "them.")  # fmt: skip
+    return lines
+
+
+def _search_lines(outcome: TuneOutcome, v: _Verdict) -> list[str]:
+    history, offs, lower, matched = outcome.history, outcome.offs, outcome.lower, outcome.matched
+    lines = [
+        "",
+        'The preset file is `preset.toml`: `freeu.apply(unet, preset="preset.toml")`, `--preset preset.toml`.',
+        "",
+        "## Search",
+        "",
+        f"| rung | candidates | seeds | FreeU off | best | {'best score' if matched else 'best Δ vs off'} |",
+        "|---|---|---|---|---|---|",
+    ]
+    for i, (rung, scores) in enumerate(zip(outcome.schedule, history, strict=False)):
+        best = (min if lower else max)(scores, key=lambda n: scores[n])
+        score = scores[best] if matched else scores[best] - offs[i]
+        lines.append(f"| {i + 1} | {rung.candidates} | {rung.seeds} | {offs[i]:.4g} | {best} | {score:+.4g} |")
+    lines += ["", f"Every candidate, with its score ({v.search_label}) at each rung it reached (set-level on that "
+              "rung's seeds):", ""]  # fmt: skip
+    head = ["candidate", "settings"] + [f"rung {i + 1}" for i in range(len(history))]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    names = list(outcome.candidates)
+    reached = sorted(names, key=lambda n: (-sum(n in h for h in history), history[0][n] * (1 if lower else -1)))
+    for n in reached:
+        cells = [f"{h[n]:.4g}" if n in h else "" for h in history]
+        mark = " (winner)" if n == outcome.winner else ""
+        lines.append(f"| {n}{mark} | {config_label(outcome.candidates[n])} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def plot_search(path: Path, outcome: TuneOutcome, label: str) -> bool:
+    """Left: every candidate's score at each rung it reached (FreeU off dashed, the winner in red; at 0 where the
+    scores are differences from each candidate's matched baseline). Right: the first rung's scores against each
+    varied setting. ``label`` names the score. False without matplotlib."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
         logger.warning("matplotlib is missing: no search.png (pip install 'freeu[eval]')")
         return False
+    names, history, schedule = list(outcome.candidates), list(outcome.history), outcome.schedule
+    winner, candidates, varied = outcome.winner, outcome.candidates, [d.key for d in outcome.space.varied]
+    # matched: the scores are differences from each candidate's own baseline, so FreeU off's line is 0
+    offs = [0.0] * len(history) if outcome.matched else list(outcome.offs)
     panels = 1 + len(varied)
     fig = Figure(figsize=(4.2 + 2.6 * len(varied), 3.6), dpi=110)
     axes = fig.subplots(1, panels, squeeze=False)[0]
@@ -143,160 +373,6 @@ def _signed(e: Estimate) -> str:
     return f"{e.value:+.4g} [{e.low:+.4g}, {e.high:+.4g}]"
 
 
-def write_outputs(
-    args: argparse.Namespace, out: Path, model: Model, space: SearchSpace, schedule: Sequence[Rung],
-    candidates: Mapping[str, Mapping[str, Any]], history: Sequence[Mapping[str, float]], winner: str,
-    tuned: FreeUConfig, preset: str, preset_note: str, metrics: Mapping[str, Any], prompts: Sequence[str],
-    matched: bool = False,
-) -> str:  # fmt: skip
-    """Write ``preset.toml``, ``report.md`` and ``search.png``; returns the lines to print."""
-    from .cli import METRICS, command_line
-    from .search import rung_cost
-
-    lower = METRICS[args.metric][1]
-    label = f"{args.metric.upper()} ({'lower' if lower else 'higher'} is better)"
-    search_label = (f"{args.metric.upper()} minus that of FreeU off at the candidate's equivalent guidance "
-                    f"({'lower' if lower else 'higher'} is better)" if matched else label)  # fmt: skip
-    numbers = Confirmation(metrics, args.metric, lower)
-    level = round(args.confidence * 100)
-    tuned_value, off_value, preset_value = (numbers.value(n) for n in ("tuned", BASELINE, preset))
-    tuned_off, preset_off = numbers.versus_off("tuned"), numbers.versus_off(preset)
-    beats = numbers.better(tuned_off)
-    pair = _per_image_pair(out / "confirm", args.metric, "tuned", preset, args, higher=not lower)
-    search_seeds = _seeds(args.first_seed, args.seeds, prompts)
-    confirm_seeds = _seeds(args.confirm_first_seed, args.confirm_seeds, prompts)
-    if beats:
-        verdict = (f"The tuned setting beats FreeU off on the confirmation seeds: {args.metric} "
-                   f"{_signed(tuned_off)} ({level}% interval excludes 0).")  # fmt: skip
-    else:
-        verdict = (f"Nothing the search found beat FreeU off on the confirmation seeds: the tuned setting's "
-                   f"{args.metric} difference from off is {_signed(tuned_off)}, an interval that does not lie below "
-                   "0. Keep FreeU off for this model and metric, or search another space." if lower else
-                   f"Nothing the search found beat FreeU off on the confirmation seeds: the tuned setting's "
-                   f"{args.metric} difference from off is {_signed(tuned_off)}, an interval that does not lie above "
-                   "0. Keep FreeU off for this model and metric, or search another space.")  # fmt: skip
-    stem = Path(str(args.model)).name or "model"
-    name = args.name or f"tuned-{stem}"
-    record = {
-        "metric": args.metric, "lower_is_better": lower, "steps": args.steps,
-        "protocol": metrics["header"]["model"], "search_seeds": search_seeds, "confirmation_seeds": confirm_seeds,
-        "space": space.describe(), "budget": args.budget, "candidates": len(candidates),
-        "rungs": [f"{r.candidates} on {r.seeds} seeds" for r in schedule], "winner": winner,
-        "command": command_line(args),
-        "confirmation": {
-            "level": args.confidence, "off": off_value.value, "tuned": tuned_value.value,
-            "tuned_minus_off": [tuned_off.value, tuned_off.low, tuned_off.high], "beats_off": beats,
-            "preset": preset, "preset_value": preset_value.value,
-            "preset_minus_off": [preset_off.value, preset_off.low, preset_off.high],
-        },
-    }  # fmt: skip
-    if pair is not None:
-        record["confirmation"]["tuned_minus_preset_per_image"] = [pair.mean.value, pair.mean.low, pair.mean.high]
-    matched_lines: list[str] = []
-    matched = f"{BASELINE}@tuned"
-    if matched in numbers.entries:
-        guidance = numbers.entries[matched]["guidance"]
-        versus = _per_image_pair(out / "confirm", args.metric, "tuned", matched, args, higher=not lower)
-        gap = numbers.value("tuned").value - numbers.value(matched).value
-        text = (f"Against FreeU off at the tuned setting's equivalent guidance ({matched}, guidance {guidance:g}, "
-                f"from the guidance meter): {args.metric} {gap:+.4g} as a set")  # fmt: skip
-        if versus is not None:
-            text += (f", per image {_signed(versus.mean)} (better on {versus.better_share:.0%} of the units): "
-                     + ("the tuned setting does more than add guidance." if (versus.mean.high < 0 if lower
-                        else versus.mean.low > 0) else "not clearly more than added guidance."))  # fmt: skip
-        matched_lines.append(text + ("" if versus is not None else "."))
-        record["confirmation"]["matched_guidance"] = guidance
-    write_preset(
-        out / "preset.toml", tuned, name=name, model=f"{model.description} ({model.fingerprint})",
-        source=f"freeu tune {args.metric} on seeds {search_seeds}, confirmed on seeds {confirm_seeds}",
-        tune=record,
-        comment="FreeU settings found by freeu tune. Use them with freeu.apply(unet, preset=\"preset.toml\"),\n"
-        "--preset preset.toml in every freeu command, the page's preset box, or the ComfyUI node's preset_file.",
-    )  # fmt: skip
-    names = list(candidates)
-    offs = [math.nan] * len(history)
-    state = json.loads((out / "tune.json").read_text())
-    for i, rung in enumerate(state.get("rungs", [])[: len(history)]):
-        offs[i] = rung["off"]
-    varied = [d.key for d in space.varied]
-    # matched: the scores are differences from each candidate's own baseline, so FreeU off's line is 0
-    plotted = plot_search(out / "search.png", names, history, schedule, [0.0] * len(history) if matched else offs,
-                          winner, search_label, candidates, varied)  # fmt: skip
-    lines = [
-        "# freeu tune report",
-        "",
-        f"- model: {metrics['header']['model']}",
-        f"- objective: {label}, against {metrics['header']['reference']}",
-        f"- space: `{space.describe()}`; {len(candidates)} candidates (scrambled Sobol, seed {args.search_seed}, "
-        f"rounded to 2 digits)",
-        f"- search: successive halving, eta {args.eta}, {len(schedule)} rungs, "
-        f"{rung_cost(schedule, 2 if matched else 1)} images per prompt (FreeU off included) on search seeds "
-        f"{search_seeds}; score: {search_label}",
-        f"- confirmation: seeds {confirm_seeds}, never seen by the search; {level}% paired bootstrap intervals "
-        "(see confirm/report.md)",
-        f"- command: `{command_line(args)}`",
-        "",
-        "## Verdict",
-        "",
-        verdict,
-        "",
-        "| configuration | settings | " + f"{args.metric} | Δ vs off |",
-        "|---|---|---|---|",
-        f"| off | FreeU off | {off_value.format(4)} | — |",
-        f"| tuned ({winner}) | {tuned.label()} | {tuned_value.format(4)} | {_signed(tuned_off)} |",
-        f"| {preset} | {PRESETS[preset].config.label()} | {preset_value.format(4)} | {_signed(preset_off)} |",
-    ]
-    for name, entry in numbers.entries.items():
-        if name.startswith(f"{BASELINE}@"):
-            lines.append(f"| {name} | FreeU off, guidance {entry['guidance']:g} | {numbers.value(name).format(4)} | "
-                         f"{_signed(numbers.versus_off(name))} |")  # fmt: skip
-    lines += [
-        "",
-        f"The comparison preset is {preset}: {preset_note}.",
-    ]
-    if pair is not None:
-        lines += [
-            f"Tuned against {preset}, paired per image on the confirmation units: per-image {args.metric} "
-            f"{_signed(pair.mean)}; the tuned setting is better on {pair.better_share:.0%} of them.",
-        ]
-    lines += matched_lines
-    lines += [
-        "",
-        'The preset file is `preset.toml`: `freeu.apply(unet, preset="preset.toml")`, `--preset preset.toml`.',
-        "",
-        "## Search",
-        "",
-        f"| rung | candidates | seeds | FreeU off | best | {'best score' if matched else 'best Δ vs off'} |",
-        "|---|---|---|---|---|---|",
-    ]
-    for i, (rung, scores) in enumerate(zip(schedule, history, strict=False)):
-        best = (min if lower else max)(scores, key=lambda n: scores[n])
-        score = scores[best] if matched else scores[best] - offs[i]
-        lines.append(f"| {i + 1} | {rung.candidates} | {rung.seeds} | {offs[i]:.4g} | {best} | {score:+.4g} |")
-    lines += ["", f"Every candidate, with its score ({search_label}) at each rung it reached (set-level on that "
-              "rung's seeds):", ""]  # fmt: skip
-    head = ["candidate", "settings"] + [f"rung {i + 1}" for i in range(len(history))]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    reached = sorted(names, key=lambda n: (-sum(n in h for h in history), history[0][n] * (1 if lower else -1)))
-    for n in reached:
-        cells = [f"{h[n]:.4g}" if n in h else "" for h in history]
-        mark = " (winner)" if n == winner else ""
-        lines.append(f"| {n}{mark} | {config_label(candidates[n])} | " + " | ".join(cells) + " |")
-    lines += ["", "## Files", "", "- `preset.toml`: the tuned setting and this record",
-              "- `search.png`: the search curve" + ("" if plotted else " (not written: matplotlib is missing)"),
-              "- `confirm/`: the confirmation's freeu eval report (report.md, metrics.png, samples.png: the same "
-              "seeds under off, tuned and the preset)",
-              "- `search/`: the search's freeu eval folder (every image; its report is the last rung's)",
-              "- `tune.json`: candidates and every rung's scores (a rerun resumes from it); `log.txt`", ""]  # fmt: skip
-    (out / "report.md").write_text("\n".join(lines))
-    return "\n".join([
-        f"tuned: {tuned.label()}",
-        f"{args.metric} on the confirmation seeds: off {off_value.format(4)}, tuned {tuned_value.format(4)}, "
-        f"{preset} {preset_value.format(4)}",
-        verdict,
-        f"wrote {out / 'preset.toml'}, {out / 'report.md'}",
-    ])  # fmt: skip
-
-
 def config_label(settings: Mapping[str, Any]) -> str:
+    """A candidate's settings in one line (:meth:`FreeUConfig.label`)."""
     return FreeUConfig(**settings).label()
