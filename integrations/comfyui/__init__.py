@@ -19,9 +19,11 @@ from typing_extensions import override
 
 import freeu
 from freeu import hosts
+from freeu.settings import AUTO, DEFAULTS, Settings, controls_settings, resolve
 
 CUSTOM = "custom"
-AUTO = "auto"
+#: The node's words for FreeU's fields where they differ (errors name the input the user sees).
+NAMES = {"start": "start_percent", "stop": "end_percent"}
 
 
 def _unet_config(model: Any) -> dict[str, Any]:
@@ -36,6 +38,18 @@ def _unet_config(model: Any) -> dict[str, Any]:
             f"fine-tunes); this model's diffusion model is {kind} ({type(base).__name__}), which has none"
         )
     return config
+
+
+def _path(preset_file: str | None) -> str | None:
+    return (preset_file or "").strip() or None
+
+
+def settings_of(preset: str, preset_file: str | None, stages: str | None, **controls: Any) -> Settings:
+    """The node's inputs as :class:`freeu.settings.Settings`: ``preset_file`` (when set) replaces ``preset``; a
+    preset (``auto`` included) sets the factors, version and convention, and an input left at its default leaves the
+    preset's value (a preset file's window) as it is; ``custom`` takes every input."""
+    chosen = _path(preset_file) or (None if preset == CUSTOM else preset)
+    return controls_settings(chosen, controls, stages or "")
 
 
 class FreeUNode(IO.ComfyNode):
@@ -75,19 +89,21 @@ class FreeUNode(IO.ComfyNode):
                 IO.Combo.Input(
                     "version",
                     options=["2", "1"],
-                    default="2",
+                    default=str(DEFAULTS["version"]),
                     tooltip="2: the paper's structure-related map (FreeU_V2); 1: a constant (FreeU)",
                 ),
                 IO.Combo.Input(
                     "convention",
                     options=["official", "diffusers"],
-                    default="official",
+                    default=DEFAULTS["convention"],
                     tooltip="stage by backbone width (authors, ComfyUI, A1111) or by decoder level (diffusers)",
                 ),
-                IO.Int.Input("threshold", default=1, min=1, max=64, tooltip="half-width of the damped square"),
+                IO.Int.Input(
+                    "threshold", default=DEFAULTS["threshold"], min=1, max=64, tooltip="half-width of the damped square"
+                ),
                 IO.Float.Input(
                     "start_percent",
-                    default=0.0,
+                    default=DEFAULTS["start"],
                     min=0.0,
                     max=1.0,
                     step=0.001,
@@ -95,7 +111,7 @@ class FreeUNode(IO.ComfyNode):
                 ),
                 IO.Float.Input(
                     "end_percent",
-                    default=1.0,
+                    default=DEFAULTS["stop"],
                     min=0.0,
                     max=1.0,
                     step=0.001,
@@ -103,7 +119,7 @@ class FreeUNode(IO.ComfyNode):
                 ),
                 IO.Float.Input(
                     "ramp",
-                    default=0.0,
+                    default=DEFAULTS["ramp"],
                     min=0.0,
                     max=0.5,
                     step=0.001,
@@ -124,7 +140,7 @@ class FreeUNode(IO.ComfyNode):
                     optional=True,
                     tooltip="the path of a preset file (.toml, as freeu tune writes): when set, it replaces preset "
                     "and its settings replace the factors, version and convention; threshold and the window come "
-                    "from the file unless set here to other than their defaults",
+                    "from the file unless set here to other than their defaults (as with every preset)",
                 ),
             ],  # fmt: skip
             outputs=[IO.Model.Output()],
@@ -137,22 +153,25 @@ class FreeUNode(IO.ComfyNode):
         preset_file: str = "",
     ) -> IO.NodeOutput:  # fmt: skip
         unet = _unet_config(model)
-        window = dict(start=start_percent, stop=end_percent, ramp=ramp)
-        if preset_file and preset_file.strip():
-            path = preset_file.strip()
-            if not freeu.config.is_preset_file(path):
-                raise ValueError(f"FreeU (freeu): preset_file must be the path of a .toml file, got {path!r}")
-            config = freeu.get_preset(path).config
-            given = dict(threshold=threshold, **window)
-            defaults = dict(threshold=1, start=0.0, stop=1.0, ramp=0.0)
-            config = config.replace(**{k: v for k, v in given.items() if v != defaults[k]})
-        elif preset == CUSTOM:
-            config = freeu.FreeUConfig(b1, b2, s1, s2, version=int(version), convention=convention,
-                                       threshold=threshold, **window)  # fmt: skip
-        else:
-            name = hosts.ldm_preset(unet) if preset == AUTO else preset
-            config = freeu.get_preset(name).config.replace(threshold=threshold, **window)
-        config = config.with_stages(freeu.config.parse_stage_settings(stages or ""))
+        config = resolve(
+            settings_of(
+                preset,
+                preset_file,
+                stages,
+                b1=b1,
+                b2=b2,
+                s1=s1,
+                s2=s2,
+                version=int(version),
+                convention=convention,
+                threshold=threshold,
+                start=start_percent,
+                stop=end_percent,
+                ramp=ramp,
+            ),
+            unet,
+            names=dict(NAMES, preset="preset_file" if _path(preset_file) else "preset"),
+        ).config
         # start/end_percent mean what they mean in every ComfyUI node: the inverse of the model's percent_to_sigma
         sampling = model.get_model_object("model_sampling")
         patch = hosts.ldm_output_block_patch(config, unet, percent_to_sigma=sampling.percent_to_sigma)

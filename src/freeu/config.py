@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +21,8 @@ __all__ = [
     "Convention",
     "Factor",
     "Version",
+    "check_field",
+    "check_window",
 ]
 
 Convention = Literal["official", "diffusers"]
@@ -29,6 +32,8 @@ VERSIONS: tuple[int, ...] = (1, 2)
 
 
 Factor = float | tuple[float, ...]
+#: The four factors of the paper's two stages.
+FACTORS: tuple[str, ...] = ("b1", "b2", "s1", "s2")
 
 
 #: The largest factor accepted: far beyond any published setting (b <= 1.6, s <= 1), and small enough that a
@@ -65,6 +70,57 @@ def _check_fraction(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"{name} must be a fraction of the denoising trajectory in [0, 1], got {value!r}")
     return float(value)
+
+
+def check_window(
+    start: float, stop: float, ramp: float, labels: Mapping[str, str] | None = None
+) -> tuple[float, float, float]:
+    """The step window's fields, each in [0, 1], together: ``start < stop`` and a ramp of at most half the window.
+    ``labels`` names the fields as the caller does (``{"stop": "end_percent"}``)."""
+    name = {k: (labels or {}).get(k, k) for k in ("start", "stop", "ramp")}
+    start, stop, ramp = (_check_fraction(name[k], v) for k, v in (("start", start), ("stop", stop), ("ramp", ramp)))
+    if start >= stop:
+        raise ValueError(f"{name['start']} must be < {name['stop']}, got {name['start']}={start} and "
+                         f"{name['stop']}={stop}")  # fmt: skip
+    if 2 * ramp > stop - start:
+        raise ValueError(f"{name['ramp']} must be at most half the window ({name['stop']} - {name['start']}) / 2 = "
+                         f"{(stop - start) / 2}, got {ramp}")  # fmt: skip
+    return start, stop, ramp
+
+
+def _check_whole(name: str, value: object, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
+def check_field(field: str, value: object, label: str | None = None) -> object:
+    """One field of :class:`FreeUConfig` checked alone, exactly as the config checks it, and returned in the
+    config's form (a factor as a float or a tuple, the stages as :class:`Stage`). The error names the field
+    ``label`` (the caller's word for it; default the field's own name). Fields that must agree with others (the
+    window's ``start < stop``) are checked together by :func:`check_window` and the config."""
+    name = field if label is None else label
+    if field in FACTORS:
+        return _check_factor(name, value)
+    if field == "version":
+        if isinstance(value, bool) or value not in VERSIONS:
+            raise ValueError(f"{name} must be one of {VERSIONS}, got {value!r}")
+        return value
+    if field == "convention":
+        if value not in CONVENTIONS:
+            raise ValueError(f"{name} must be one of {CONVENTIONS}, got {value!r}")
+        return value
+    if field == "threshold":
+        return _check_whole(name, value, 1)
+    if field == "num_train_timesteps":
+        return _check_whole(name, value, 1)
+    if field in ("start", "stop", "ramp"):
+        return _check_fraction(name, value)
+    if field == "stages":
+        if not isinstance(value, (tuple, list)):
+            raise TypeError(f"{name} must be a sequence of freeu.Stage, got {type(value).__name__}")
+        return tuple(_as_stage(i, s) for i, s in enumerate(value))
+    raise ValueError(f"{field!r} is no FreeU setting; the settings are {', '.join(_FIELD_NAMES)}")
 
 
 def _format(value: Factor) -> str:
@@ -256,11 +312,9 @@ class FreeUConfig:
     stages: tuple[Stage, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("b1", "b2", "s1", "s2"):
-            object.__setattr__(self, name, _check_factor(name, getattr(self, name)))
-        if not isinstance(self.stages, (tuple, list)):
-            raise TypeError(f"stages must be a sequence of freeu.Stage, got {type(self.stages).__name__}")
-        stages = tuple(_as_stage(i, s) for i, s in enumerate(self.stages))
+        for name in FACTORS:
+            object.__setattr__(self, name, check_field(name, getattr(self, name)))
+        stages: tuple[Stage, ...] = check_field("stages", self.stages)  # type: ignore[assignment]
         for k, stage in enumerate(stages[:2], start=1):
             for name, ours in ((f"b{k}", stage.b), (f"s{k}", stage.s)):
                 if getattr(self, name) != ours:
@@ -280,29 +334,16 @@ class FreeUConfig:
         # every stage, built once (the hooks read them at every call, also under torch.compile)
         every = stages or (Stage(self.b1, self.s1), Stage(self.b2, self.s2))
         object.__setattr__(self, "_every_stage", every)
-        factors = [getattr(self, n) for n in ("b1", "b2", "s1", "s2")] + [f for s in stages[2:] for f in (s.b, s.s)]
+        factors = [getattr(self, n) for n in FACTORS] + [f for s in stages[2:] for f in (s.b, s.s)]
         lengths = {len(f) for f in factors if isinstance(f, tuple)}
         if len(lengths) > 1:
             raise ValueError(f"per-sample factors (b1, b2, s1, s2 and every stage's) must all have the same length, "
                              f"got lengths {sorted(lengths)}")  # fmt: skip
-        if isinstance(self.version, bool) or self.version not in VERSIONS:
-            raise ValueError(f"version must be one of {VERSIONS}, got {self.version!r}")
-        if self.convention not in CONVENTIONS:
-            raise ValueError(f"convention must be one of {CONVENTIONS}, got {self.convention!r}")
-        if isinstance(self.threshold, bool) or not isinstance(self.threshold, int) or self.threshold < 1:
-            raise ValueError(f"threshold must be an int >= 1, got {self.threshold!r}")
-        for name in ("start", "stop", "ramp"):
-            object.__setattr__(self, name, _check_fraction(name, getattr(self, name)))
-        if self.start >= self.stop:
-            raise ValueError(f"start must be < stop, got start={self.start} and stop={self.stop}")
-        if 2 * self.ramp > self.stop - self.start:
-            raise ValueError(
-                f"ramp must be at most half the window (stop - start) / 2 = {(self.stop - self.start) / 2}, "
-                f"got {self.ramp}"
-            )
-        steps = self.num_train_timesteps
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"num_train_timesteps must be an int >= 1, got {steps!r}")
+        for name in ("version", "convention", "threshold", "num_train_timesteps"):
+            check_field(name, getattr(self, name))
+        window = check_window(self.start, self.stop, self.ramp)
+        for name, value in zip(("start", "stop", "ramp"), window, strict=True):
+            object.__setattr__(self, name, value)
 
     @classmethod
     def from_stages(cls, stages: list[Stage] | tuple[Stage, ...], **settings: object) -> FreeUConfig:
@@ -416,6 +457,7 @@ class Preset:
     config: FreeUConfig
     model: str
     source: str
+    path: str | None = None  # the preset file it was read from (None: a published preset)
 
 
 _README = "official README, github.com/ChenyangSi/FreeU (values published with the version-2 code, 2023-10-18)"
@@ -445,6 +487,21 @@ PRESETS: dict[str, Preset] = {
     )
 }
 
+
+_FIELD_NAMES = (
+    "b1",
+    "b2",
+    "s1",
+    "s2",
+    "version",
+    "convention",
+    "threshold",
+    "start",
+    "stop",
+    "ramp",
+    "num_train_timesteps",
+    "stages",
+)
 
 #: The top-level keys of a preset file: ``[freeu]`` holds the settings (:class:`FreeUConfig`'s fields), the others
 #: say what it is; ``[tune]`` is the record ``freeu tune`` leaves of how it chose them (read by people, not here).
@@ -502,7 +559,9 @@ def load_preset_file(path: str | os.PathLike[str]) -> Preset:
         config = FreeUConfig(**settings)
     except (TypeError, ValueError) as error:
         raise ValueError(f"preset file {path}: [freeu] {error}") from None
-    return Preset(data.get("name", path.stem), config, data.get("model", "unknown"), data.get("source", str(path)))
+    return Preset(
+        data.get("name", path.stem), config, data.get("model", "unknown"), data.get("source", str(path)), path=str(path)
+    )
 
 
 def get_preset(name: str | os.PathLike[str]) -> Preset:

@@ -14,19 +14,19 @@ import inspect
 import logging
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .backbone import scale_backbone, scaled_half
-from .config import FIRST_HALF, Convention, Factor, FreeUConfig, Version, get_preset
-from .fourier import cutoff_threshold, fourier_filter
+from . import join as freeu_join
+from .config import CONVENTIONS, Convention, Factor, FreeUConfig, Version
 from .models import CustomUNet, SkipJoin, UNetLayout, UnsupportedModelError, describe, find_unet
+from .settings import Settings, resolve
 
-__all__ = ["FreeUHandle", "JoinObservation", "JoinPlan", "active_config", "apply", "plan", "remove", "window_weight"]
+__all__ = ["FreeUHandle", "JoinObservation", "JoinPlan", "active_config", "apply", "plan", "remove"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,25 +64,13 @@ class JoinPlan:
         return f"JoinPlan({j.name}: backbone {j.backbone_channels}, skip {j.skip_channels}, stage {self.stage})"
 
 
-def stage_widths(base_channels: int, num_stages: int = 2) -> dict[int, int]:
-    """The official convention's backbone width of each stage: ``4 * base / 2 ** (k - 1)`` for stage ``k`` (1280,
-    640 and 320 in SD: the authors' two stages, and sd-webui-freeu's third), as far as it is a whole width."""
-    widths = {}
-    for k in range(1, num_stages + 1):
-        width, rest = divmod(4 * base_channels, 2 ** (k - 1))
-        if rest or width < 1:
-            break
-        widths[width] = k
-    return widths
-
-
 def _stage(join: SkipJoin, layout: UNetLayout, convention: Convention, num_stages: int = 2) -> int | None:
     if convention == "diffusers":
         # the decoder level: up block k - 1 is stage k (diffusers' enable_freeu: the first two)
         return join.block + 1 if 0 <= join.block < num_stages else None
     # The authors' code picks the stage by the backbone width at the join: 1280 and 640 in SD, i.e. four and two
     # times the base width (ComfyUI's generalisation); further stages halve the width again.
-    return stage_widths(layout.base_channels, num_stages).get(join.backbone_channels)
+    return freeu_join.stage_widths(layout.base_channels, num_stages).get(join.backbone_channels)
 
 
 def _layout(model: object, layout: CustomUNet | None) -> tuple[nn.Module, UNetLayout]:
@@ -118,7 +106,8 @@ def plan(
         One :class:`JoinPlan` per skip join: the join (names, widths, level) and its stage (1 to ``stages`` or
         ``None``).
     """
-    FreeUConfig(1.0, 1.0, 1.0, 1.0, convention=convention)  # validates the convention
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
     if isinstance(stages, bool) or not isinstance(stages, int) or stages < 1:
         raise ValueError(f"stages must be an int >= 1, got {stages!r}")
     return _plans(_layout(model, layout)[1], convention, stages)
@@ -136,16 +125,6 @@ def _input_name(module: nn.Module) -> str:
 
 def _compiling() -> bool:
     return torch.compiler.is_compiling()
-
-
-def window_weight(progress: torch.Tensor, start: float, stop: float, ramp: float) -> torch.Tensor:
-    """FreeU's strength in ``[0, 1]`` at each trajectory position: 1 on ``[start, stop]``, linear fades of width
-    ``ramp`` inside both ends, 0 outside."""
-    if ramp > 0:
-        rise = ((progress - start) / ramp).clamp(0.0, 1.0)
-        fall = ((stop - progress) / ramp).clamp(0.0, 1.0)
-        return rise * fall
-    return ((progress >= start) & (progress <= stop)).to(progress.dtype)
 
 
 def _window_timestep_error(t: torch.Tensor, num_train_timesteps: int) -> str:
@@ -356,20 +335,18 @@ class FreeUHandle:
         if rows % batch:
             raise RuntimeError(f"FreeU hook on {where}: {rows} rows is not a multiple of the U-Net batch {batch}")
         frames = rows // batch
-        weight = None
+        weight: torch.Tensor | float = 1.0
         if self.config.windowed:
             t = torch.as_tensor(self._call.timesteps, device=device).to(torch.float32).reshape(-1)
             if t.numel() not in (1, batch):
                 raise RuntimeError(f"FreeU: {t.numel()} timesteps for a U-Net batch of {batch}")
-            concrete = not _compiling() and t.device.type != "meta"  # values that can be read (not traced, not meta)
             progress = 1.0 - t.expand(batch) / self.config.num_train_timesteps
-            weight = window_weight(progress, self.config.start, self.config.stop, self.config.ramp)
-            if concrete:
-                if not bool((weight > 0).any()):
-                    return None  # outside the window: the join is left exactly as the host built it
-                if bool((weight == 1).all()):
-                    weight = None
-            if weight is not None:
+            weight = freeu_join.window_strength(
+                freeu_join.window_weight(progress, self.config.start, self.config.stop, self.config.ramp)
+            )
+            if isinstance(weight, float) and weight == 0.0:
+                return None  # outside the window: the join is left exactly as the host built it
+            if isinstance(weight, torch.Tensor):
                 weight = weight.repeat_interleave(frames)
 
         def expand(name: str, value: Any) -> Any:
@@ -381,22 +358,16 @@ class FreeUHandle:
                         f"of {n} (classifier-free guidance doubles the pipeline's batch)"
                     )
                 value = self._per_sample_tensor(name, value, device).repeat(batch // n).repeat_interleave(frames)
-            if weight is None:
-                return value
-            return 1.0 + weight * (value - 1.0)
+            return freeu_join.blend(value, weight)
 
-        # a high gain of 1 stays the number 1 (the paper's filter, whatever the window's weight)
-        return expand(f"b{stage}", b), expand(f"s{stage}", s), 1.0 if high == 1.0 else expand(f"high{stage}", high)
+        return expand(f"b{stage}", b), expand(f"s{stage}", s), expand(f"high{stage}", high)
 
     def _join_hook(self, join: SkipJoin, stage: int | None) -> Callable[..., Any]:
         backbone_channels = join.backbone_channels
         in_channels = join.in_channels if join.skip_channels > 0 else None
-        half = backbone_channels // 2
         keyword = _input_name(join.module)
         version, threshold = self.config.version, self.config.threshold
         settings = self.config.stage(stage) if stage is not None else None
-        window = settings.window if settings is not None else FIRST_HALF
-        cutoff = settings.cutoff if settings is not None else None
         observer = self._observer
         blocks = getattr(self.unet, "up_blocks", None)
         up_block = blocks[join.block] if isinstance(blocks, nn.ModuleList) and 0 <= join.block < len(blocks) else None
@@ -424,33 +395,18 @@ class FreeUHandle:
                     backbone, skip = x[:, :backbone_channels], x[:, backbone_channels:]
                     observer(JoinObservation(join, stage, backbone, skip, backbone, skip))
                 return None
-            b, s, high = factors
-            backbone = x[:, :backbone_channels]
-            unit_b = isinstance(b, float) and b == 1.0
-            skip_in = x[:, backbone_channels:]
-            s_rows = s if isinstance(s, float) else s.view(-1, 1)
-            square = threshold if cutoff is None else cutoff_threshold(x.shape[-2], x.shape[-1], cutoff)
-            if window != FIRST_HALF or not isinstance(high, float):
-                # the controls beyond the paper's, in whole-tensor ops
-                first = backbone if unit_b else scale_backbone(backbone, b, version, window=window)
-                high_rows = high if isinstance(high, float) else high.view(-1, 1)
-                skip = fourier_filter(skip_in, square, s_rows, high=high_rows)
-                out = torch.cat([first, skip], dim=1)
-            elif _compiling() or (torch.is_grad_enabled() and x.requires_grad):
-                # differentiable, and what inductor fuses into one kernel anyway
-                first = backbone[:, :half] if unit_b else scaled_half(backbone, b, version)
-                skip = fourier_filter(skip_in, square, s_rows, high=high)
-                out = torch.cat([first, x[:, half:backbone_channels], skip], dim=1)
-            else:
+            assert settings is not None
+            backbone, skip_in = x[:, :backbone_channels], x[:, backbone_channels:]
+            op = dict(version=version, threshold=threshold, factors=factors)
+            if not _compiling() and not (torch.is_grad_enabled() and x.requires_grad):
                 # eager inference: every part written once into the one new tensor, no concatenation pass; it keeps
                 # the host's layout (contiguous, or channels-last in a U-Net moved to torch.channels_last)
                 out = torch.empty_like(x)
-                if unit_b:
-                    out[:, :half].copy_(backbone[:, :half])
-                else:
-                    scaled_half(backbone, b, version, out=out[:, :half])
-                out[:, half:backbone_channels].copy_(x[:, half:backbone_channels])
-                skip = fourier_filter(skip_in, square, s_rows, high=high, out=out[:, backbone_channels:])
+                _, skip = freeu_join.apply_join(backbone, skip_in, settings, out=out, **op)
+            else:
+                # differentiable, and what inductor fuses into one kernel anyway
+                first, skip = freeu_join.apply_join(backbone, skip_in, settings, **op)
+                out = torch.cat([first, skip], dim=1)
             if observer is not None:
                 observer(JoinObservation(join, stage, backbone, skip_in, out[:, :backbone_channels], skip))
             if from_args:
@@ -490,21 +446,22 @@ class FreeUHandle:
         return f"FreeUHandle({self.config}, joins: {counts}, {stages.count(None)} untouched, active={self.active})"
 
 
-def _resolve_config(config: FreeUConfig | None, preset: str | None, overrides: dict[str, Any]) -> FreeUConfig:
+def _resolve_config(
+    model: object, config: FreeUConfig | None, preset: str | None, overrides: dict[str, Any], stages: Any = None
+) -> FreeUConfig:
+    """``apply``'s arguments through the one settings front door (:func:`freeu.settings.resolve`)."""
     if config is not None and preset is not None:
         raise TypeError("give either config or preset, not both")
     if config is not None and not isinstance(config, FreeUConfig):
         raise TypeError(f"config must be a FreeUConfig, got {type(config).__name__}")
     given = {k: v for k, v in overrides.items() if v is not None}
-    base = config if config is not None else get_preset(preset).config if preset is not None else None
-    if base is None:
+    if config is None and preset is None:
         missing = [k for k in ("b1", "b2", "s1", "s2") if k not in given]
         if missing:
             raise TypeError(
                 f"apply needs b1, b2, s1 and s2 (missing: {', '.join(missing)}), or preset=..., or config=..."
             )
-        return FreeUConfig(**given)
-    return base.replace(**given) if given else base
+    return resolve(Settings(preset=config if config is not None else preset, **given, stages=stages), model).config
 
 
 def _diffusers_freeu_on(block: nn.Module) -> bool:
@@ -554,6 +511,7 @@ def apply(
     stop: float | None = None,
     ramp: float | None = None,
     num_train_timesteps: int | None = None,
+    stages: str | Mapping[int, Mapping[str, Any]] | None = None,
     layout: CustomUNet | None = None,
     observer: Callable[[JoinObservation], None] | None = None,
 ) -> FreeUHandle:
@@ -563,11 +521,14 @@ def apply(
         model: a U-Net of a supported family, or what holds one (a diffusers pipeline, an LDM wrapper, a
             ``torch.compile`` wrapper); any other U-Net with ``layout``.
         config: the settings as a :class:`FreeUConfig`.
-        preset: a name from ``freeu.PRESETS``, or a preset file (``.toml``, :func:`freeu.config.load_preset_file`),
+        preset: a name from ``freeu.PRESETS``, ``"auto"`` (the preset of the U-Net's layout,
+            :func:`freeu.settings.detect_preset`), or a preset file (``.toml``, :func:`freeu.config.load_preset_file`),
             instead of ``config``.
         b1, b2, s1, s2, version, convention, threshold, start, stop, ramp, num_train_timesteps: the fields of
             :class:`FreeUConfig` (see it for each); next to ``config`` or ``preset`` they override its fields, alone
             all four factors are needed.
+        stages: stage settings beyond ``b1..s2``, as text (``"3:b=1.1,s=0.9; 1:high=1.1"``,
+            :func:`freeu.config.parse_stage_settings`) or ``{stage: {field: value}}``, applied on top of the rest.
         layout: a :class:`CustomUNet` describing a U-Net this library does not know.
         observer: called at every skip join of every forward with a :class:`JoinObservation` (joins FreeU leaves
             alone included), for analyses.
@@ -585,7 +546,7 @@ def apply(
         b1=b1, b2=b2, s1=s1, s2=s2, version=version, convention=convention, threshold=threshold,
         start=start, stop=stop, ramp=ramp, num_train_timesteps=num_train_timesteps,
     )  # fmt: skip
-    resolved = _resolve_config(config, preset, overrides)
+    resolved = _resolve_config(model, config, preset, overrides, stages)
     unet, unet_layout = _layout(model, layout)
     _check_no_diffusers_freeu(unet)
     _check_window_schedule(model, resolved)

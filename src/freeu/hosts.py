@@ -16,8 +16,9 @@ position along the trajectory, which only the host knows: ``progress(transformer
 
 Both hosts keep the U-Net's settings as a dict (ComfyUI's ``model_config.unet_config``, Forge's
 ``diffusion_model.config``) and give each model a ``percent_to_sigma`` (the noise level at a fraction of the
-schedule). :func:`ldm_output_block_patch` builds the patch from those two, :func:`ldm_preset` names the preset of
-the layout, and :func:`set_output_block_patch` registers a patch on the host's clone in place of an earlier one.
+schedule). :func:`ldm_output_block_patch` builds the patch from those two (``preset="auto"`` reads the same dict:
+:func:`freeu.settings.detect_preset`), and :func:`set_output_block_patch` registers a patch on the host's clone in
+place of an earlier one.
 """
 
 from __future__ import annotations
@@ -27,15 +28,12 @@ from typing import Any
 
 import torch
 
-from .backbone import scale_backbone
+from . import join as freeu_join
 from .config import FreeUConfig
-from .fourier import cutoff_threshold, fourier_filter
-from .hooks import stage_widths, window_weight
 
 __all__ = [
     "Progress",
     "ldm_output_block_patch",
-    "ldm_preset",
     "output_block_patch",
     "schedule_progress",
     "set_output_block_patch",
@@ -84,7 +82,7 @@ def output_block_patch(
         raise ValueError(f"convention='diffusers' needs num_res_blocks (an int >= 1), got {num_res_blocks!r}")
     if config.windowed and progress is None:
         raise ValueError("a step window (start, stop, ramp) needs progress: the host's trajectory position")
-    by_width = stage_widths(model_channels, config.num_stages)
+    by_width = freeu_join.stage_widths(model_channels, config.num_stages)
 
     def stage_of(h: torch.Tensor, options: dict[str, Any]) -> int | None:
         if config.convention == "official":
@@ -103,55 +101,30 @@ def output_block_patch(
         if stage is None or config.is_identity(stage):
             return h, hsp
         settings = config.stage(stage)
-        b, s, high = settings.b, settings.s, settings.high
+        factors = None
         if config.windowed:
             assert progress is not None
             position = torch.as_tensor(progress(transformer_options), dtype=torch.float32, device=h.device).reshape(-1)
-            weight = window_weight(position, config.start, config.stop, config.ramp)
-            if not torch.compiler.is_compiling():
-                if not bool((weight > 0).any()):
-                    return h, hsp  # outside the window: exactly what the host built
-                if bool((weight == 1).all()):
-                    weight = None
-            if weight is not None:
+            weight = freeu_join.window_strength(
+                freeu_join.window_weight(position, config.start, config.stop, config.ramp)
+            )
+            if isinstance(weight, float) and weight == 0.0:
+                return h, hsp  # outside the window: exactly what the host built
+            if isinstance(weight, torch.Tensor):
                 if h.shape[0] % weight.numel():
                     raise ValueError(
                         f"progress gave {weight.numel()} values for a batch of {h.shape[0]}: it must divide it"
                     )
                 # hosts batch the guidance branches one after the other: [cond..., uncond...]
                 weight = weight.repeat(h.shape[0] // weight.numel())
-                b = 1.0 + weight * (float(b) - 1.0)
-                s = (1.0 + weight * (float(s) - 1.0)).view(-1, 1)
-                if high != 1.0:
-                    high = 1.0 + weight * (high - 1.0)
+            factors = tuple(freeu_join.blend(float(v), weight) for v in (settings.b, settings.s, settings.high))
         # the filter's own choice: the projection up to 64 modes (every published setting), an FFT above where the
         # device has one, else the projection (exact too, and costlier for large squares)
-        cutoff = settings.cutoff
-        square = config.threshold if cutoff is None else cutoff_threshold(hsp.shape[-2], hsp.shape[-1], cutoff)
-        backbone = scale_backbone(h, b, config.version, window=settings.window)
-        high_rows = high.view(-1, 1) if isinstance(high, torch.Tensor) else high
-        return backbone, fourier_filter(hsp, square, s, high=high_rows)
+        return freeu_join.apply_join(h, hsp, settings, version=config.version, threshold=config.threshold,
+                                     factors=factors)  # fmt: skip
 
     patch.freeu_config = config  # type: ignore[attr-defined]
     return patch
-
-
-def ldm_preset(unet_config: Mapping[str, Any]) -> str:
-    """The preset of a Stable Diffusion U-Net from its LDM settings, never from a checkpoint's name: SDXL has added
-    conditioning (``adm_in_channels``) and 2048-wide text context, SD 2.x 1024-wide context, SD 1.x 768-wide context
-    and a base width of 320. ``ValueError`` for any other layout (the SDXL refiner, SD 1.x-like models of another
-    width): the caller names a preset instead."""
-    context = unet_config.get("context_dim")
-    if unet_config.get("adm_in_channels") and context == 2048:
-        return "sdxl"
-    if context == 1024:
-        return "sd21"
-    if context == 768 and unet_config.get("model_channels") == 320:
-        return "sd15"
-    raise ValueError(
-        f"preset auto knows the SD 1.x, SD 2.x and SDXL U-Nets; this one has model_channels "
-        f"{unet_config.get('model_channels')} and context_dim {context}: choose a preset or custom"
-    )
 
 
 def schedule_progress(percent_to_sigma: Callable[[float], float]) -> Progress:

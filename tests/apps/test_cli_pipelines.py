@@ -117,7 +117,7 @@ def test_sweep_grid_and_batched_cells_equal_single_runs(sd_folder, tmp_path, cap
         (["--preset", "sd15", "--size", "30"], "multiples of 8"),
         (["--preset", "sd15", "--steps", "0"], "must be an integer >= 1"),
         (["--preset", "sd15", "--version", "3"], "invalid choice: 3"),
-        (["--preset", "sd15", "--start", "0.8", "--stop", "0.2"], "start must be < stop"),
+        (["--preset", "sd15", "--start", "0.8", "--stop", "0.2"], "--start must be < --stop"),
         (["--preset", "sd15", "--stage", "3:b=1.1,x=2"], r"stage 3: 'x=2' is not KEY=VALUE"),
         (["--preset", "sd15", "--stage", "1:window=0.5"], "stage 1: window must be OFFSET/WIDTH"),
         (["--preset", "sd15", "--stage", "2:high=-1"], "stage 2: high must be a finite number >= 0"),
@@ -175,7 +175,7 @@ def test_video_pipeline_writes_gifs(tmp_path, capsys) -> None:
 
 def test_preset_auto_reads_structure_not_names() -> None:
     diffusers = pytest.importorskip("diffusers")
-    from freeu.apps.runtime import detect_preset
+    from freeu.settings import detect_preset
 
     def unet(**kw):
         with torch.device("meta"):

@@ -9,6 +9,7 @@ import torch
 from conftest import rerandomise_zeros
 
 import freeu
+from freeu.settings import detect_preset
 
 NUM_RES_BLOCKS = 2
 
@@ -104,19 +105,25 @@ SD15 = {"model_channels": 320, "context_dim": 768, "adm_in_channels": None, "num
     ],
 )
 def test_the_preset_of_an_ldm_layout(config, preset) -> None:
-    assert freeu.hosts.ldm_preset(config) == preset
+    assert detect_preset(config)[0] == preset
+
+
+def test_an_sd1_layout_of_another_width_gets_sd15_and_says_the_width() -> None:
+    name, evidence = detect_preset({**SD15, "model_channels": 32})
+    assert name == "sd15" and "base width 32, not SD 1.x's 320" in evidence
 
 
 @pytest.mark.parametrize(
-    "config",
+    "config, found",
     [
-        {**SD15, "context_dim": 1280, "adm_in_channels": 2560},  # the SDXL refiner
-        {**SD15, "model_channels": 32},
+        ({**SD15, "context_dim": 1280, "adm_in_channels": 2560}, "1280-wide context and base width 320 with added "
+         "conditioning is the SDXL refiner's layout"),
+        ({**SD15, "context_dim": None}, "LDM UNetModel has no cross-attention"),
     ],
-)
-def test_a_layout_without_a_preset_is_refused_naming_what_was_found(config) -> None:
-    with pytest.raises(ValueError, match=rf"model_channels {config['model_channels']} and context_dim"):
-        freeu.hosts.ldm_preset(config)
+)  # fmt: skip
+def test_a_layout_without_a_preset_is_refused_naming_what_was_found(config, found) -> None:
+    with pytest.raises(ValueError, match=found):
+        detect_preset(config)
 
 
 def test_the_schedule_position_inverts_the_hosts_percent_to_sigma_once_per_level() -> None:

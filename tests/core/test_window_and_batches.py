@@ -10,7 +10,7 @@ from conftest import run, sd15_unet, unet_inputs
 
 import freeu
 from freeu import FreeUConfig
-from freeu.hooks import window_weight
+from freeu.join import window_weight
 
 pytest.importorskip("diffusers")
 

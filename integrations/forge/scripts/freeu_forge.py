@@ -2,9 +2,9 @@
 
 Install: copy or link the folder above ``scripts/`` into Forge's ``extensions/`` and install the ``freeu`` library
 into Forge's Python (``pip install`` the repository this folder comes from). An always-visible script (txt2img and
-img2img) with: enable, preset (every ``freeu`` preset, ``auto`` from the U-Net's layout, or ``custom``: the
-controls), b1, b2, s1, s2, version, convention, threshold and a step window (start, end, ramp) as fractions of the
-schedule.
+img2img) with: enable, preset (every ``freeu`` preset, ``auto`` from the U-Net's layout, a preset file (``.toml``,
+as ``freeu tune`` writes), or ``custom``: the controls), b1, b2, s1, s2, version, convention, threshold and a step
+window (start, end, ramp) as fractions of the schedule.
 
 Before each sampling pass the script clones the pass's U-Net patcher and registers one output-block patch on the
 clone, built by :func:`freeu.hosts.ldm_output_block_patch`; nothing is kept on the class, the module or the shared
@@ -30,6 +30,7 @@ from modules.ui_components import InputAccordion
 try:
     import freeu
     from freeu import hosts
+    from freeu.settings import AUTO, DEFAULTS, Settings, controls_settings, resolve
 except ImportError as error:  # Forge prints this at start-up, naming the script
     raise ImportError(
         "FreeU (freeu) needs the freeu library in Forge's Python: run `pip install /path/to/the/freeu/repository` "
@@ -38,25 +39,26 @@ except ImportError as error:  # Forge prints this at start-up, naming the script
 
 TITLE = "FreeU (freeu)"
 CUSTOM = "custom"
-AUTO = "auto"
 PRESETS = [AUTO, CUSTOM, *sorted(freeu.PRESETS)]
 FACTORS = ("b1", "b2", "s1", "s2")
-_CUSTOM_DEFAULTS = freeu.get_preset("sd15").config
+CUSTOM_DEFAULTS = freeu.PRESETS["sd15"].config
+#: The script's words for FreeU's fields where they differ (errors name the control the user sees).
+NAMES = {"stop": "end"}
 
 #: The script's arguments, in the order of ``alwayson_scripts`` ``args``, with their defaults.
 ARGS: dict[str, Any] = {
     "enabled": False,
     "preset": AUTO,
-    "b1": _CUSTOM_DEFAULTS.b1,
-    "b2": _CUSTOM_DEFAULTS.b2,
-    "s1": _CUSTOM_DEFAULTS.s1,
-    "s2": _CUSTOM_DEFAULTS.s2,
-    "version": "2",
-    "convention": "official",
-    "threshold": 1,
-    "start": 0.0,
-    "end": 1.0,
-    "ramp": 0.0,
+    "b1": CUSTOM_DEFAULTS.b1,
+    "b2": CUSTOM_DEFAULTS.b2,
+    "s1": CUSTOM_DEFAULTS.s1,
+    "s2": CUSTOM_DEFAULTS.s2,
+    "version": str(DEFAULTS["version"]),
+    "convention": DEFAULTS["convention"],
+    "threshold": DEFAULTS["threshold"],
+    "start": DEFAULTS["start"],
+    "end": DEFAULTS["stop"],
+    "ramp": DEFAULTS["ramp"],
     "stages": "",
 }
 #: The infotext key of a refused setting's message (the image beside it ran without FreeU).
@@ -88,8 +90,9 @@ def _checked(settings: dict[str, Any]) -> dict[str, Any]:
     enabled = settings["enabled"]
     if not isinstance(enabled, bool):
         raise ValueError(f"{TITLE}: enabled must be true or false, got {enabled!r}")
-    if settings["preset"] not in PRESETS:
-        raise ValueError(f"{TITLE}: preset must be one of {PRESETS}, got {settings['preset']!r}")
+    preset = settings["preset"]
+    if not isinstance(preset, str) or (preset not in PRESETS and not freeu.config.is_preset_file(preset)):
+        raise ValueError(f"{TITLE}: preset must be one of {PRESETS} or a preset file (.toml), got {preset!r}")
     for name in (*FACTORS, "start", "end", "ramp"):
         value = settings[name]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -107,26 +110,25 @@ def _checked(settings: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
-def resolve(settings: dict[str, Any], unet_config: dict[str, Any]) -> tuple[str, freeu.FreeUConfig]:
+def settings_of(settings: dict[str, Any]) -> Settings:
+    """The script's arguments as :class:`freeu.settings.Settings`: ``custom`` takes every control; a preset (a name,
+    ``auto`` or a preset file) sets the factors, version and convention, and a control left at its default leaves
+    the preset's value as it is."""
+    controls = {name: settings[name] for name in (*FACTORS, "threshold", "start", "ramp")}
+    controls.update(version=int(settings["version"]), convention=settings["convention"], stop=settings["end"])
+    preset = None if settings["preset"] == CUSTOM else settings["preset"]
+    return controls_settings(preset, controls, settings["stages"])
+
+
+def resolve_settings(settings: dict[str, Any], unet_config: dict[str, Any]) -> tuple[str, freeu.FreeUConfig]:
     """``(preset name, config)`` of the settings on a U-Net with these LDM settings (``auto`` names the preset it
-    found). Every value is checked by :class:`freeu.FreeUConfig`; its errors name the setting."""
-    window = dict(start=settings["start"], stop=settings["end"], ramp=settings["ramp"])
+    found, a preset file its path). Every value is checked by the library's settings front door; its errors name the
+    control as the script calls it."""
     try:
-        stages = freeu.config.parse_stage_settings(settings["stages"])
-        if settings["preset"] == CUSTOM:
-            config = freeu.FreeUConfig(
-                *(settings[name] for name in FACTORS),
-                version=int(settings["version"]),
-                convention=settings["convention"],
-                threshold=settings["threshold"],
-                **window,
-            )
-            return CUSTOM, config.with_stages(stages)
-        name = hosts.ldm_preset(unet_config) if settings["preset"] == AUTO else settings["preset"]
-        config = freeu.get_preset(name).config.replace(threshold=settings["threshold"], **window)
-        return name, config.with_stages(stages)
-    except ValueError as error:  # FreeUConfig calls the end of the window "stop"
-        raise ValueError(f"{TITLE}: {str(error).replace('stop', 'end')}") from None
+        resolved = resolve(settings_of(settings), unet_config, names=NAMES)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{TITLE}: {error}") from None
+    return resolved.preset or CUSTOM, resolved.config
 
 
 def infotext(settings: dict[str, Any], config: freeu.FreeUConfig) -> dict[str, Any]:
@@ -178,8 +180,9 @@ class FreeUScript(scripts.Script):
 
         with InputAccordion(ARGS["enabled"], label=TITLE, elem_id=self.elem_id("enabled")) as enabled:
             preset = gr.Dropdown(
-                label="Preset", choices=PRESETS, value=ARGS["preset"],
-                info="auto: from the U-Net's layout; custom: the controls below; a name: that published setting",
+                label="Preset", choices=PRESETS, value=ARGS["preset"], allow_custom_value=True,
+                info="auto: from the U-Net's layout; custom: the controls below; a name: that published setting; "
+                "or type the path of a preset file (.toml, as freeu tune writes)",
             )  # fmt: skip
             with gr.Row():
                 b1 = factor("b1", "b1: backbone, stage 1")
@@ -235,7 +238,7 @@ class FreeUScript(scripts.Script):
             settings = read_args(args)
             if not settings["enabled"]:
                 return
-            _, config = resolve(settings, _unet_config(p.sd_model.forge_objects.unet))
+            _, config = resolve_settings(settings, _unet_config(p.sd_model.forge_objects.unet))
         except ValueError as error:
             p.extra_generation_params[ERROR] = str(error)
             raise
@@ -250,7 +253,7 @@ class FreeUScript(scripts.Script):
             return
         unet = p.sd_model.forge_objects.unet
         unet_config = _unet_config(unet)
-        _, config = resolve(settings, unet_config)
+        _, config = resolve_settings(settings, unet_config)
         patch = hosts.ldm_output_block_patch(
             config, unet_config, percent_to_sigma=unet.model.predictor.percent_to_sigma
         )

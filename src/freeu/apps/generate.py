@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from freeu import __version__
+from freeu.settings import Settings
 
 from .imaging import grid, read_settings, save_gif, save_png, side_by_side
 from .options import (
@@ -20,7 +21,8 @@ from .options import (
     add_model_options,
     choice,
     file_stem,
-    freeu_overrides,
+    freeu_settings,
+    grid_factors,
     non_negative,
     positive_int,
     resolve_freeu,
@@ -185,23 +187,24 @@ def carried_settings(path: str) -> dict[str, Any]:
 def run_generate(args: argparse.Namespace) -> int:
     settings = carried_settings(args.from_image) if args.from_image else None
     try:
-        overrides = freeu_overrides(args, carried=(settings or {}).get("freeu"), factors_required=True)
+        freeu = freeu_settings(args, carried=(settings or {}).get("freeu"))
     except ValueError as error:
         if settings is None or args.preset is not None:
             raise
         raise ValueError(f"--from {args.from_image}: {error}") from None
     _fill(args, settings)
-    for path in generate(args, overrides):
+    for path in generate(args, freeu):
         print(f"wrote {path}")
     return 0
 
 
-def generate(args: argparse.Namespace, overrides: dict[str, Any]) -> list[Path]:
+def generate(args: argparse.Namespace, freeu: Settings) -> list[Path]:
     """The same seed with FreeU off and on; both images and a labelled side-by-side (GIFs for video)."""
     model, request = _load(args)
-    config, preset, source = resolve_freeu(model, args.preset, overrides)
+    resolved = resolve_freeu(model, freeu)
+    config, preset = resolved.config, resolved.preset
     if args.preset == "auto":
-        print(source)
+        print(resolved.source)
     label = f"FreeU {config.label()}"
     print("FreeU off ...", flush=True)
     baseline = model.sample([args.seed], request)[0]
@@ -234,38 +237,36 @@ class SweepAxis:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    overrides = freeu_overrides(args, grid=True, factors_required=True)
-    swept = [k for k in FACTORS if isinstance(overrides.get(k), list)]
+    freeu = freeu_settings(args, grid=True)
+    axes = grid_factors(args)
+    swept = list(axes)
     if len(swept) != 2:
         raise ValueError(
             f"freeu sweep needs exactly two factors with several values (rows, columns); got {swept or 'none'}"
         )
-    cells = len(overrides[swept[0]]) * len(overrides[swept[1]])
+    cells = len(axes[swept[0]]) * len(axes[swept[1]])
     if cells > args.max_cells:
         raise ValueError(
             f"--{swept[0]} and --{swept[1]} make a grid of {cells} cells, more than --max-cells {args.max_cells}; "
             "use fewer values or raise --max-cells"
         )
     _fill(args, None)
-    fixed = {k: v for k, v in overrides.items() if k not in swept}
-    rows, cols = (SweepAxis(k, overrides[k]) for k in swept)
-    print(f"wrote {sweep(args, fixed, rows, cols)[0]}")
+    rows, cols = (SweepAxis(k, axes[k]) for k in swept)
+    print(f"wrote {sweep(args, freeu, rows, cols)[0]}")
     return 0
 
 
-def sweep(
-    args: argparse.Namespace, fixed: dict[str, Any], rows: SweepAxis, cols: SweepAxis
-) -> tuple[Path, dict[str, float]]:
+def sweep(args: argparse.Namespace, freeu: Settings, rows: SweepAxis, cols: SweepAxis) -> tuple[Path, dict[str, float]]:
     """The paper's Fig. 5: a grid over two factors, one seed, every cell from the same noise, run as few batches."""
     from tqdm.auto import tqdm
 
     model, request = _load(args)
     if model.video:
         raise ValueError("freeu sweep renders still images; use freeu generate for video pipelines")
-    first = {rows.name: rows.values[0], cols.name: cols.values[0]}
-    base, preset, source = resolve_freeu(model, args.preset, {**fixed, **first})
+    resolved = resolve_freeu(model, freeu)  # the settings hold each axis's first value
+    base, preset = resolved.config, resolved.preset
     if args.preset == "auto":
-        print(source)
+        print(resolved.source)
     cells = list(itertools.product(rows.values, cols.values))
     configs = [base.replace(**{rows.name: r, cols.name: c}) for r, c in cells]  # validates every cell
     batch = args.batch_size or len(cells)

@@ -4,7 +4,8 @@ The ``type=`` converters return the value or raise ``ArgumentTypeError`` with wh
 ``argument --NAME: must be ...`` and exits with code 2. :func:`parse_values` is the one grammar for several numbers
 (``1.2``, ``0.2,0.6,1.0``, ``0.2 0.6`` or ``1.0:1.6:0.2``), used by the command line and the page alike.
 :func:`add_freeu_options` adds the one FreeU option group (preset, factors, version, convention, threshold, window)
-and :func:`freeu_overrides` / :func:`resolve_freeu` turn it into a validated :class:`freeu.FreeUConfig`.
+and :func:`freeu_settings` / :func:`resolve_freeu` turn it into a :class:`freeu.FreeUConfig` through the library's
+settings front door (:mod:`freeu.settings`), its errors naming the flags.
 """
 
 from __future__ import annotations
@@ -16,19 +17,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from freeu.config import CONVENTIONS, PRESETS, FreeUConfig, get_preset, parse_stage_settings
+from freeu.config import CONVENTIONS, PRESETS, FreeUConfig, Preset, check_field
+from freeu.settings import Resolved, Settings, check_settings, check_stages, resolve
 
 from .runtime import DTYPES, Model, Size, default_device
 
 __all__ = [
     "FACTORS",
+    "CLI_NAMES",
     "FREEU_FIELDS",
     "add_freeu_options",
     "add_model_options",
     "choice",
     "device",
     "file_stem",
-    "freeu_overrides",
+    "freeu_settings",
+    "grid_factors",
     "non_negative",
     "non_negative_int",
     "parse_values",
@@ -291,32 +295,37 @@ def add_freeu_options(p: argparse.ArgumentParser, *, grid: bool = False, title: 
 
 
 def stage_settings(text: str) -> dict[int, dict[str, Any]]:
-    """``--stage``: :func:`freeu.config.parse_stage_settings`, each value checked as :class:`freeu.Stage` checks it."""
+    """``--stage``: :func:`freeu.settings.check_stages` (the grammar of ``parse_stage_settings``, each value checked
+    as :class:`freeu.Stage` checks it)."""
     try:
-        changes = parse_stage_settings(text)
-        FreeUConfig(1, 1, 1, 1).with_stages(changes)
+        return check_stages(text, {"stages": ""})
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-    return changes
 
 
-def freeu_overrides(
+#: The command line's word for each FreeU setting: errors of the settings front door name the flag.
+CLI_NAMES: dict[str, str] = {**{k: f"--{k}" for k in ("preset", *FACTORS, *FREEU_FIELDS)}, "stages": "--stage"}
+
+
+def freeu_settings(
     args: argparse.Namespace,
     *,
     grid: bool = False,
     carried: Mapping[str, Any] | None = None,
-    factors_required: bool = False,
-) -> dict[str, Any]:
-    """The FreeU fields given as flags, on top of ``carried`` (the settings of ``--from IMAGE``; dropped when a
-    ``--preset`` is given), each checked against :class:`freeu.FreeUConfig` before any model is loaded.
+    default: Preset | FreeUConfig | None = None,
+) -> Settings:
+    """The FreeU flags as :class:`freeu.settings.Settings`, on top of ``carried`` (the settings of ``--from IMAGE``;
+    dropped when a ``--preset`` is given), checked by :func:`freeu.settings.check_settings` before any model is
+    loaded (a preset file is read here, once: resolve the result).
 
-    A factor is a number, or (``grid``) a list of numbers. With ``factors_required`` and no ``--preset``, all four
-    factors must be there. ``ValueError`` names the flag and what is allowed.
+    A factor is one number; with ``grid`` it may be a list (``freeu sweep``): every value is checked and the first
+    stands in the settings (:func:`grid_factors` gives the lists). ``default``: the settings to start from when no
+    ``--preset`` is given (else all four factors are needed). ``ValueError`` names the flag and what is allowed.
     """
-    overrides: dict[str, Any] = {}
+    fields: dict[str, Any] = {}
     stages: dict[int, dict[str, Any]] = {}
     if args.preset is None and carried:
-        overrides.update({k: v for k, v in carried.items() if k in FACTORS + FREEU_FIELDS})
+        fields.update({k: v for k, v in carried.items() if k in FACTORS + FREEU_FIELDS})
         stages = _carried_stages(carried.get("stages"))
     for key in FACTORS:
         values = getattr(args, key, None)
@@ -324,29 +333,33 @@ def freeu_overrides(
             continue
         if not grid and len(values) != 1:
             raise ValueError(f"--{key} takes one number here (lists and ranges are for freeu sweep), got {values}")
-        overrides[key] = values if grid and len(values) > 1 else values[0]
+        for value in values[1:]:
+            check_field(key, value, f"--{key}")
+        fields[key] = values[0]
     for key in FREEU_FIELDS:
         if getattr(args, key, None) is not None:
-            overrides[key] = getattr(args, key)
-    if args.preset not in (None, "auto"):
-        get_preset(args.preset)
-    missing = [f"--{k}" for k in FACTORS if k not in overrides]
-    if factors_required and args.preset is None and missing:
-        raise ValueError(f"give --preset (auto or a name) or all four factors; missing: {', '.join(missing)}")
+            fields[key] = getattr(args, key)
+    flagged: dict[int, dict[str, Any]] = {}
     for changes in getattr(args, "stage", None) or []:
-        for k, fields in changes.items():
-            for field in fields:
-                if k <= 2 and field in ("b", "s") and f"{field}{k}" in overrides and getattr(args, f"{field}{k}"):
-                    raise ValueError(f"--stage {k}:{field}=... and --{field}{k} set the same factor: give it once")
-            stages.setdefault(k, {}).update(fields)
-    first = {k: (v[0] if isinstance(v, list) else v) for k, v in overrides.items()}
-    try:  # the fields together (start < stop, ramp), and the stages
-        FreeUConfig(**{"b1": 1, "b2": 1, "s1": 1, "s2": 1, **first}).with_stages(stages)
+        for k, values in changes.items():
+            flagged.setdefault(k, {}).update(values)
+    for k, values in flagged.items():
+        for f in ("b", "s"):
+            if k <= 2 and f in values and getattr(args, f"{f}{k}", None) is not None:
+                raise ValueError(f"--stage {k}:{f}=... and --{f}{k} set the same factor: give it once")
+            if k <= 2 and f in values:
+                fields.pop(f"{f}{k}", None)  # a carried factor gives way to the flag that sets it
+        stages.setdefault(k, {}).update(values)
+    settings = Settings(preset=args.preset if args.preset is not None else default, **fields, stages=stages)
+    try:
+        return check_settings(settings, CLI_NAMES)
     except TypeError as error:  # a carried value of the wrong type: a refused value like any other
         raise ValueError(str(error)) from None
-    if stages:
-        overrides["stages"] = stages
-    return overrides
+
+
+def grid_factors(args: argparse.Namespace) -> dict[str, list[float]]:
+    """The factors given with several values (``freeu sweep``'s axes), in the order of :data:`FACTORS`."""
+    return {k: v for k in FACTORS if (v := getattr(args, k, None)) is not None and len(v) > 1}
 
 
 def _carried_stages(carried: Any) -> dict[int, dict[str, Any]]:
@@ -362,38 +375,7 @@ def _carried_stages(carried: Any) -> dict[int, dict[str, Any]]:
     }
 
 
-def resolve_freeu(
-    model: Model | None,
-    preset: str | None,
-    overrides: Mapping[str, Any],
-    default: tuple[FreeUConfig, str] | None = None,
-) -> tuple[FreeUConfig, str | None, str]:
-    """``(config, preset name or None, where the setting comes from)``.
-
-    The base is ``preset`` (``"auto"``: the preset of ``model``'s layout), else ``default``, else nothing, in which
-    case all four factors must be in ``overrides``; ``overrides`` (single values only) replace its fields.
-    """
-    name = None
-    overrides = dict(overrides)
-    stages = overrides.pop("stages", {})
-    if preset == "auto":
-        if model is None:
-            raise ValueError("--preset auto needs a model")
-        name, evidence = model.preset()
-        base, source = get_preset(name).config, f"--preset auto chose {name!r}: {evidence}"
-    elif preset is not None:
-        found = get_preset(preset)
-        name, base = preset, found.config
-        source = f"preset {name!r}" if name in PRESETS else f"preset file {name} ({found.name}, for {found.model})"
-    elif default is not None:
-        base, source = default
-    else:
-        missing = [f"--{k}" for k in FACTORS if k not in overrides]
-        if missing:
-            raise ValueError(f"give --preset (auto or a name) or all four factors; missing: {', '.join(missing)}")
-        return FreeUConfig(**overrides).with_stages(stages), None, "the factors given"
-    if overrides:
-        source += " with " + ", ".join(f"{k}={v}" for k, v in overrides.items())
-    if stages:
-        source += " and stage settings " + "; ".join(f"{k}: {v}" for k, v in sorted(stages.items()))
-    return base.replace(**overrides).with_stages(stages), name, source
+def resolve_freeu(model: Model | None, settings: Settings) -> Resolved:
+    """:func:`freeu.settings.resolve` of the command line's settings on ``model``'s U-Net (what ``--preset auto``
+    reads), errors naming the flags."""
+    return resolve(settings, None if model is None else model.unet, names=CLI_NAMES)

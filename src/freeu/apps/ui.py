@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from freeu import __version__
-from freeu.config import PRESETS, FreeUConfig, get_preset, is_preset_file, parse_stage_settings, stage_settings_text
+from freeu.config import PRESETS, FreeUConfig, Preset, stage_settings_text
+from freeu.settings import Settings, check_settings, resolve
 
 from .errors import require
 from .imaging import grid, save_png
@@ -136,12 +137,12 @@ class Studio:
 
     @staticmethod
     def config(**values: Any) -> FreeUConfig:
-        """``FreeUConfig(**values)`` with the page's types fixed (radio buttons give strings); ``stages`` is the
-        stage settings' text (``freeu.config.parse_stage_settings``: ``"3:b=1.1,s=0.9; 1:high=1.1"``)."""
+        """The page's controls (:class:`freeu.FreeUConfig`'s fields and ``stages``, the stage settings' text:
+        ``"3:b=1.1,s=0.9; 1:high=1.1"``) through the library's settings front door, with the page's types fixed
+        (radio buttons give strings)."""
         if values.get("version") is not None:
             values["version"] = _whole("version", values["version"])
-        stages = parse_stage_settings(values.pop("stages", None) or "")
-        return FreeUConfig(**values).with_stages(stages)
+        return resolve(Settings(**values)).config
 
     # ------------------------------------------------------------------------------------------- sampling
 
@@ -424,11 +425,15 @@ def preset_controls(name: str) -> dict[str, Any]:
     """The page's control values for a published preset or a preset file: ``Studio.config(**values)`` gives the
     preset's settings back. ``ValueError`` for an unknown name, a file that does not load, or a setting the page has
     no control for (``threshold``, ``ramp``: use ``freeu generate --preset FILE``)."""
-    config = get_preset(name).config
+    preset = check_settings(Settings(preset=name)).preset
+    if not isinstance(preset, Preset):  # auto: the page starts from the preset of the model's layout anyway
+        raise ValueError(f"preset must be one of {sorted(PRESETS)} or a preset file (.toml) here, got {name!r} (the "
+                         "page starts from the preset of the model's layout)")  # fmt: skip
+    config = preset.config
     hidden = [f"{k}={getattr(config, k)}" for k, default in (("threshold", 1), ("ramp", 0.0), ("num_train_timesteps",
               1000)) if getattr(config, k) != default]  # fmt: skip
     if hidden:
-        what = f"preset file {name}" if is_preset_file(name) else f"preset {name!r}"
+        what = f"preset file {name}" if preset.path is not None else f"preset {name!r}"
         raise ValueError(f"{what} sets {', '.join(hidden)}, which the page has no control for: use freeu generate "
                          "--preset with it")  # fmt: skip
     values: dict[str, Any] = {k: getattr(config, k) for k in FACTORS}

@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from freeu.config import MAX_STAGES, PRESETS, FreeUConfig, get_preset, is_preset_file, parse_stage_settings
+from freeu.config import MAX_STAGES, PRESETS, FreeUConfig, is_preset_file, parse_stage_settings
+from freeu.settings import AUTO, Settings, check_settings, resolve
 
 from ..options import FACTORS, FREEU_FIELDS, parse_values
 
@@ -49,6 +50,8 @@ BASELINE = "off"
 STAGE_KEYS: tuple[str, ...] = tuple(f"stage{k}" for k in range(1, MAX_STAGES + 1))
 KEYS: tuple[str, ...] = (*FACTORS, *FREEU_FIELDS, "guidance", *STAGE_KEYS)
 _INT_KEYS = ("version", "threshold")
+#: A configuration's words for the settings where they differ from the library's: its keys otherwise.
+NAMES = {"stages": "stage settings"}
 
 
 @dataclass(frozen=True)
@@ -148,11 +151,12 @@ def _number(name: str, key: str, value: Any) -> Any:
     return value if key in ("convention", *_INT_KEYS, *STAGE_KEYS) else float(value)
 
 
-def _applied(config: FreeUConfig, chosen: Mapping[str, Any]) -> FreeUConfig:
-    """``config`` with the fields of ``chosen`` replaced, then its ``stageK`` settings applied."""
+def _settings(base: str | None, chosen: Mapping[str, Any]) -> Settings:
+    """A configuration's base and ``key=value`` pairs as :class:`freeu.settings.Settings` (``stageK`` pairs joined
+    into stage text)."""
     fields = {k: v for k, v in chosen.items() if k not in STAGE_KEYS}
     stages = "; ".join(f"{k[5:]}:{v}" for k, v in chosen.items() if k in STAGE_KEYS)
-    return config.replace(**fields).with_stages(parse_stage_settings(stages))
+    return Settings(preset=base, **fields, stages=stages)
 
 
 def _build(name: str, base: str | None, chosen: dict[str, Any]) -> EvalConfig:
@@ -165,21 +169,16 @@ def _build(name: str, base: str | None, chosen: dict[str, Any]) -> EvalConfig:
             if chosen:
                 raise ValueError(f"configuration {name!r}: 'off' takes no FreeU keys, got {sorted(chosen)}")
             return EvalConfig(name, None, guidance)
-        if base == "auto":
-            _applied(FreeUConfig(1, 1, 1, 1), chosen)  # validate the overrides now
-            return EvalConfig(name, None, guidance, preset="auto", overrides=overrides)
-        if base is not None:
-            return EvalConfig(name, _applied(get_preset(base).config, chosen), guidance, preset=base)
-        missing = [k for k in FACTORS if k not in chosen]
-        if missing:
-            raise ValueError(
-                f"configuration {name!r}: give a base (off, auto, a preset: {', '.join(sorted(PRESETS))}, or a .toml "
-                f"file) or all four factors; missing {', '.join(missing)}"
-            )
-        factors = {k: chosen.pop(k) for k in FACTORS}
-        return EvalConfig(name, _applied(FreeUConfig(**factors), chosen), guidance)
+        if base == AUTO:
+            check_settings(_settings(AUTO, chosen), NAMES)  # the pairs checked now; the preset when the model loads
+            return EvalConfig(name, None, guidance, preset=AUTO, overrides=overrides)
+        resolved = resolve(_settings(base, chosen), names=NAMES)
+        return EvalConfig(name, resolved.config, guidance, preset=base)
     except (TypeError, ValueError) as error:
         text = str(error)
+        if base is None and text.startswith("give preset"):
+            text = (f"give a base (off, auto, a preset: {', '.join(sorted(PRESETS))}, or a .toml file) or all four "
+                    f"factors; missing {text.split('missing: ')[1]}")  # fmt: skip
         raise ValueError(text if text.startswith("configuration") else f"configuration {name!r}: {text}") from None
 
 
@@ -268,9 +267,9 @@ def with_baseline(configs: Sequence[EvalConfig]) -> list[EvalConfig]:
 
 def resolve_auto(config: EvalConfig, preset: str) -> EvalConfig:
     """An ``auto`` configuration with the preset chosen from the model's structure (same on every process)."""
-    if config.preset != "auto":
+    if config.preset != AUTO:
         return config
-    chosen = _applied(get_preset(preset).config, dict(config.overrides))
+    chosen = resolve(_settings(preset, dict(config.overrides)), names=NAMES).config
     return EvalConfig(config.name, chosen, config.guidance, preset=preset, overrides=config.overrides)
 
 
