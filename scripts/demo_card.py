@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 
 import freeu  # noqa: E402
-from freeu.apps.demo.data import TRAIN_IMAGES, PatchSampler, mix_seed  # noqa: E402
-from freeu.apps.demo.metrics import high_frequency_share  # noqa: E402
-from freeu.apps.demo.model import WEIGHTS_DIR  # noqa: E402
-from freeu.apps.demo.showcase import DEFAULT_ROWS  # noqa: E402
-from freeu.apps.demo.train import _STREAM_METRIC, TrainConfig, evaluation_reference, score  # noqa: E402
+from freeu.apps.demo.train import STREAM_METRIC as _STREAM_METRIC  # noqa: E402
+from freeu.apps.demo.train import TrainConfig, evaluation_reference, score  # noqa: E402
+from freeu.apps.demo_data import TRAIN_IMAGES, PatchSampler, mix_seed  # noqa: E402
+from freeu.apps.demo_model import DEFAULT_ROWS, WEIGHTS_DIR  # noqa: E402
+from freeu.apps.measures import high_frequency_share  # noqa: E402
 from freeu.apps.runtime import Request, load_demo, to_pil, to_unit_range  # noqa: E402
 
 

@@ -29,10 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 from demo_card import evaluation_setup, plot_training  # noqa: E402
 
-from freeu.apps.demo.data import TRAIN_IMAGES, PatchSampler  # noqa: E402
-from freeu.apps.demo.model import CLASSES_WEIGHTS_DIR  # noqa: E402
-from freeu.apps.demo.showcase import DEFAULT_ROWS  # noqa: E402
 from freeu.apps.demo.train import score  # noqa: E402
+from freeu.apps.demo_data import TRAIN_IMAGES, PatchSampler  # noqa: E402
+from freeu.apps.demo_model import CLASSES_WEIGHTS_DIR, DEFAULT_ROWS  # noqa: E402
 from freeu.apps.runtime import Request, load_demo, to_pil, to_unit_range  # noqa: E402
 
 #: The rows of the FreeU table: the demo's settings (off is the baseline).

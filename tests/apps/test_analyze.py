@@ -79,7 +79,7 @@ def analyze(*argv: str) -> int:
 
 def tiny_unet(seed: int = 0) -> torch.nn.Module:
     """The demo U-Net's layout (3 levels, widths 32/64/128: both official stages get joins) at 16x16, random."""
-    from freeu.apps.demo.model import UNET_CONFIG, build_unet
+    from freeu.apps.demo_model import UNET_CONFIG, build_unet
 
     config = dict(UNET_CONFIG, sample_size=16, norm_num_groups=8, attention_head_dim=8)
     return rerandomise_zeros(build_unet(config, seed=seed), seed)
@@ -87,7 +87,7 @@ def tiny_unet(seed: int = 0) -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def tiny_sampler() -> UNetModel:
-    from freeu.apps.demo.model import build_scheduler
+    from freeu.apps.demo_model import build_scheduler
 
     return UNetModel(tiny_unet(), build_scheduler("ddim"), "tiny random U-Net")
 
@@ -97,7 +97,7 @@ def tiny_folder(tmp_path_factory, tiny_sampler) -> Path:
     """The tiny U-Net exported in the demo model's format (unet.safetensors + config.json)."""
     from safetensors.torch import save_file
 
-    from freeu.apps.demo.model import SCHEDULER_CONFIG, UNET_CONFIG
+    from freeu.apps.demo_model import SCHEDULER_CONFIG, UNET_CONFIG
 
     folder = tmp_path_factory.mktemp("tiny-demo")
     state = {k: v.contiguous() for k, v in tiny_sampler.unet.state_dict().items()}
@@ -344,9 +344,9 @@ def test_what_the_model_cannot_do_is_refused(tiny_folder, tmp_path, capsys, monk
     assert "--guidance: the demo model is unconditional" in capsys.readouterr().err
     assert analyze("--model", str(tiny_folder), "--space", "latent", "--out", str(tmp_path)) == 2
     assert "space must be one of ['pixel']" in capsys.readouterr().err
-    import freeu.apps.demo.model
+    import freeu.apps.demo_model
 
-    monkeypatch.setattr(freeu.apps.demo.model, "CLASSES_WEIGHTS_DIR", tmp_path / "no-weights")
+    monkeypatch.setattr(freeu.apps.demo_model, "CLASSES_WEIGHTS_DIR", tmp_path / "no-weights")
     assert analyze("--out", str(tmp_path)) == 1  # the default model, demo-classes
     assert "unet.safetensors is missing" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.png"))

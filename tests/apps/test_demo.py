@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,11 +21,18 @@ from reference import reference_ddim  # noqa: E402
 
 import freeu  # noqa: E402
 from freeu.apps.cli import main  # noqa: E402
-from freeu.apps.demo.metrics import high_frequency_share  # noqa: E402
-from freeu.apps.demo.model import WEIGHTS_DIR, check_freeu_stages, count_parameters, load_exported  # noqa: E402
-from freeu.apps.demo.showcase import DEFAULT_ROWS, GUIDED_CLASSES, load_demo_model, run_demo  # noqa: E402
+from freeu.apps.demo.showcase import GUIDED_CLASSES, load_demo_model, run_demo  # noqa: E402
+from freeu.apps.demo_model import (  # noqa: E402
+    CLASSES_WEIGHTS_DIR,
+    DEFAULT_ROWS,
+    WEIGHTS_DIR,
+    check_freeu_stages,
+    count_parameters,
+    load_exported,
+)
 from freeu.apps.imaging import read_settings  # noqa: E402
-from freeu.apps.runtime import Request, load_demo, to_unit_range  # noqa: E402
+from freeu.apps.measures import high_frequency_share  # noqa: E402
+from freeu.apps.runtime import Request, load_demo, load_model, to_unit_range  # noqa: E402
 
 SD15 = dict(b1=1.5, b2=1.6, s1=0.9, s2=0.2)
 
@@ -187,3 +198,33 @@ def test_rows_must_start_with_freeu_off(tmp_path) -> None:
     bad = (DEFAULT_ROWS[0], type(DEFAULT_ROWS[0])("bad", dict(SD15, s1=-1)))
     with pytest.raises(ValueError, match="s1"):
         run_demo(tmp_path, rows=bad, progress=False)
+
+
+def test_the_runtime_alone_loads_every_demo_model_without_the_demo_package() -> None:
+    """In a fresh interpreter the runtime loads the default model, ``demo``, ``demo-classes`` and a folder in the
+    demo's format exactly as here, and imports nothing of the ``freeu demo`` command's package to do it."""
+    src = Path(freeu.__file__).resolve().parents[1]
+    names = [None, "demo", "demo-classes", str(WEIGHTS_DIR), str(CLASSES_WEIGHTS_DIR)]
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        sys.path.insert(0, {str(src)!r})
+        from freeu.apps.runtime import load_model
+
+        models = [load_model(name, device="cpu") for name in {names!r}]
+        shown = [[m.name, m.kind, m.fingerprint, m.description, m.classes, m.default_guidance] for m in models]
+        demo = sorted(m for m in sys.modules if m == "freeu.apps.demo" or m.startswith("freeu.apps.demo."))
+        print(json.dumps({{"models": shown, "demo": demo}}))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    loaded = json.loads(done.stdout.splitlines()[-1])
+    assert loaded["demo"] == []
+    here = [load_model(name, device="cpu") for name in names]
+    expected = [[m.name, m.kind, m.fingerprint, m.description, list(m.classes) if m.classes else None,
+                 m.default_guidance] for m in here]  # fmt: skip
+    assert loaded["models"] == expected
+    assert [m[0] for m in expected] == ["demo-classes", "demo", "demo-classes", str(WEIGHTS_DIR),
+                                        str(CLASSES_WEIGHTS_DIR)]  # fmt: skip
+    assert expected[0][2] == expected[2][2] == expected[4][2] != expected[1][2] == expected[3][2]

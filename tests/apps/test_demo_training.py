@@ -15,9 +15,10 @@ pytest.importorskip("tqdm")
 pytest.importorskip("safetensors")
 
 import freeu  # noqa: E402
-from freeu.apps.demo import data, metrics  # noqa: E402
-from freeu.apps.demo.model import build_unet, check_freeu_stages, load_exported  # noqa: E402
+from freeu.apps import demo_data as data  # noqa: E402
+from freeu.apps import measures as metrics  # noqa: E402
 from freeu.apps.demo.train import TrainConfig, export_weights, train  # noqa: E402
+from freeu.apps.demo_model import build_unet, check_freeu_stages, load_exported  # noqa: E402
 
 TINY_UNET = {
     "sample_size": 32,
@@ -146,7 +147,7 @@ def test_laplacian_pyramid_reconstructs_and_spectrum_finds_a_cosine() -> None:
 
 
 def test_freeu_finds_both_stages_and_flat_widths_are_refused() -> None:
-    from freeu.apps.demo.model import UNET_CONFIG
+    from freeu.apps.demo_model import UNET_CONFIG
 
     stages = check_freeu_stages(build_unet(UNET_CONFIG, seed=0))
     assert len(stages[1]) == 4 and len(stages[2]) == 3

@@ -549,7 +549,7 @@ def is_demo_folder(model: str | Path | None) -> Path | None:
     A folder in the demo's format holds ``unet.safetensors`` and a ``config.json`` with ``"unet"`` and
     ``"scheduler"`` entries (what :func:`freeu.apps.demo.train.export_weights` writes).
     """
-    from .demo.model import CLASSES_WEIGHTS_DIR, WEIGHTS_DIR
+    from .demo_model import CLASSES_WEIGHTS_DIR, WEIGHTS_DIR
 
     if model is None:
         model = DEFAULT_MODEL
@@ -568,8 +568,10 @@ def is_demo_folder(model: str | Path | None) -> Path | None:
 
 
 def load_demo(folder: str | Path | None = None, *, device: str = "cpu", dtype: str = "float32") -> UNetModel:
-    """The bundled demo model (``folder=None``) or one exported in its format, with its DDIM sampler."""
-    from .demo.model import WEIGHTS_DIR, build_scheduler, count_parameters, load_exported
+    """The bundled demo model (``folder=None``) or one exported in its format, with its DDIM sampler (built by
+    :mod:`freeu.apps.demo_model`, which finds the bundled weights as files: the demo command's package is not
+    imported)."""
+    from .demo_model import WEIGHTS_DIR, build_scheduler, count_parameters, load_exported
 
     directory = WEIGHTS_DIR if folder is None else Path(folder)
     unet, config = load_exported(directory, dtype=DTYPES[dtype])

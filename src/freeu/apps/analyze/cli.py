@@ -23,10 +23,11 @@ from ..options import (
     size,
     writable_folder,
 )
+from ..plotting import plot_guidance, setting_label
 from ..runtime import DEFAULT_MODEL, MODEL_HELP, Model, Request, load_model
 from .experiments import DEMO_SETTING, SPACES, SWEPT, b_sweep, features, trajectory
 from .measures import PATHS
-from .plots import plot_b_sweep, plot_features, plot_guidance, plot_trajectory, setting_label
+from .plots import plot_b_sweep, plot_features, plot_trajectory
 
 __all__ = ["PARTS", "register", "run", "summary", "write_json"]
 

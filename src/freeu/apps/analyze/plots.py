@@ -9,20 +9,10 @@ from typing import Any
 
 import torch
 
-from freeu.config import FreeUConfig
-
-from ..errors import require
+from .. import plotting
+from ..plotting import plot_guidance, setting_label
 
 __all__ = ["plot_b_sweep", "plot_features", "plot_guidance", "plot_trajectory", "setting_label"]
-
-
-def _figure_class() -> Any:
-    return require("matplotlib.figure", "plots", "freeu analyze's figures").Figure
-
-
-def setting_label(settings: dict[str, Any] | None) -> str:
-    """``FreeU off``, or ``FreeU`` and :meth:`freeu.FreeUConfig.label` of the settings of a results dict."""
-    return "FreeU off" if settings is None else f"FreeU {FreeUConfig(**settings).label()}"
 
 
 def _display(x: torch.Tensor, space: str, centred: bool) -> Any:
@@ -51,7 +41,7 @@ def plot_trajectory(result: dict[str, Any], out: str | Path, model: str) -> list
     """Per space: ``trajectory-strip-SPACE.png`` (rows x0, low, high and the x_t ones; columns the strip steps) and
     ``trajectory-amplitude-SPACE.png`` (the curves per step, coloured by step, and the high-frequency share and the
     per-step change of the low and high parts)."""
-    figure_class = _figure_class()
+    figure_class = plotting.figure_class()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -116,7 +106,7 @@ def plot_trajectory(result: dict[str, Any], out: str | Path, model: str) -> list
 
 def plot_b_sweep(result: dict[str, Any], out: str | Path, model: str) -> list[Path]:
     """Per space, ``b-sweep-SPACE.png``: the final samples' curve for each ``b``, and the first seed's samples."""
-    figure_class = _figure_class()
+    figure_class = plotting.figure_class()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -158,7 +148,7 @@ def plot_b_sweep(result: dict[str, Any], out: str | Path, model: str) -> list[Pa
 
 def plot_features(result: dict[str, Any], out: str | Path, model: str) -> list[Path]:
     """``features.png``: one panel per skip join, backbone / skip / fused curves, FreeU off dashed and on solid."""
-    figure_class = _figure_class()
+    figure_class = plotting.figure_class()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     joins = result["joins"]
@@ -193,31 +183,4 @@ def plot_features(result: dict[str, Any], out: str | Path, model: str) -> list[P
     )
     path = out / "features.png"
     fig.savefig(path, dpi=110)
-    return [path]
-
-
-def plot_guidance(result: dict[str, Any], out: str | Path, model: str, filename: str = "guidance.png") -> list[Path]:
-    """The guidance meter per step: FreeU's equivalent guidance scale against the run's own scale (left), and the
-    share of FreeU's change that no guidance scale makes (right)."""
-    figure = _figure_class()(figsize=(9, 3.4), dpi=110)
-    left, right = figure.subplots(1, 2)
-    steps = [s["index"] + 1 for s in result["steps"]]
-    left.plot(steps, [s["equivalent"] for s in result["steps"]], marker="o", color="tab:red",
-              label=f"FreeU's equivalent (mean {result['equivalent']:.3g})")  # fmt: skip
-    left.axhline(result["scale"], linestyle="--", color="black", label=f"guidance scale {result['scale']:g}")
-    left.set_xlabel("denoising step")
-    left.set_ylabel("guidance scale")
-    left.set_title("equivalent guidance scale", fontsize=9)
-    left.legend(fontsize=7)
-    right.plot(steps, [s["orthogonal_share"] for s in result["steps"]], marker="o", color="tab:blue")
-    right.set_ylim(0, 1.05)
-    right.set_xlabel("denoising step")
-    right.set_ylabel("share of |change|^2")
-    right.set_title(f"orthogonal to guidance (mean {result['orthogonal_share']:.2f})", fontsize=9)
-    for ax in (left, right):
-        ax.grid(True, alpha=0.3)
-    figure.suptitle(textwrap.shorten(f"{model}: {setting_label(result['freeu'])}", 110), fontsize=9)
-    figure.tight_layout()
-    path = Path(out) / filename
-    figure.savefig(path)
     return [path]

@@ -4,11 +4,20 @@ It is a diffusers ``UNet2DModel`` (32x32 RGB, widths 32/64/128, so FreeU's offic
 on random crops of the photographs and textures that scikit-image ships in its wheel, so that FreeU can be shown on
 a CPU with nothing downloaded. Modules:
 
-- :mod:`freeu.apps.demo.model`: the U-Net and noise-scheduler configs, in one place, and builders/loaders for them.
-- :mod:`freeu.apps.demo.data`: the images, the held-out ones, and a deterministic patch sampler.
-- :mod:`freeu.apps.demo.metrics`: weight-free sample-quality metrics (Laplacian-pyramid SWD, radial power spectrum).
+- :mod:`freeu.apps.demo.showcase`: ``freeu demo``, the grid, the spectra and the guidance comparison.
 - :mod:`freeu.apps.demo.train`: the resumable, early-stopped training loop and the weight export
   (``python scripts/train_demo.py --out runs/demo``).
+- ``weights/`` and ``weights-classes/``: the shipped weights (package data).
+
+What the runtime and the other commands use too lives outside this package, so that none of them imports it:
+
+- :mod:`freeu.apps.demo_model`: the U-Net and noise-scheduler configs, in one place, the weights' folders, builders
+  and the loader, and the FreeU settings the demo shows;
+- :mod:`freeu.apps.demo_data`: the images, the held-out ones, and a deterministic patch sampler;
+- :mod:`freeu.apps.measures`: weight-free sample-quality metrics (Laplacian-pyramid SWD, radial power spectrum).
+
+``freeu.apps.demo.model``, ``.data`` and ``.metrics`` re-export those modules' names for code written against
+their old place.
 
 Nothing here is imported by ``import freeu``; diffusers, scikit-image, tqdm, safetensors and Pillow are imported
 lazily inside the functions that need them.

@@ -1,24 +1,19 @@
-"""The demo model's configuration, in one place: the U-Net, the noise schedule, and how to build or load them.
-
-The U-Net is a diffusers ``UNet2DModel`` for 32x32 RGB with three resolution levels (32, 16, 8) and widths
-32/64/128. The widths are chosen for FreeU: the official convention puts stage 1 at joins whose backbone is 4x the
-base width (128 here, as 1280 = 4 x 320 in Stable Diffusion) and stage 2 at 2x (64), so both stages get joins
-(4 and 3 of the 9, a miniature of SD's 7 and 3 of 12). :func:`check_freeu_stages` verifies it with
-:func:`freeu.plan`.
-
-The noise schedule is DDPM's (Ho et al. 2020, the CIFAR-10 one): 1000 steps, betas linear from 1e-4 to 0.02,
-epsilon prediction. Samplers (DDPM, DDIM) are built from the same dict, so training and sampling cannot disagree.
-"""
+"""Moved to :mod:`freeu.apps.demo_model` (the runtime and every command use it, so it lives outside this package);
+these names stay importable from here for code written against the old place."""
 
 from __future__ import annotations
 
-import copy
-import json
-import logging
-from pathlib import Path
-from typing import Any, Literal
-
-import torch
+from ..demo_model import (
+    CLASSES_WEIGHTS_DIR,
+    SCHEDULER_CONFIG,
+    UNET_CONFIG,
+    WEIGHTS_DIR,
+    build_scheduler,
+    build_unet,
+    check_freeu_stages,
+    count_parameters,
+    load_exported,
+)
 
 __all__ = [
     "CLASSES_WEIGHTS_DIR",
@@ -31,119 +26,3 @@ __all__ = [
     "count_parameters",
     "load_exported",
 ]
-
-logger = logging.getLogger(__name__)
-
-#: Where the exported (shipped) weights live: ``unet.safetensors`` and ``config.json``.
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-#: The class-conditional demo model's (``--model demo-classes``): the same U-Net with a class embedding.
-CLASSES_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights-classes"
-
-#: Keyword arguments of ``diffusers.UNet2DModel``. JSON-serialisable (lists, not tuples) so it is stored verbatim in
-#: checkpoints and in the exported ``config.json``.
-UNET_CONFIG: dict[str, Any] = {
-    "sample_size": 32,
-    "in_channels": 3,
-    "out_channels": 3,
-    "block_out_channels": [32, 64, 128],
-    "layers_per_block": 2,
-    "down_block_types": ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"],
-    "up_block_types": ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
-    "attention_head_dim": 32,
-    "norm_num_groups": 32,
-    "dropout": 0.0,
-}
-
-#: Keyword arguments of ``diffusers.DDPMScheduler`` (and, through ``from_config``, of ``DDIMScheduler``).
-#: ``timestep_spacing="trailing"`` makes few-step samplers start at t = 999 (pure noise), as Lin et al. 2024 advise.
-SCHEDULER_CONFIG: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_schedule": "linear",
-    "beta_start": 0.0001,
-    "beta_end": 0.02,
-    "prediction_type": "epsilon",
-    "clip_sample": True,
-    "clip_sample_range": 1.0,
-    "timestep_spacing": "trailing",
-}
-
-SamplerKind = Literal["ddpm", "ddim"]
-
-
-def build_unet(config: dict[str, Any] | None = None, seed: int | None = None) -> torch.nn.Module:
-    """A freshly initialised ``UNet2DModel`` from ``config`` (default :data:`UNET_CONFIG`).
-
-    With ``seed``, the initial weights depend only on it (the global torch RNG is seeded and then restored).
-    """
-    from diffusers import UNet2DModel
-
-    config = copy.deepcopy(UNET_CONFIG if config is None else config)
-    if seed is None:
-        return UNet2DModel(**config)
-    state = torch.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        return UNet2DModel(**config)
-    finally:
-        torch.set_rng_state(state)
-
-
-def build_scheduler(kind: SamplerKind = "ddpm", config: dict[str, Any] | None = None) -> Any:
-    """The DDPM (training, ancestral sampling) or DDIM (fast sampling) scheduler of :data:`SCHEDULER_CONFIG`."""
-    from diffusers import DDIMScheduler, DDPMScheduler
-
-    classes = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
-    if kind not in classes:
-        raise ValueError(f"kind must be one of {sorted(classes)}, got {kind!r}")
-    return classes[kind](**copy.deepcopy(SCHEDULER_CONFIG if config is None else config))
-
-
-def count_parameters(module: torch.nn.Module) -> int:
-    """Number of scalar parameters of ``module``."""
-    return sum(p.numel() for p in module.parameters())
-
-
-def check_freeu_stages(unet: torch.nn.Module) -> dict[int, list[str]]:
-    """The skip joins that FreeU's official convention gives stage 1 and 2; raises if either stage has none.
-
-    The demo exists to show FreeU, so a config whose widths leave a stage empty (the rule wants backbone widths of
-    4x and 2x the base width) is rejected here rather than producing a model on which ``b1``/``s1`` do nothing.
-    """
-    from freeu import plan
-
-    stages: dict[int, list[str]] = {1: [], 2: []}
-    for entry in plan(unet, convention="official"):
-        if entry.stage is not None:
-            stages[entry.stage].append(entry.join.name)
-    empty = [stage for stage, joins in stages.items() if not joins]
-    if empty:
-        widths = list(getattr(unet.config, "block_out_channels", []))
-        raise ValueError(
-            f"block_out_channels={widths}: FreeU's official convention finds no join for stage(s) {empty}; it needs "
-            f"backbone widths of 4x and 2x the base width {widths[:1]}, e.g. block_out_channels=[32, 64, 128]"
-        )
-    return stages
-
-
-def load_exported(directory: str | Path = WEIGHTS_DIR, dtype: torch.dtype = torch.float32) -> tuple[Any, dict]:
-    """The exported demo U-Net (eval mode, ``dtype``) and the parsed ``config.json`` next to its weights.
-
-    ``config.json`` holds ``"unet"`` (the :func:`build_unet` config), ``"scheduler"`` (the
-    :func:`build_scheduler` config) and ``"training"`` (how and on what it was trained).
-    """
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    weights, config_path = directory / "unet.safetensors", directory / "config.json"
-    for path in (weights, config_path):
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path} is missing: train and export the demo model first (python scripts/train_demo.py --out ...)"
-            )
-    config = json.loads(config_path.read_text())
-    unet = build_unet(config["unet"])
-    state = {k: v.to(torch.float32) for k, v in load_file(str(weights)).items()}
-    unet.load_state_dict(state, strict=True)
-    if dtype != torch.float32:  # (a no-op .to() would still make diffusers warn about keeping modules in float32)
-        unet = unet.to(dtype)
-    return unet.eval(), config

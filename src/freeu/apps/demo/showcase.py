@@ -26,7 +26,6 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +33,11 @@ import torch
 
 import freeu
 
+from ..demo_data import HELD_OUT_IMAGES, HELD_OUT_SEED, PatchSampler
+from ..demo_model import CLASSES_WEIGHTS_DIR, DEFAULT_ROWS, DemoRow
 from ..errors import require
 from ..imaging import grid, save_png
+from ..measures import high_frequency_share, radial_power_spectrum, rapsd_distance, swd_laplacian
 from ..options import device, positive_int, seed, writable_folder
 from ..runtime import (
     DEFAULT_MODEL,
@@ -50,9 +52,6 @@ from ..runtime import (
     to_pil,
     to_unit_range,
 )
-from .data import HELD_OUT_IMAGES, HELD_OUT_SEED, PatchSampler
-from .metrics import high_frequency_share, radial_power_spectrum, rapsd_distance, swd_laplacian
-from .model import CLASSES_WEIGHTS_DIR
 
 __all__ = [
     "DEFAULT_ROWS",
@@ -71,37 +70,6 @@ logger = logging.getLogger(__name__)
 
 #: Held-out patches drawn for the reference spectrum and distances (fixed seed, so every run compares alike).
 REFERENCE_PATCHES = 256
-
-
-@dataclass(frozen=True)
-class DemoRow:
-    """One row of the demo grid: a label and the keyword arguments of ``freeu.apply`` (``None``: FreeU off)."""
-
-    label: str
-    settings: dict[str, Any] | None = field(default=None)
-
-    def describe(self) -> str:
-        if self.settings is None:
-            return self.label
-        s = self.settings
-        return f"{self.label}\nb1={s['b1']:g} b2={s['b2']:g}\ns1={s['s1']:g} s2={s['s2']:g}\nv{s['version']}"
-
-
-def _setting(b1: float, b2: float, s1: float, s2: float, version: int = 2) -> dict[str, Any]:
-    return dict(b1=b1, b2=b2, s1=s1, s2=s2, version=version, convention="official")
-
-
-#: The demo's rows. The factors are the SD 1.5 ones from the authors' README (b1 1.5, b2 1.6, s1 0.9, s2 0.2), split
-#: into their b and s halves, in version 2 and 1, and a mild setting; the demo model's two stages sit at the same
-#: relative widths as SD's (4x and 2x the base width), see ``freeu.apps.demo.model``.
-DEFAULT_ROWS: tuple[DemoRow, ...] = (
-    DemoRow("FreeU off"),
-    DemoRow("b only", _setting(1.5, 1.6, 1.0, 1.0)),
-    DemoRow("s only", _setting(1.0, 1.0, 0.9, 0.2)),
-    DemoRow("FreeU", _setting(1.5, 1.6, 0.9, 0.2)),
-    DemoRow("FreeU v1", _setting(1.5, 1.6, 0.9, 0.2, version=1)),
-    DemoRow("mild", _setting(1.1, 1.2, 0.9, 0.9)),
-)
 
 
 def _reference_patches(count: int) -> torch.Tensor | None:
@@ -153,7 +121,7 @@ def _plot_spectra(path: Path, rows: Sequence[DemoRow], spectra: list[torch.Tenso
 #: The classes of the demo on a class-conditional model (columns: each class with every seed), and the setting of
 #: its guided comparison (the SD 1.5 factors, version 2).
 GUIDED_CLASSES: tuple[str, ...] = ("brick", "coins", "grass", "text")
-GUIDED_SETTING = _setting(1.5, 1.6, 0.9, 0.2)
+GUIDED_SETTING = dict(b1=1.5, b2=1.6, s1=0.9, s2=0.2, version=2, convention="official")
 
 
 #: Samples already made in one ``freeu demo`` run, by (seeds, request, FreeU settings): the guided comparison's FreeU

@@ -1,7 +1,7 @@
 """Train the demo U-Net on CPU: deterministic, resumable, early-stopped on a weight-free sample-quality metric.
 
-``python scripts/train_demo.py --out runs/demo`` trains :data:`freeu.apps.demo.model.UNET_CONFIG` with the DDPM noise
-schedule (epsilon prediction, MSE) on patches from :class:`freeu.apps.demo.data.PatchSampler`, with AdamW, a linear
+``python scripts/train_demo.py --out runs/demo`` trains :data:`freeu.apps.demo_model.UNET_CONFIG` with the DDPM noise
+schedule (epsilon prediction, MSE) on patches from :class:`freeu.apps.demo_data.PatchSampler`, with AdamW, a linear
 learning-rate warm-up and EMA weights (bf16 autocast on CPU by default; weights and optimiser stay float32).
 Everything random is drawn from generators seeded by ``(seed, step)``, so a run is a pure function of its config,
 and running it again with the same ``--out`` resumes from ``checkpoint.pt`` (model, optimiser, EMA, step, RNG
@@ -10,7 +10,7 @@ Checkpoints are written atomically (temporary file, then rename) every ``checkpo
 evaluation, and on SIGINT/SIGTERM (after finishing the current step).
 
 Every ``eval_every`` steps the EMA model samples a fixed set of seeds with DDIM and is scored against patches of
-the held-out images by the multi-scale sliced Wasserstein distance (:func:`freeu.apps.demo.metrics.swd_laplacian`,
+the held-out images by the multi-scale sliced Wasserstein distance (:func:`freeu.apps.measures.swd_laplacian`,
 mean over levels; lower is better); the radial power spectrum distance is logged next to it. The best EMA weights
 are kept in ``best.pt``. Training stops after ``patience`` evaluations without a relative improvement of
 ``min_improvement``, at ``max_steps``, or after ``max_hours`` of training time; it then exports the best EMA
@@ -44,10 +44,10 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from ..demo_data import HELD_OUT_IMAGES, TRAIN_IMAGES, PatchSampler, mix_seed
+from ..demo_model import SCHEDULER_CONFIG, UNET_CONFIG, WEIGHTS_DIR, build_scheduler, build_unet, check_freeu_stages
+from ..measures import rapsd_distance, swd_laplacian
 from ..runtime import Request, UNetModel, to_unit_range
-from .data import HELD_OUT_IMAGES, TRAIN_IMAGES, PatchSampler, mix_seed
-from .metrics import rapsd_distance, swd_laplacian
-from .model import SCHEDULER_CONFIG, UNET_CONFIG, WEIGHTS_DIR, build_scheduler, build_unet, check_freeu_stages
 
 __all__ = ["TrainConfig", "evaluate", "export_weights", "main", "save_grid", "train"]
 
@@ -76,11 +76,12 @@ _FIXED_ON_RESUME = (
     "eval_guidance",
 )
 
-# Independent random streams per step (see data.mix_seed).
+# Independent random streams per step (see demo_data.mix_seed).
 _STREAM_NOISE = 1
 _STREAM_REFERENCE = 2
 _STREAM_FLOOR = 3
-_STREAM_METRIC = 4
+#: The evaluation metric's stream (public: ``scripts/demo_card.py`` recomputes a run's evaluation with it).
+STREAM_METRIC = 4
 
 
 @dataclasses.dataclass
@@ -315,13 +316,13 @@ def evaluate(unet: torch.nn.Module, cfg: TrainConfig, reference: torch.Tensor) -
                 request = Request(steps=cfg.eval_sampler_steps, prompt=name, guidance=cfg.eval_guidance)
                 final[k :: len(classes)] = model.sample(mine, request, output="tensor", batch_size=64).float().cpu()
     samples = to_unit_range(final)
-    return score(samples, reference, mix_seed(cfg.seed, _STREAM_METRIC)), samples
+    return score(samples, reference, mix_seed(cfg.seed, STREAM_METRIC)), samples
 
 
 def reference_floor(cfg: TrainConfig, reference: torch.Tensor) -> dict[str, Any]:
     """The metrics of real *training* patches against the held-out reference: what a perfect model would score."""
     real = PatchSampler(TRAIN_IMAGES, seed=mix_seed(cfg.seed, _STREAM_FLOOR)).sample(0, cfg.eval_samples)[0]
-    return score(real, reference, mix_seed(cfg.seed, _STREAM_METRIC))
+    return score(real, reference, mix_seed(cfg.seed, STREAM_METRIC))
 
 
 # ------------------------------------------------------------------------------------------------ the training

@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..demo.metrics import laplacian_pyramid, patch_descriptors, quantiles, radial_power_spectrum
+from ..measures import laplacian_pyramid, patch_descriptors, quantiles, radial_power_spectrum
 
 __all__ = [
     "FeatureDistances",
