@@ -34,6 +34,7 @@ import torch
 from freeu.config import FreeUConfig
 from freeu.hooks import JoinObservation, apply
 from freeu.models import class_names, find_unet
+from freeu.settings import VIDEO_UNETS, detect_preset
 
 from .errors import ModelLoadError
 
@@ -51,7 +52,6 @@ __all__ = [
     "Step",
     "UNetModel",
     "default_device",
-    "detect_preset",
     "is_demo_folder",
     "load_model",
     "peek_classes",
@@ -78,7 +78,6 @@ MODEL_HELP = (
     "(never downloaded)"
 )
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-VIDEO_UNETS = ("UNet3DConditionModel", "UNetMotionModel", "I2VGenXLUNet", "UNetSpatioTemporalConditionModel")
 
 Space = Literal["latent", "pixel"]
 Output = Literal["pil", "tensor"]
@@ -183,29 +182,6 @@ def predicted_x0(
     raise ValueError(f"prediction_type must be 'epsilon', 'v_prediction' or 'sample', got {kind!r}")
 
 
-def detect_preset(model: object) -> tuple[str, str]:
-    """``(preset name, the structural evidence)`` for ``--preset auto``, from the U-Net's structure (its
-    conditioning and attention layout), never from the checkpoint's name; ``ValueError`` when the layout is unknown."""
-    unet = find_unet(model)
-    names = class_names(unet)
-    if names & set(VIDEO_UNETS):
-        return "modelscope", f"a video U-Net ({type(unet).__name__})"
-    config = getattr(unet, "config", None)
-    if config is None or "UNet2DConditionModel" not in names:
-        raise ValueError(
-            f"--preset auto knows Stable Diffusion 1.x/2.x/XL and video U-Nets; {type(unet).__name__} is none of "
-            "them: give --preset NAME or the factors"
-        )
-    if getattr(config, "addition_embed_type", None) == "text_time":
-        return "sdxl", "text_time added conditioning (the SDXL U-Net layout)"
-    if getattr(config, "use_linear_projection", False) or getattr(config, "cross_attention_dim", None) == 1024:
-        return "sd21", "linear attention projections / 1024-wide cross-attention (the SD 2.x U-Net layout)"
-    return (
-        "sd15",
-        "convolutional attention projections, no added conditioning (the SD 1.x layout; SD 1.4 and 1.5 share it)",
-    )
-
-
 class Model:
     """A model the applications can sample. Subclasses set the attributes and implement :meth:`_sample`.
 
@@ -236,9 +212,9 @@ class Model:
     # -- what the model can do ----------------------------------------------------------------------------------
 
     def preset(self) -> tuple[str, str]:
-        """``(preset name, the structural evidence)`` for ``--preset auto``; ``ValueError`` where none fits."""
-        raise ValueError(f"{self.name} has no --preset auto (it is no Stable Diffusion layout): name a preset or the "
-                         "factors")  # fmt: skip
+        """``(preset name, the structural evidence)`` for ``--preset auto`` (:func:`freeu.settings.detect_preset`
+        of the U-Net); ``ValueError`` where none fits."""
+        return detect_preset(self.unet)
 
     def check(self, request: Request) -> Request:
         """``request`` with the model's size filled in; ``ValueError`` naming the flag the model cannot take."""
@@ -433,9 +409,6 @@ class PipelineModel(Model):
         """How many pixels one step of the deepest U-Net level spans: sizes must be multiples of it."""
         levels = len(getattr(self.unet, "down_blocks", [])) or 1
         return self.factor * 2 ** (levels - 1)
-
-    def preset(self) -> tuple[str, str]:
-        return detect_preset(self.unet)
 
     def check(self, request: Request) -> Request:
         if self.takes_prompt and request.prompt is None:

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 from pathlib import Path
 from typing import Any
 
-from freeu.config import FreeUConfig, get_preset
+from freeu.config import PRESETS, FreeUConfig, Preset
+from freeu.settings import Settings
 
 from ..errors import require
 from ..options import (
     add_freeu_options,
     add_model_options,
     factor_values,
-    freeu_overrides,
+    freeu_settings,
     non_negative,
     positive_int,
     resolve_freeu,
@@ -167,29 +169,32 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _freeu_setting(model: Model, args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[FreeUConfig, str]:
+#: What the "with FreeU" runs start from where neither ``--preset`` nor a model default applies: the factors given.
+IDENTITY = FreeUConfig(1.0, 1.0, 1.0, 1.0)
+
+
+def _freeu_setting(model: Model, args: argparse.Namespace, freeu: Settings) -> tuple[FreeUConfig, str]:
     """The "with FreeU" setting: ``--preset``, else the model's default (the demo's, or the preset of a pipeline's
     layout), overridden by the flags given; all four factors are needed when there is neither and the features are
     analysed."""
-    default = None
-    if model.kind == "demo":
-        default = DEMO_SETTING, "the demo default (official README SD 1.4 / SDXL values)"
-    elif args.preset is None:
-        try:
-            name, evidence = model.preset()
-            default = get_preset(name).config, f"preset {name!r} ({evidence})"
-        except ValueError:
-            default = None
-    if default is None and args.preset is None and "features" not in args.only:
-        default = FreeUConfig(1.0, 1.0, 1.0, 1.0), "the factors given"
-    config, _, source = resolve_freeu(model, args.preset, overrides, default)
-    return config, source
+    if args.preset is None:
+        default: Preset | FreeUConfig | None = None
+        if model.kind == "demo":
+            default = Preset("the demo default", DEMO_SETTING, model.name, "official README SD 1.4 / SDXL values")
+        else:
+            try:
+                default = PRESETS[model.preset()[0]]
+            except ValueError:
+                default = IDENTITY if "features" not in args.only else None
+        freeu = dataclasses.replace(freeu, preset=default)
+    resolved = resolve_freeu(model, freeu)
+    return resolved.config, resolved.source
 
 
 def run(args: argparse.Namespace) -> int:
     """``freeu analyze``: every part of ``args.only`` into ``args.out``; prints a summary."""
     require("matplotlib", "plots", "freeu analyze's figures")
-    overrides = freeu_overrides(args)
+    freeu = freeu_settings(args, default=IDENTITY)  # the flags checked before the model loads
     writable_folder("--out", args.out)
     print(f"loading {args.model or DEFAULT_MODEL} ...", flush=True)
     model = load_model(args.model, device=args.device, dtype=args.dtype)
@@ -210,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
     elif "guidance" in args.only and not model.guided:
         raise ValueError(f"--only guidance: {model.name} takes no guidance scale (the guidance meter needs a guided "
                          "pipeline)")  # fmt: skip
-    config, source = _freeu_setting(model, args, overrides)
+    config, source = _freeu_setting(model, args, freeu)
     sweep_base = FreeUConfig(1.0, 1.0, 1.0, 1.0, version=config.version, convention=config.convention)
     count = args.count or (2 if model.kind == "pipeline" else 8)
     seeds = list(range(args.seed, args.seed + count))
