@@ -1,4 +1,10 @@
-"""The core stands alone: it needs only torch and imports nothing from the applications (``freeu.apps``)."""
+"""The layers of the package, read from its import statements with ``ast``.
+
+- The core stands alone: it needs only torch and imports nothing from the applications (``freeu.apps``).
+- The applications' shared modules (the runtime, options, imaging, measures, ...) import no command's package.
+- No import circle among ``freeu``'s modules, counting imports inside functions.
+- No module imports another's private name (``from x import _name``, ``x._name``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import ast
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -20,21 +27,32 @@ def core_modules() -> list[Path]:
     return sorted(p for p in PACKAGE.rglob("*.py") if "apps" not in p.relative_to(PACKAGE).parts and p != LAUNCHER)
 
 
-def imported_modules(path: Path, package: str | None = None) -> list[str]:
-    """Every module an ``import`` statement of ``path`` names, anywhere in the file, relative ones made absolute
-    (``package``: the file's package, by default from its place under ``src``)."""
+def import_nodes(path: Path, package: str | None = None) -> Iterator[tuple[ast.Import | ast.ImportFrom, str]]:
+    """Every ``import`` statement of ``path``, anywhere in the file (inside functions too), with the module it
+    imports from made absolute (``""`` for a plain ``import``; ``package``: the file's package, by default from its
+    place under ``src``)."""
     if package is None:
         package = ".".join(path.relative_to(SRC).with_suffix("").parts[:-1])
-    found = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            found += [alias.name for alias in node.names]
+            yield node, ""
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 parts = package.split(".")
                 stem = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
             else:
                 stem = node.module or ""
+            yield node, stem
+
+
+def imported_modules(path: Path, package: str | None = None) -> list[str]:
+    """Every module an ``import`` statement of ``path`` names, anywhere in the file, relative ones made absolute
+    (``from a import b`` names ``a`` and ``a.b``, whether ``b`` is a module or not)."""
+    found = []
+    for node, stem in import_nodes(path, package):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        else:
             found += [stem] + [f"{stem}.{alias.name}" for alias in node.names]
     return found
 
@@ -139,3 +157,182 @@ def test_freeu_applies_to_a_custom_unet_where_no_optional_dependency_can_be_impo
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("ok")
+
+
+# -- the applications' layers and the module graph ------------------------------------------------------------------
+
+APPS = PACKAGE / "apps"
+#: The commands of ``freeu``: packages or modules of ``freeu.apps`` that only the launcher (``freeu.apps.cli``, which
+#: reaches them by name) and other commands may import.
+COMMANDS = ("demo", "analyze", "evaluate", "tune", "generate", "ui", "plan")
+
+
+def shared_app_modules() -> list[Path]:
+    """The modules of ``freeu.apps`` that are neither a command nor the launcher: what the commands share."""
+    return sorted(p for p in APPS.glob("*.py") if p.stem not in (*COMMANDS, "cli"))
+
+
+def command_imports(path: Path, package: str | None = None) -> list[str]:
+    """What ``path`` imports from a command's package or module."""
+    commands = [f"freeu.apps.{c}" for c in COMMANDS]
+    names = imported_modules(path, package)
+    return sorted({n for n in names for c in commands if n == c or n.startswith(f"{c}.")})
+
+
+def module_name(path: Path, src: Path = SRC) -> str:
+    parts = path.relative_to(src).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules_of(src: Path = SRC, top: str = "freeu") -> dict[str, Path]:
+    """Every module of the package ``top`` under ``src``, by name (a package by its ``__init__.py``)."""
+    return {module_name(p, src): p for p in sorted((src / top).rglob("*.py"))}
+
+
+def package_of(path: Path, src: Path) -> str:
+    return ".".join(path.relative_to(src).with_suffix("").parts[:-1])
+
+
+def import_graph(src: Path = SRC, top: str = "freeu") -> dict[str, set[str]]:
+    """Each module of ``top`` -> the modules of ``top`` its import statements run, wherever they stand (inside
+    functions too): ``from p import x`` runs ``p.x`` where that is a module, else ``p``; ``import a.b`` runs ``a.b``;
+    and each also runs the packages above it that are not above the importer (those are already being imported)."""
+    modules = modules_of(src, top)
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets: set[str] = set()
+        for node, stem in import_nodes(path, package_of(path, src)):
+            if isinstance(node, ast.Import):
+                named = [alias.name for alias in node.names]
+            else:
+                named = [f"{stem}.{a.name}" if f"{stem}.{a.name}" in modules else stem for a in node.names]
+            for target in named:
+                parts = target.split(".")
+                above = {".".join(parts[:i]) for i in range(1, len(parts))}
+                targets |= {target} & modules.keys()
+                targets |= {p for p in above & modules.keys() if not (name == p or name.startswith(f"{p}."))}
+        graph[name] = targets - {name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One circle of ``graph`` as ``[a, b, ..., a]`` (each imports the next), or ``[]`` if there is none."""
+    state: dict[str, str] = {}
+    for start in sorted(graph):
+        if start in state:
+            continue
+        state[start] = "open"
+        path, stack = [start], [iter(sorted(graph[start]))]
+        while stack:
+            for child in stack[-1]:
+                if state.get(child) == "open":
+                    return [*path[path.index(child) :], child]
+                if child not in state:
+                    state[child] = "open"
+                    path.append(child)
+                    stack.append(iter(sorted(graph.get(child, ()))))
+                    break
+            else:
+                state[path.pop()] = "done"
+                stack.pop()
+    return []
+
+
+def is_private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def dotted(node: ast.expr) -> str | None:
+    """``a.b.c`` for a chain of names and attributes, else ``None``."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute) and (base := dotted(node.value)) is not None:
+        return f"{base}.{node.attr}"
+    return None
+
+
+def private_imports(src: Path = SRC, top: str = "freeu") -> list[str]:
+    """``module: from x import _name`` (or ``import x._y``) and ``module: x._name`` (an attribute of a module bound by
+    an import), for every module of ``top`` that reaches a private name of another one."""
+    modules = modules_of(src, top)
+    found = []
+    for name, path in modules.items():
+        bound: dict[str, str] = {}  # a local name -> the module of ``top`` it is
+        for node, stem in import_nodes(path, package_of(path, src)):
+            for alias in node.names:
+                if isinstance(node, ast.Import):
+                    if alias.name.split(".")[0] != top:
+                        continue
+                    if any(is_private(part) for part in alias.name.split(".")):
+                        found.append(f"{name}: import {alias.name}")
+                    local = alias.asname or alias.name.split(".")[0]
+                    bound[local] = alias.name if alias.asname else top
+                elif stem == top or stem.startswith(f"{top}."):
+                    if is_private(alias.name) and stem != name:
+                        found.append(f"{name}: from {stem} import {alias.name}")
+                    if f"{stem}.{alias.name}" in modules:
+                        bound[alias.asname or alias.name] = f"{stem}.{alias.name}"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and is_private(node.attr) and (chain := dotted(node.value)):
+                first, _, rest = chain.partition(".")
+                target = ".".join(filter(None, [bound.get(first, ""), rest])) if first in bound else None
+                if target in modules and target != name:
+                    found.append(f"{name}: {target}.{node.attr}")
+    return found
+
+
+def test_the_layering_rules_see_a_planted_command_import_cycle_and_private_name(tmp_path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "from .demo.model import X\nfrom .demo_model import Y\nfrom . import options, plotting\n"
+        "def f():\n    from .evaluate import cli\n    import freeu.apps.ui\n"
+    )
+    assert command_imports(probe, "freeu.apps") == [
+        "freeu.apps.demo.model", "freeu.apps.demo.model.X", "freeu.apps.evaluate", "freeu.apps.evaluate.cli",
+        "freeu.apps.ui"]  # fmt: skip
+
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    files = {
+        "__init__.py": "",
+        "a.py": "from . import b\n",
+        "b.py": "def f():\n    from .c import thing\n",
+        "c.py": "import pkg.a\n",
+        "d.py": "from .sub.leaf import v\n",
+        "sub/__init__.py": "from ..d import w\n",
+        "sub/leaf.py": "v = 1\n",
+        "e.py": "from .a import _hidden, __doc__\nfrom . import a as mod\nimport pkg.b\n"
+        "def g():\n    return mod._inner, mod.__name__, pkg.b._other, pkg.b.f\n",
+    }
+    for name, text in files.items():
+        (package / name).write_text(text)
+    graph = import_graph(tmp_path, "pkg")
+    assert graph["pkg.b"] == {"pkg.c"} and graph["pkg.d"] == {"pkg.sub", "pkg.sub.leaf"}
+    assert find_cycle(graph) == ["pkg.a", "pkg.b", "pkg.c", "pkg.a"]
+    (package / "c.py").write_text("")
+    assert find_cycle(import_graph(tmp_path, "pkg")) == ["pkg.d", "pkg.sub", "pkg.d"]  # through the package's init
+    (package / "sub/__init__.py").write_text("")
+    assert find_cycle(import_graph(tmp_path, "pkg")) == []
+    assert private_imports(tmp_path, "pkg") == ["pkg.e: from pkg.a import _hidden", "pkg.e: pkg.a._inner",
+                                                "pkg.e: pkg.b._other"]  # fmt: skip
+
+
+def test_the_shared_application_modules_import_no_command() -> None:
+    """The runtime, options, imaging, measures, plotting, ... are below the commands: none imports one (the runtime
+    loads the bundled demo model through ``freeu.apps.demo_model``, not the demo command's package)."""
+    modules = shared_app_modules()
+    assert {p.stem for p in modules} >= {"runtime", "options", "imaging", "errors", "measures", "plotting", "guidance",
+                                         "demo_model", "demo_data"}  # fmt: skip
+    offending = {str(p.relative_to(SRC)): names for p in modules if (names := command_imports(p))}
+    assert offending == {}
+
+
+def test_no_import_circle_among_the_modules() -> None:
+    graph = import_graph()
+    assert len(graph) > 40 and "freeu.apps.demo_model" in graph["freeu.apps.runtime"]  # imported in a function
+    cycle = find_cycle(graph)
+    assert cycle == [], "import circle: " + " -> ".join(cycle)
+
+
+def test_no_module_imports_a_private_name_of_another() -> None:
+    assert private_imports() == []
