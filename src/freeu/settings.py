@@ -213,9 +213,10 @@ def check_settings(settings: Settings, names: Names | None = None) -> Settings:
         if missing:
             raise ValueError(f"give {_label(names, 'preset')} ({AUTO} or a name) or all four factors; missing: "
                              f"{', '.join(missing)}")  # fmt: skip
-    if base is None or base == AUTO:  # the window alone, where no preset can change it
-        window = {k: checked.get(k, default) for k, default in (("start", 0.0), ("stop", 1.0), ("ramp", 0.0))}
-        check_window(**window, labels=names or {})
+    # the window together: the given fields on the preset's own (auto's presets, like the defaults, have none)
+    known = base.config if isinstance(base, Preset) else base if isinstance(base, FreeUConfig) else None
+    window = {k: checked.get(k, DEFAULTS[k] if known is None else getattr(known, k)) for k in ("start", "stop", "ramp")}
+    check_window(**window, labels=names or {})
     return dataclasses.replace(settings, preset=base, stages=stages, **checked)
 
 
@@ -256,9 +257,7 @@ def resolve(settings: Settings, model: object = None, *, names: Names | None = N
         source = "the settings given"
     else:
         source = "the factors given"
-    if isinstance(base, FreeUConfig):
-        window = {k: given.get(k, getattr(base, k)) for k in ("start", "stop", "ramp")}
-        check_window(**window, labels=names or {})
+    if isinstance(base, FreeUConfig):  # check_settings checked the window on it (auto's presets have none)
         extra = [f"{k}={v}" for k, v in given.items()]
         if extra:
             source += " with " + ", ".join(extra)

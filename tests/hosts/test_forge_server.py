@@ -139,7 +139,7 @@ def server(forge, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def measured(server) -> dict:
+def measured(server, tmp_path_factory) -> dict:
     """Every request once, in this order (the server keeps its state between them, as it does for users)."""
     api, _ = server
     run = {}
@@ -158,6 +158,12 @@ def measured(server) -> dict:
     run["auto_64"] = api.txt2img(64, ours({"enabled": True}))
     run["refused_factor"] = api.txt2img(64, ours({"enabled": True, "b1": -1.0}))
     run["refused_name"] = api.txt2img(64, ours({"enabled": True, "b9": 1.0}))
+    # OTHER's settings from a preset file, as freeu tune writes one; the stage text still from the script's box
+    preset = tmp_path_factory.mktemp("presets") / "other.toml"
+    preset.write_text('name = "other"\n[freeu]\nb1 = 1.2\nb2 = 1.3\ns1 = 0.8\ns2 = 0.5\nversion = 1\n'
+                      'convention = "diffusers"\nthreshold = 2\nstart = 0.2\nstop = 0.9\nramp = 0.1\n')  # fmt: skip
+    run["preset_file"] = api.txt2img(128, ours({"enabled": True, "preset": str(preset), "stages": OTHER["stages"]}))
+    run["preset_file_path"] = str(preset)
     return run
 
 
@@ -212,3 +218,10 @@ def test_a_refused_setting_is_written_into_the_infotext_not_ignored(measured) ->
         error = freeu_entries(infotext).get("error", "")
         assert message in error and error.strip('"').startswith(OURS), infotext
         assert "FreeU b1:" not in infotext  # nothing claims FreeU ran
+
+
+def test_a_preset_file_gives_the_settings_it_holds(measured) -> None:
+    image, infotext = measured["preset_file"]
+    assert np.array_equal(image, measured["other"][0])  # the same settings as OTHER, from the file
+    entries = freeu_entries(infotext)
+    assert entries["preset"].strip('"') == measured["preset_file_path"] and entries["threshold"] == "2"
