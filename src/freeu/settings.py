@@ -196,12 +196,7 @@ def check_settings(settings: Settings, names: Names | None = None) -> Settings:
     if not isinstance(settings, Settings):
         raise TypeError(f"settings must be a freeu.settings.Settings, got {type(settings).__name__}")
     base = _preset(settings.preset, names)
-    checked = {}
-    for field, value in settings.given().items():
-        try:
-            checked[field] = check_field(field, value, _label(names, field))
-        except (TypeError, ValueError) as error:
-            raise type(error)(str(error)) from None
+    checked = {field: check_field(field, value, _label(names, field)) for field, value in settings.given().items()}
     stages = check_stages(settings.stages, names)
     for k, fields in stages.items():
         for f in ("b", "s"):

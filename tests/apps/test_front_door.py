@@ -276,3 +276,27 @@ def test_the_forge_script_accepts_a_preset_file(tmp_path, forge_script) -> None:
     assert name == file and config == freeu.get_preset(file).config.replace(ramp=0.05)
     with pytest.raises(ValueError, match=r"preset must be one of .* or a preset file \(\.toml\), got 'x\.txt'"):
         forge_script.read_args([{"enabled": True, "preset": "x.txt"}])
+
+
+def test_a_preset_file_is_read_once_from_the_flags_to_the_config(tmp_path, monkeypatch) -> None:
+    reads = []
+    load = freeu.config.load_preset_file
+    monkeypatch.setattr(freeu.config, "load_preset_file", lambda path: reads.append(path) or load(path))
+    config = via_cli(sd15_unet(), _cases(tmp_path)["file"])
+    assert config.b1 == 1.2 and len(reads) == 1
+
+
+def test_resolved_says_where_each_value_came_from(tmp_path) -> None:
+    from freeu.settings import Settings, resolve
+
+    resolved = resolve(Settings(preset="auto", stop=0.6, stages="3:b=1.1"), sd15_unet(), names={"preset": "--preset"})
+    assert resolved.preset == "sd15" and resolved.config == freeu.PRESETS["sd15"].config.replace(stop=0.6).with_stages(
+        {3: {"b": 1.1}}
+    )
+    assert resolved.sources["stop"] == "given" and resolved.sources["b1"] == "preset"
+    assert resolved.sources["stages"] == "given"
+    assert resolved.source.startswith("--preset auto chose 'sd15': convolutional attention projections")
+    plain = resolve(Settings(b1=1.1, b2=1.2, s1=0.9, s2=0.8))
+    assert plain.preset is None and plain.sources["b1"] == "given" and plain.sources["version"] == "default"
+    with pytest.raises(ValueError, match="--preset auto needs a model"):
+        resolve(Settings(preset="auto"), names={"preset": "--preset"})
