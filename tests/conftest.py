@@ -135,7 +135,7 @@ def tiny_demo(tmp_path_factory):
     pytest.importorskip("diffusers")
     from safetensors.torch import save_file
 
-    from freeu.apps.demo.model import SCHEDULER_CONFIG, build_unet
+    from freeu.apps.demo_model import SCHEDULER_CONFIG, build_unet
 
     folder = tmp_path_factory.mktemp("tiny-demo")
     unet = rerandomise_zeros(build_unet(TINY_DEMO, seed=0))

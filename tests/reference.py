@@ -129,7 +129,7 @@ def reference_ddim(unet: torch.nn.Module, seeds, steps: int, scheduler_config: d
     sampler, independent of it (it shares only diffusers' scheduler)."""
     from diffusers import DDIMScheduler
 
-    from freeu.apps.demo.model import SCHEDULER_CONFIG
+    from freeu.apps.demo_model import SCHEDULER_CONFIG
 
     scheduler = DDIMScheduler(**(scheduler_config or SCHEDULER_CONFIG))
     scheduler.set_timesteps(steps)

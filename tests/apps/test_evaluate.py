@@ -17,13 +17,6 @@ import pytest
 import torch
 
 import freeu
-from freeu.apps.demo.metrics import (
-    laplacian_pyramid,
-    patch_descriptors,
-    rapsd_distance,
-    sliced_wasserstein,
-    swd_laplacian,
-)
 from freeu.apps.evaluate import main
 from freeu.apps.evaluate.configs import expand_spec, load_config_file, parse_config_arg, with_baseline
 from freeu.apps.evaluate.generation import load_png
@@ -34,6 +27,13 @@ from freeu.apps.evaluate.stats import (
     percentile_interval,
     resample,
     set_metric_estimates,
+)
+from freeu.apps.measures import (
+    laplacian_pyramid,
+    patch_descriptors,
+    rapsd_distance,
+    sliced_wasserstein,
+    swd_laplacian,
 )
 
 pytest.importorskip("diffusers")
@@ -220,7 +220,7 @@ def test_swd_and_rapsd_engines_equal_the_demo_metrics() -> None:
     assert 0.7 < shift_linear.std() / shift_exact.std() < 1.4
     assert abs(shift_linear.mean()) < 0.2 * shift_linear.std()  # centred: no duplicate-unit bias
     spectrum = SpectrumDistance(reference)
-    from freeu.apps.demo.metrics import radial_power_spectrum
+    from freeu.apps.measures import radial_power_spectrum
 
     spectra = radial_power_spectrum(images)
     set_values = spectrum.set_values(spectra, rows)
@@ -286,7 +286,7 @@ def test_protocol_same_units_for_every_config_and_images_from_the_public_api(dem
     # an image is what a plain DDIM loop gives for its seed, with FreeU applied through the public API
     from reference import reference_ddim
 
-    from freeu.apps.demo.model import load_exported
+    from freeu.apps.demo_model import load_exported
 
     unet, config = load_exported(tiny_demo)
     with freeu.apply(unet, preset="sd15"), torch.no_grad():
@@ -299,7 +299,7 @@ def test_protocol_same_units_for_every_config_and_images_from_the_public_api(dem
     off, sd15 = summary["configs"][0], summary["configs"][1]
     assert [c["n"] for c in summary["configs"]] == [4, 4, 4]
     images = torch.stack([load_png(demo_run / r["image"]) for r in by_config["off"]]).double() / 255
-    from freeu.apps.demo.data import HELD_OUT_IMAGES, HELD_OUT_SEED, PatchSampler
+    from freeu.apps.demo_data import HELD_OUT_IMAGES, HELD_OUT_SEED, PatchSampler
 
     patches = PatchSampler(HELD_OUT_IMAGES, seed=HELD_OUT_SEED, size=16, allow_held_out=True).sample(0, 24)[0]
     reference = (patches * 255).round() / 255

@@ -229,7 +229,7 @@ def test_interrupted_in_the_middle_it_resumes_without_redoing_finished_work(tune
 
 def test_the_preset_file_round_trips_through_apply_the_command_line_eval_and_the_page(tuned, tiny_demo, tmp_path,
                                                                                      capsys) -> None:  # fmt: skip
-    from freeu.apps.demo.model import load_exported
+    from freeu.apps.demo_model import load_exported
     from freeu.apps.evaluate.configs import parse_config_arg
     from freeu.apps.imaging import read_settings
     from freeu.apps.tune.preset_file import write_preset

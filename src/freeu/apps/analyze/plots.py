@@ -10,9 +10,9 @@ from typing import Any
 import torch
 
 from .. import plotting
-from ..plotting import plot_guidance, setting_label
+from ..plotting import setting_label
 
-__all__ = ["plot_b_sweep", "plot_features", "plot_guidance", "plot_trajectory", "setting_label"]
+__all__ = ["plot_b_sweep", "plot_features", "plot_trajectory"]
 
 
 def _display(x: torch.Tensor, space: str, centred: bool) -> Any:

@@ -16,9 +16,6 @@ What the runtime and the other commands use too lives outside this package, so t
 - :mod:`freeu.apps.demo_data`: the images, the held-out ones, and a deterministic patch sampler;
 - :mod:`freeu.apps.measures`: weight-free sample-quality metrics (Laplacian-pyramid SWD, radial power spectrum).
 
-``freeu.apps.demo.model``, ``.data`` and ``.metrics`` re-export those modules' names for code written against
-their old place.
-
 Nothing here is imported by ``import freeu``; diffusers, scikit-image, tqdm, safetensors and Pillow are imported
 lazily inside the functions that need them.
 """

@@ -2,12 +2,12 @@
 
 Weight-free, always computed against the reference images:
 
-- **SWD**: :func:`freeu.apps.demo.metrics.swd_laplacian`, the multi-scale sliced Wasserstein distance on Laplacian-
+- **SWD**: :func:`freeu.apps.measures.swd_laplacian`, the multi-scale sliced Wasserstein distance on Laplacian-
   pyramid patches (mean over levels). :class:`LaplacianSWD` prepares the reference side once and gives the same
   number for the whole set (exactly, tested), its value on bootstrap replicates (each image keeps its own patches,
   so a replicate is the same computation on the resampled images' patches), and a per-image SWD: one image's patches
   against the reference set's patches, with the same normalisation and the same directions.
-- **RAPSD**: :func:`freeu.apps.demo.metrics.rapsd_distance` (RMS over radii of the log10 ratio of the set-mean radially
+- **RAPSD**: :func:`freeu.apps.measures.rapsd_distance` (RMS over radii of the log10 ratio of the set-mean radially
   averaged power spectra); per image, the same with that image's own spectrum against the reference mean spectrum.
 
 With a feature network (only from weights on disk): **FID** (Fréchet distance between Gaussian fits of the features)
@@ -66,7 +66,7 @@ def _level_positions(height: int, width: int, patch_size: int) -> int:
 
 
 class LaplacianSWD:
-    """:func:`freeu.apps.demo.metrics.swd_laplacian` with its reference side prepared once.
+    """:func:`freeu.apps.measures.swd_laplacian` with its reference side prepared once.
 
     Each generated image has a unit index (its position in the full, ordered set of units): image ``u`` gets the
     patch positions that ``swd_laplacian`` would give the ``u``-th image of the set, so :meth:`set_values` on all
@@ -233,7 +233,7 @@ class LaplacianSWD:
 
 
 class SpectrumDistance:
-    """The RAPSD distance of :func:`freeu.apps.demo.metrics.rapsd_distance` against a fixed reference mean spectrum."""
+    """The RAPSD distance of :func:`freeu.apps.measures.rapsd_distance` against a fixed reference mean spectrum."""
 
     def __init__(self, reference: torch.Tensor, eps: float = 1e-12) -> None:
         self.eps = eps
