@@ -59,7 +59,7 @@ def test_stages_and_controls_in_the_node_equal_freeu_apply_on_comfyuis_unet(meas
     assert measured["stages_vs_apply"] <= 1e-5  # a third stage and stage 1's controls, through the node's patch
     assert measured["stages_change"] > 1e-3  # and they change the result of the two-stage setting
     assert measured["stages_left_no_hook"]
-    assert measured["bad_stages"] == "stage 3: b must be a number, got 'x'"
+    assert measured["bad_stages"] == "stages: stage 3: b must be a number, got 'x'"  # the node's input named
 
 
 def test_a_preset_file_replaces_the_preset_in_the_node(measured) -> None:
