@@ -16,6 +16,7 @@ import freeu
 from freeu.apps.analyze import (
     DEMO_SETTING,
     KINDS,
+    Readout,
     b_sweep,
     features,
     frequency_split,
@@ -117,7 +118,7 @@ def test_known_spectrum_through_the_trajectory_gives_the_known_curve(path: str) 
     x = image_with_amplitude(amplitude).expand(2, 3, size, size).float()  # 2 seeds, 3 channels
     bins = 9 if path == "radial" else None
     result = trajectory(
-        Replay([x, 0.5 * x, x]), [0, 1], Request(steps=3), cutoff=cutoff, path=path, noisy=True, bins=bins
+        Replay([x, 0.5 * x, x]), [0, 1], Request(steps=3), readout=Readout(path, bins, cutoff=cutoff, noisy=True)
     )
     numbers = result["spaces"]["pixel"]
     if path == "diagonal":
@@ -145,7 +146,7 @@ def test_pure_low_pass_input_has_no_high_frequency_part() -> None:
     n = torch.arange(32, dtype=torch.float64)
     wave = torch.cos(2 * math.pi * 2 * n / 32)[:, None] * torch.cos(2 * math.pi * 1 * n / 32)[None, :]  # radius 0.14
     frames = [(0.3 + a * wave).expand(2, 3, 32, 32).float() for a in (0.2, 0.5, 0.9)]
-    result = trajectory(Replay(frames), [0, 1], Request(steps=3), cutoff=0.25, columns=3)
+    result = trajectory(Replay(frames), [0, 1], Request(steps=3), readout=Readout(cutoff=0.25, columns=3))
     numbers, images = result["spaces"]["pixel"], result["images"]["pixel"]
     assert max(numbers["x0_high_fraction"]) < 1e-12
     assert max(numbers["x0_high_change"]) < 1e-7
@@ -161,11 +162,13 @@ def test_helpers_say_what_they_compute() -> None:
     assert high_band([0.0, math.pi / 2, math.pi], [0.0, -1.0, -3.0]) == -2.0
     assert high_band([0.0], [0.0]) is None  # a 2x2 map's diagonal holds DC alone
     with pytest.raises(ValueError, match="path must be one of"):
-        trajectory(Replay([torch.zeros(1, 1, 8, 8)]), [0], Request(steps=1), path="ring")
+        trajectory(Replay([torch.zeros(1, 1, 8, 8)]), [0], Request(steps=1), readout=Readout(path="ring"))
     with pytest.raises(ValueError, match=r"space must be one of \['pixel'\]"):
-        trajectory(Replay([torch.zeros(1, 1, 8, 8)]), [0], Request(steps=1), spaces=["latent"])
+        trajectory(Replay([torch.zeros(1, 1, 8, 8)]), [0], Request(steps=1), readout=Readout(spaces=["latent"]))
     with pytest.raises(ValueError, match="bins .* counts the rings of path='radial'"):
-        trajectory(Replay([torch.zeros(1, 1, 8, 8)]), [0], Request(steps=1), bins=4)
+        Readout(bins=4)
+    with pytest.raises(ValueError, match="cutoff must be a fraction of the Nyquist frequency"):
+        Readout(cutoff=1.5)
     with pytest.raises(ValueError, match="factor must be one of"):
         b_sweep(Replay([torch.zeros(1, 1, 8, 8)]), [0], Request(steps=1), factor="s1")
 

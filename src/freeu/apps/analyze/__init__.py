@@ -10,13 +10,14 @@
 """
 
 from .cli import register, run, summary, write_json
-from .experiments import DEMO_SETTING, KINDS, b_sweep, features, trajectory
+from .experiments import DEMO_SETTING, KINDS, Readout, b_sweep, features, trajectory
 from .measures import frequency_split, high_band, normalised_radius, relative_log_amplitude, strip_steps
 from .plots import plot_b_sweep, plot_features, plot_trajectory
 
 __all__ = [
     "DEMO_SETTING",
     "KINDS",
+    "Readout",
     "b_sweep",
     "features",
     "frequency_split",

@@ -26,8 +26,8 @@ from ..options import (
     writable_folder,
 )
 from ..plotting import plot_guidance, setting_label
-from ..runtime import DEFAULT_MODEL, MODEL_HELP, Model, Request, load_model
-from .experiments import DEMO_SETTING, SPACES, SWEPT, b_sweep, features, trajectory
+from ..runtime import DEFAULT_MODEL, MODEL_HELP, Model, Request, Space, load_model
+from .experiments import DEMO_SETTING, SPACES, SWEPT, Readout, b_sweep, features, trajectory
 from .measures import PATHS
 from .plots import plot_b_sweep, plot_features, plot_trajectory
 
@@ -191,9 +191,9 @@ def _freeu_setting(model: Model, args: argparse.Namespace, freeu: Settings) -> t
     return resolved.config, resolved.source
 
 
-def run(args: argparse.Namespace) -> int:
-    """``freeu analyze``: every part of ``args.only`` into ``args.out``; prints a summary."""
-    require("matplotlib", "plots", "freeu analyze's figures")
+def _prepare(args: argparse.Namespace) -> tuple[Model, Request, list[Space], FreeUConfig, str]:
+    """The model, the request, the spaces and the "with FreeU" setting ``args`` name, every flag checked (and
+    ``args.only`` settled) before anything is sampled."""
     freeu = freeu_settings(args, default=IDENTITY)  # the flags checked before the model loads
     writable_folder("--out", args.out)
     print(f"loading {args.model or DEFAULT_MODEL} ...", flush=True)
@@ -216,63 +216,78 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--only guidance: {model.name} takes no guidance scale (the guidance meter needs a guided "
                          "pipeline)")  # fmt: skip
     config, source = _freeu_setting(model, args, freeu)
-    sweep_base = FreeUConfig(1.0, 1.0, 1.0, 1.0, version=config.version, convention=config.convention)
-    count = args.count or (2 if model.kind == "pipeline" else 8)
-    seeds = list(range(args.seed, args.seed + count))
-    runs = {"trajectory": 1, "b": len(args.b_values), "features": 2, "guidance": 2}
-    total = sum(runs[p] for p in args.only) * args.steps
-    print(f"with {setting_label(config.to_dict())}, from {source}")
-    print(f"{len(seeds)} seeds ({seeds[0]}..{seeds[-1]}), {args.steps} steps, path {args.path}, spaces {spaces}")
+    return model, request, spaces, config, source
 
+
+def _measure(args: argparse.Namespace, model: Model, seeds: list[int], request: Request, readout: Readout,
+             config: FreeUConfig) -> dict[str, Any]:  # fmt: skip
+    """The numbers of every part of ``args.only``, under one progress bar; the guidance meter's CSV is written into
+    ``args.out`` as it is measured."""
     from tqdm.auto import tqdm
 
-    out = Path(args.out)
-    results: dict[str, Any] = {
-        "model": model.name, "prompt": request.prompt, "guidance_scale": request.guidance, "freeu": config.to_dict(),
-        "freeu_source": source, "seeds": seeds,
-        "steps": args.steps, "path": args.path, "bins": args.bins, "spaces": spaces,
-    }  # fmt: skip
-    written: list[Path] = []
-    common = dict(path=args.path, bins=args.bins)
+    sweep_base = FreeUConfig(1.0, 1.0, 1.0, 1.0, version=config.version, convention=config.convention)
+    runs = {"trajectory": 1, "b": len(args.b_values), "features": 2, "guidance": 2}
+    total = sum(runs[p] for p in args.only) * args.steps
+    results: dict[str, Any] = {}
     with tqdm(total=total, desc="sampling", unit="step", leave=False) as bar:
         tick = lambda: bar.update()  # noqa: E731
         if "trajectory" in args.only:
             bar.set_description("trajectory")
-            results["trajectory"] = trajectory(
-                model, seeds, request, cutoff=args.cutoff, spaces=spaces, noisy=args.noisy, columns=args.columns,
-                progress=tick, **common,
-            )  # fmt: skip
+            results["trajectory"] = trajectory(model, seeds, request, readout=readout, progress=tick)
         if "b" in args.only:
             bar.set_description("b sweep")
-            results["b"] = b_sweep(
-                model, seeds, request, args.b_values, factor=args.b_factor, base=sweep_base, spaces=spaces,
-                progress=tick, **common,
-            )  # fmt: skip
+            results["b"] = b_sweep(model, seeds, request, args.b_values, factor=args.b_factor, base=sweep_base,
+                                   readout=readout, progress=tick)  # fmt: skip
         if "features" in args.only:
             bar.set_description("features")
-            results["features"] = features(model, seeds, request, config, progress=tick, **common)
+            results["features"] = features(model, seeds, request, config, readout=readout, progress=tick)
         if "guidance" in args.only:
             from ..guidance import measure_guidance
 
             bar.set_description("guidance meter")
             trace = measure_guidance(model, seeds, request, config, on_step=lambda n: bar.update(2 * n))
             results["guidance"] = trace.as_dict()
-            (out / "guidance.csv").write_text(trace.csv())
-            written.append(out / "guidance.csv")
+            (Path(args.out) / "guidance.csv").write_text(trace.csv())
+    return results
+
+
+def _write(results: dict[str, Any], out: Path, model: str) -> list[Path]:
+    """The figures of each part in ``results``, ``analysis.json`` and ``summary.txt`` (printed too) into ``out``;
+    returns what was written."""
+    written = [out / "guidance.csv"] if "guidance" in results else []
     if "trajectory" in results:
-        written += plot_trajectory(results["trajectory"], out, model.name)
+        written += plot_trajectory(results["trajectory"], out, model)
     if "b" in results:
-        written += plot_b_sweep(results["b"], out, model.name)
+        written += plot_b_sweep(results["b"], out, model)
     if "features" in results:
-        written += plot_features(results["features"], out, model.name)
+        written += plot_features(results["features"], out, model)
     if "guidance" in results:
-        written += plot_guidance(results["guidance"], out, model.name)
+        written += plot_guidance(results["guidance"], out, model)
     written.append(write_json(results, out / "analysis.json"))
     lines = summary(results)
     (out / "summary.txt").write_text("\n".join(lines) + "\n")
     written.append(out / "summary.txt")
     for line in lines:
         print(line)
-    for path in written:
+    return written
+
+
+def run(args: argparse.Namespace) -> int:
+    """``freeu analyze``: every part of ``args.only`` into ``args.out``; prints a summary."""
+    require("matplotlib", "plots", "freeu analyze's figures")
+    readout = Readout(path=args.path, bins=args.bins, cutoff=args.cutoff, noisy=args.noisy, columns=args.columns)
+    model, request, spaces, config, source = _prepare(args)
+    readout = dataclasses.replace(readout, spaces=spaces)
+    count = args.count or (2 if model.kind == "pipeline" else 8)
+    seeds = list(range(args.seed, args.seed + count))
+    print(f"with {setting_label(config.to_dict())}, from {source}")
+    print(f"{len(seeds)} seeds ({seeds[0]}..{seeds[-1]}), {args.steps} steps, path {args.path}, spaces {spaces}")
+    results: dict[str, Any] = {
+        "model": model.name, "prompt": request.prompt, "guidance_scale": request.guidance, "freeu": config.to_dict(),
+        "freeu_source": source, "seeds": seeds,
+        "steps": args.steps, "path": args.path, "bins": args.bins, "spaces": spaces,
+    }  # fmt: skip
+    results.update(_measure(args, model, seeds, request, readout, config))
+    for path in _write(results, Path(args.out), model.name):
         print(f"wrote {path}")
     return 0

@@ -14,6 +14,7 @@ shared runtime and returns plain numbers (dicts of lists; images as tensors unde
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -34,7 +35,7 @@ from .measures import (
     strip_steps,
 )
 
-__all__ = ["DEMO_SETTING", "KINDS", "SPACES", "SWEPT", "b_sweep", "features", "trajectory"]
+__all__ = ["DEMO_SETTING", "KINDS", "SPACES", "SWEPT", "Readout", "b_sweep", "features", "trajectory"]
 
 CurvePath = Literal["diagonal", "radial"]
 SweptFactor = Literal["b1", "b2", "both"]
@@ -50,6 +51,30 @@ KINDS: tuple[str, ...] = ("backbone_in", "backbone_out", "skip_in", "skip_out", 
 DEMO_SETTING = FreeUConfig(1.3, 1.4, 0.9, 0.2)
 
 Progress = Callable[[], None]
+
+
+@dataclass(frozen=True)
+class Readout:
+    """How the analyses read their samples (``freeu analyze``'s analysis options); checked when made.
+
+    ``path``: the relative log amplitude curve along the paper's half-diagonal from DC (``"diagonal"``) or as the
+    mean over ``bins`` rings (``"radial"``; default as many rings as the diagonal has points). ``spaces``: the spaces
+    :func:`trajectory` and :func:`b_sweep` read (``None``: every space the model has; :func:`features` reads the
+    U-Net's own). The trajectory's own: ``cutoff`` (the low/high split radius, a fraction of the Nyquist frequency),
+    ``noisy`` (also the noisy sample ``x_t``) and ``columns`` (the steps shown in its image strip).
+    """
+
+    path: CurvePath = "diagonal"
+    bins: int | None = None
+    spaces: Sequence[Space] | None = None
+    cutoff: float = 0.25
+    noisy: bool = False
+    columns: int = 8
+
+    def __post_init__(self) -> None:
+        check_path(self.path, self.bins, self.cutoff)
+        if self.spaces is not None:
+            object.__setattr__(self, "spaces", tuple(self.spaces))
 
 
 def _spaces(model: Model, spaces: Sequence[str] | None) -> list[Space]:
@@ -75,28 +100,24 @@ def trajectory(
     seeds: Sequence[int],
     request: Request,
     *,
-    cutoff: float = 0.25,
-    path: CurvePath = "diagonal",
-    bins: int | None = None,
-    spaces: Sequence[Space] | None = None,
-    noisy: bool = False,
-    columns: int = 8,
+    readout: Readout = Readout(),
     config: FreeUConfig | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """The denoising trajectory (paper Fig. 3 and 4), with FreeU ``config`` (``None``: the plain model).
 
-    Per space and step: ``x0`` (the relative log amplitude curve of the predicted clean samples of all seeds),
-    ``x0_high_fraction`` (:func:`high_fraction` of the ``cutoff`` split), ``x0_low_change``/``x0_high_change`` (RMS of
-    the low/high part's change since the previous step, one entry per step from the second), and the same under
-    ``xt`` for the noisy samples when ``noisy``. ``images[space]`` holds the first seed's ``x0``, low and high parts
-    (and ``xt`` ones) at the ``columns`` steps of :func:`strip_steps`.
+    Per space of ``readout.spaces`` and step: ``x0`` (the relative log amplitude curve of the predicted clean samples
+    of all seeds), ``x0_high_fraction`` (:func:`high_fraction` of the ``readout.cutoff`` split),
+    ``x0_low_change``/``x0_high_change`` (RMS of the low/high part's change since the previous step, one entry per
+    step from the second), and the same under ``xt`` for the noisy samples when ``readout.noisy``.
+    ``images[space]`` holds the first seed's ``x0``, low and high parts (and ``xt`` ones) at the
+    ``readout.columns`` steps of :func:`strip_steps`.
     """
-    check_path(path, bins, cutoff)
-    chosen = _spaces(model, spaces)
+    path, bins, cutoff = readout.path, readout.bins, readout.cutoff
+    chosen = _spaces(model, readout.spaces)
     steps = request.steps
-    shown = strip_steps(steps, columns)
-    which = ["x0", "xt"] if noisy else ["x0"]
+    shown = strip_steps(steps, readout.columns)
+    which = ["x0", "xt"] if readout.noisy else ["x0"]
     numbers: dict[str, dict[str, Any]] = {s: {"frequency": None} for s in chosen}
     for entry in numbers.values():
         for w in which:
@@ -138,7 +159,7 @@ def trajectory(
         "cutoff": cutoff,
         "path": path,
         "bins": bins,
-        "noisy": noisy,
+        "noisy": readout.noisy,
         "freeu": None if config is None else config.to_dict(),
         "spaces": numbers,
         "images": {s: {k: torch.stack(v) for k, v in parts.items()} for s, parts in images.items()},
@@ -159,26 +180,25 @@ def b_sweep(
     *,
     factor: SweptFactor = "b1",
     base: FreeUConfig | None = None,
-    path: CurvePath = "diagonal",
-    bins: int | None = None,
-    spaces: Sequence[Space] | None = None,
+    readout: Readout = Readout(),
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Relative log amplitude of the final samples for each backbone factor in ``values`` (paper Fig. 6).
 
     ``factor`` is the factor varied (``b1``, ``b2`` or ``both`` together); every other field comes from ``base``
-    (default: all factors 1, version 2, official convention, i.e. only the varied ``b`` acts, ``s = 1``). Per space:
-    ``curves`` (one per value), ``at_pi`` (each curve's last point) and ``high_band`` (:func:`high_band`). Pixel
-    samples are clamped to ``[-1, 1]`` as images are when saved; latents are used as they are.
+    (default: all factors 1, version 2, official convention, i.e. only the varied ``b`` acts, ``s = 1``). Per space
+    of ``readout.spaces``: ``curves`` (one per value, along ``readout.path``), ``at_pi`` (each curve's last point)
+    and ``high_band`` (:func:`high_band`). Pixel samples are clamped to ``[-1, 1]`` as images are when saved; latents
+    are used as they are.
     """
-    check_path(path, bins)
+    path, bins = readout.path, readout.bins
     if factor not in SWEPT:
         raise ValueError(f"factor must be one of {list(SWEPT)}, got {factor!r}")
     if not values:
         raise ValueError("values must hold at least one b")
     base = FreeUConfig(1.0, 1.0, 1.0, 1.0) if base is None else base
     configs = [_swept(base, factor, float(v)) for v in values]  # validated before any sampling
-    chosen = _spaces(model, spaces)
+    chosen = _spaces(model, readout.spaces)
     numbers: dict[str, dict[str, Any]] = {
         s: {"frequency": None, "curves": [], "at_pi": [], "high_band": []} for s in chosen
     }
@@ -261,8 +281,7 @@ def features(
     request: Request,
     config: FreeUConfig,
     *,
-    path: CurvePath = "diagonal",
-    bins: int | None = None,
+    readout: Readout = Readout(),
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Relative log amplitude of the features at every skip join (paper Fig. 7), with FreeU off and with ``config``.
@@ -272,9 +291,9 @@ def features(
     them); features live in the U-Net's own space. "Off" observes through ``config`` with every factor 1 (no FreeU
     operator runs; ``*_out`` equals ``*_in``). Per join: ``stage``, widths, ``size``, ``frequency``, and ``off``/``on``
     dicts of curves. ``stages`` averages :func:`high_band` of each kind over the joins of each stage (key ``"none"``
-    for joins FreeU leaves alone).
+    for joins FreeU leaves alone). Of ``readout``, the curve's ``path`` and ``bins`` apply.
     """
-    check_path(path, bins)
+    path, bins = readout.path, readout.bins
     if not isinstance(config, FreeUConfig):
         raise TypeError(f"config must be a freeu.FreeUConfig, got {type(config).__name__}")
     off_config = config.replace(b1=1.0, b2=1.0, s1=1.0, s2=1.0)
