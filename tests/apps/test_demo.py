@@ -21,7 +21,7 @@ from reference import reference_ddim  # noqa: E402
 
 import freeu  # noqa: E402
 from freeu.apps.cli import main  # noqa: E402
-from freeu.apps.demo.showcase import GUIDED_CLASSES, load_demo_model, run_demo  # noqa: E402
+from freeu.apps.demo.showcase import GUIDED_CLASSES, DemoOptions, load_demo_model, run_demo  # noqa: E402
 from freeu.apps.demo_model import (  # noqa: E402
     CLASSES_WEIGHTS_DIR,
     DEFAULT_ROWS,
@@ -127,7 +127,7 @@ def test_demo_command_end_to_end(tmp_path, capsys) -> None:
 
 def test_demo_figures_match_a_recomputation(bundled, tmp_path) -> None:
     unet, config = bundled
-    record = run_demo(tmp_path, seeds=[3], steps=2, rows=DEFAULT_ROWS[:2], weights="demo", progress=False)
+    record = run_demo(tmp_path, DemoOptions(seeds=[3], steps=2, weights="demo", progress=False), rows=DEFAULT_ROWS[:2])
     base = reference_ddim(unet, [3], 2, config["scheduler"])
     with freeu.apply(unet, **DEFAULT_ROWS[1].settings):
         b_only = reference_ddim(unet, [3], 2, config["scheduler"])
@@ -138,8 +138,8 @@ def test_demo_figures_match_a_recomputation(bundled, tmp_path) -> None:
 
 
 def test_demo_on_the_class_model_samples_every_class_with_every_seed(tmp_path) -> None:
-    record = run_demo(tmp_path, seeds=[3, 4], classes=["grass", "brick"], steps=2, rows=DEFAULT_ROWS[:2],
-                      progress=False)  # fmt: skip
+    options = DemoOptions(seeds=[3, 4], classes=["grass", "brick"], steps=2, progress=False)
+    record = run_demo(tmp_path, options, rows=DEFAULT_ROWS[:2])
     model = load_demo_model()
     assert model.name == "demo-classes" and model.default_prompt == "brick"
 
@@ -189,15 +189,21 @@ def test_demo_refuses_bad_values(flag, value, message, capsys) -> None:
 
 def test_missing_weights_are_named(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="unet.safetensors is missing"):
-        run_demo(tmp_path / "out", weights=tmp_path, progress=False)
+        run_demo(tmp_path / "out", DemoOptions(weights=tmp_path, progress=False))
+
+
+def test_demo_options_refuse_a_bad_step_count() -> None:
+    for steps in (0, 2.5):
+        with pytest.raises(ValueError, match="steps must be an int >= 1"):
+            DemoOptions(steps=steps)  # type: ignore[arg-type]
 
 
 def test_rows_must_start_with_freeu_off(tmp_path) -> None:
     with pytest.raises(ValueError, match="must start with the FreeU-off row"):
-        run_demo(tmp_path, rows=DEFAULT_ROWS[1:], progress=False)
+        run_demo(tmp_path, DemoOptions(progress=False), rows=DEFAULT_ROWS[1:])
     bad = (DEFAULT_ROWS[0], type(DEFAULT_ROWS[0])("bad", dict(SD15, s1=-1)))
     with pytest.raises(ValueError, match="s1"):
-        run_demo(tmp_path, rows=bad, progress=False)
+        run_demo(tmp_path, DemoOptions(progress=False), rows=bad)
 
 
 def test_the_runtime_alone_loads_every_demo_model_without_the_demo_package() -> None:

@@ -22,12 +22,13 @@ version 1, a mild one), all through the public API, and written into one folder:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -53,10 +54,12 @@ from ..runtime import (
     to_unit_range,
 )
 
+if TYPE_CHECKING:
+    from ..guidance import GuidanceTrace
+
 __all__ = [
-    "DEFAULT_ROWS",
     "GUIDED_CLASSES",
-    "DemoRow",
+    "DemoOptions",
     "guided_summary",
     "load_demo_model",
     "register",
@@ -127,6 +130,8 @@ GUIDED_SETTING = dict(b1=1.5, b2=1.6, s1=0.9, s2=0.2, version=2, convention="off
 #: Samples already made in one ``freeu demo`` run, by (seeds, request, FreeU settings): the guided comparison's FreeU
 #: off and FreeU rows are the grid's first and fourth, sampled once.
 SampleCache = dict[tuple[Any, ...], torch.Tensor]
+#: The guided comparison's rows by name (``"off"``, ``"on"``, ``"matched"``): every class's samples, one after another.
+Rows = dict[str, torch.Tensor]
 
 
 def _sample(model: UNetModel, seeds: Sequence[int], request: Request, setting: freeu.FreeUConfig | None,
@@ -172,78 +177,137 @@ def _columns(model: UNetModel, seeds: Sequence[int], classes: Sequence[str] | No
     return [(c, s) for c in classes for s in seeds]
 
 
+@dataclasses.dataclass(frozen=True)
+class DemoOptions:
+    """What ``freeu demo`` samples and how: both its parts (:func:`run_demo`, :func:`run_guided_demo`) take one.
+
+    ``seeds``: default 0..7 on an unconditional model, 0 and 1 on a class-conditional one, whose every class of
+    ``classes`` (default :data:`GUIDED_CLASSES`) is sampled with every seed. ``steps``: DDIM steps. ``weights``: the
+    model (see :func:`load_demo_model`; default the class-conditional one), loaded on ``device`` where no loaded model
+    is given. ``progress``: a progress bar.
+    """
+
+    seeds: Sequence[int] | None = None
+    classes: Sequence[str] | None = None
+    steps: int = 25
+    weights: str | Path | None = None
+    device: str = "cpu"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be an int >= 1, got {self.steps!r}")
+        for name in ("seeds", "classes"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+
+
 def run_demo(
     out: str | Path = "freeu-demo",
+    options: DemoOptions = DemoOptions(),
     *,
-    seeds: Sequence[int] | None = None,
-    classes: Sequence[str] | None = None,
-    steps: int = 25,
     rows: Sequence[DemoRow] = DEFAULT_ROWS,
-    weights: str | Path | None = None,
-    device: str = "cpu",
-    progress: bool = True,
     model: UNetModel | None = None,
     cache: SampleCache | None = None,
 ) -> dict[str, Any]:
-    """Sample ``seeds`` with every row's setting, write the grid, the spectrum plot and the JSON into ``out``.
+    """Sample the seeds (and classes) of ``options`` with every row's setting, write the grid, the spectrum plot and
+    the JSON into ``out``.
 
-    ``weights`` names the model (see :func:`load_demo_model`; default the class-conditional one) unless ``model``
-    is given. On a class-conditional model every class of ``classes`` (default :data:`GUIDED_CLASSES`) is sampled
-    with every seed (default 0 and 1) at the model's guidance; on an unconditional one every seed (default 0..7).
-    Sampling runs on ``device``; the initial noise is drawn on the CPU per seed, so the seeds give the same noise on
-    every device. Returns the JSON's content, whose ``"files"`` names what was written. The first row should be
-    FreeU off: the change and the spectrum ratios are taken against it.
+    ``model`` is sampled where given, else the one ``options`` names. On a class-conditional model every class is
+    sampled with every seed at the model's guidance. Sampling runs on the model's device; the initial noise is drawn
+    on the CPU per seed, so the seeds give the same noise on every device. Returns the JSON's content, whose
+    ``"files"`` names what was written. The first row should be FreeU off: the change and the spectrum ratios are
+    taken against it.
     """
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     if not rows or rows[0].settings is not None:
         raise ValueError("rows must start with the FreeU-off row (settings=None): the others are compared with it")
     configs = [None if row.settings is None else freeu.FreeUConfig(**row.settings) for row in rows]  # validated
     started = time.perf_counter()
-    model = model if model is not None else load_demo_model(weights, device=device)
-    if seeds is None:
-        seeds = range(8) if model.classes is None else range(2)
+    model = model if model is not None else load_demo_model(options.weights, device=options.device)
+    seeds = options.seeds if options.seeds is not None else range(8) if model.classes is None else range(2)
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("seeds must name at least one seed")
-    columns = _columns(model, seeds, classes)
-    groups = list(dict.fromkeys(c for c, _ in columns))  # one batch per class (one for an unconditional model)
-    config = model.config
+    columns = _columns(model, seeds, options.classes)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    samples = _sample_rows(model, seeds, columns, list(zip(rows, configs, strict=True)), options, cache)
+    reference = _reference_patches(REFERENCE_PATCHES)
+    sampler = f"DDIM {options.steps} steps, eta 0"
+    record = _grid_record(model, seeds, columns, rows, samples, reference, sampler)
+    title = _grid_title(model, sampler)
+    files = {"grid": out / "demo-grid.png", "spectra": out / "demo-spectra.png", "json": out / "demo.json"}
+    picture = grid(
+        [[to_pil(image) for image in images] for images in samples],
+        row_labels=[row.describe() for row in rows],
+        col_labels=[f"seed {s}" if c is None else f"{c}, seed {s}" for c, s in columns],
+        title=title,
+        footer="Same noise in every column. Official convention: stage 1 at the 128-wide joins, stage 2 at the "
+        "64-wide ones. Figures: demo.json.",
+        min_cell=96,
+    )
+    save_png(picture, files["grid"], {k: v for k, v in record.items() if k != "notes"})
+    record["spectra"] = _spectra(files["spectra"], rows, samples, reference, title)
+    record["seconds"] = round(time.perf_counter() - started, 1)
+    record["files"] = {k: str(v) for k, v in files.items()}
+    files["json"].write_text(json.dumps(record, indent=2) + "\n")
+    return record
 
+
+def _groups(columns: Sequence[tuple[str | None, int]]) -> list[str | None]:
+    """The classes of the grid's columns in order, one batch each (``[None]`` for an unconditional model)."""
+    return list(dict.fromkeys(c for c, _ in columns))
+
+
+def _sample_rows(model: UNetModel, seeds: Sequence[int], columns: Sequence[tuple[str | None, int]],
+                 rows: Sequence[tuple[DemoRow, freeu.FreeUConfig | None]], options: DemoOptions,
+                 cache: SampleCache | None) -> list[torch.Tensor]:  # fmt: skip
+    """Every row's samples in ``[0, 1]``, in the order of ``columns``: one batch of ``seeds`` per class."""
     from tqdm.auto import tqdm
 
+    groups = _groups(columns)
     samples: list[torch.Tensor] = []
-    with tqdm(total=len(rows) * len(groups) * steps, desc="demo sampling", unit="step", disable=not progress) as bar:
-        for row, setting in zip(rows, configs, strict=True):
+    total = len(rows) * len(groups) * options.steps
+    with tqdm(total=total, desc="demo sampling", unit="step", disable=not options.progress) as bar:
+        for row, setting in rows:
             bar.set_postfix_str(row.label)
             parts = []
             for group in groups:
-                parts.append(_sample(model, seeds, Request(steps=steps, prompt=group), setting, bar.update, cache))
+                request = Request(steps=options.steps, prompt=group)
+                parts.append(_sample(model, seeds, request, setting, bar.update, cache))
             samples.append(torch.cat(parts))
+    return samples
 
-    reference = _reference_patches(REFERENCE_PATCHES)
-    training = config.get("training", {})
-    sampler = f"DDIM {steps} steps, eta 0"
+
+def _grid_title(model: UNetModel, sampler: str) -> str:
+    """The title of the grid and the spectra: the model, its size, the sampler, the guidance, the convention."""
+    training = model.config.get("training", {})
     guided = model.classes is not None
     what = f"the {'class-conditional ' if guided else ''}demo model"
-    title = (
+    return (
         f"FreeU on {what} (32x32 pixel U-Net, {training.get('parameters', 0) / 1e6:.1f}M parameters), {sampler}"
         + (f", guidance {model.default_guidance:g}" if guided else "")
         + "; convention official, version 2 unless marked v1"
     )
+
+
+def _grid_record(model: UNetModel, seeds: list[int], columns: Sequence[tuple[str | None, int]],
+                 rows: Sequence[DemoRow], samples: list[torch.Tensor], reference: torch.Tensor | None,
+                 sampler: str) -> dict[str, Any]:  # fmt: skip
+    """``demo.json``'s content but the spectra, the time and the files: the run and every row's figures."""
+    training = model.config.get("training", {})
+    guided = model.classes is not None
     record_rows = []
     for row, images in zip(rows, samples, strict=True):
         record_rows.append(
             {"label": row.label, "freeu": row.settings, "figures": _figures(images, samples[0], reference)}
         )
-    record: dict[str, Any] = {
+    return {
         "model": model.description,
         "weights": model.name,
         "ema_step": training.get("ema_step"),
         "seeds": seeds,
-        "classes": groups if guided else None,
+        "classes": _groups(columns) if guided else None,
         "guidance": model.default_guidance if guided else None,
         "sampler": sampler,
         "rows": record_rows,
@@ -259,54 +323,40 @@ def run_demo(
         },
     }  # fmt: skip
 
-    picture = grid(
-        [[to_pil(image) for image in images] for images in samples],
-        row_labels=[row.describe() for row in rows],
-        col_labels=[f"seed {s}" if c is None else f"{c}, seed {s}" for c, s in columns],
-        title=title,
-        footer="Same noise in every column. Official convention: stage 1 at the 128-wide joins, stage 2 at the "
-        "64-wide ones. Figures: demo.json.",
-        min_cell=96,
-    )
-    files = {"grid": out / "demo-grid.png", "spectra": out / "demo-spectra.png", "json": out / "demo.json"}
-    save_png(picture, files["grid"], {k: v for k, v in record.items() if k != "notes"})
+
+def _spectra(path: Path, rows: Sequence[DemoRow], samples: list[torch.Tensor], reference: torch.Tensor | None,
+             title: str) -> dict[str, list[float]]:  # fmt: skip
+    """Each row's mean radial power spectrum (and the held-out patches'), plotted into ``path``."""
     spectra = [radial_power_spectrum(images).mean(dim=0) for images in samples]
     reference_spectrum = radial_power_spectrum(reference).mean(dim=0) if reference is not None else None
-    _plot_spectra(files["spectra"], rows, spectra, reference_spectrum, title)
-    record["spectra"] = {row.label: [float(v) for v in s] for row, s in zip(rows, spectra, strict=True)}
+    _plot_spectra(path, rows, spectra, reference_spectrum, title)
+    numbers = {row.label: [float(v) for v in s] for row, s in zip(rows, spectra, strict=True)}
     if reference_spectrum is not None:
-        record["spectra"]["held-out real patches"] = [float(v) for v in reference_spectrum]
-    record["seconds"] = round(time.perf_counter() - started, 1)
-    record["files"] = {k: str(v) for k, v in files.items()}
-    files["json"].write_text(json.dumps(record, indent=2) + "\n")
-    return record
+        numbers["held-out real patches"] = [float(v) for v in reference_spectrum]
+    return numbers
 
 
 def run_guided_demo(
     out: str | Path = "freeu-demo",
+    options: DemoOptions = DemoOptions(),
     *,
-    seeds: Sequence[int] = (0, 1),
-    classes: Sequence[str] = GUIDED_CLASSES,
-    steps: int = 25,
     setting: dict[str, Any] = GUIDED_SETTING,
-    weights: str | Path | None = None,
-    device: str = "cpu",
-    progress: bool = True,
     model: UNetModel | None = None,
     cache: SampleCache | None = None,
 ) -> dict[str, Any] | None:
     """How much of FreeU is stronger guidance, on a class-conditional demo model (``model``, else the one
-    ``weights`` names, default the bundled one): for the same classes and seeds, FreeU off at the model's guidance,
-    FreeU on, and FreeU off at FreeU's equivalent guidance (the guidance meter on these samples). Writes
-    ``demo-guidance.png`` and ``demo-guidance.json``; ``None`` where the weights are not installed."""
-    from ..guidance import measure_guidance
-
+    ``options`` names, default the bundled one): for the same classes and seeds (default :data:`GUIDED_CLASSES`,
+    seeds 0 and 1), FreeU off at the model's guidance, FreeU on, and FreeU off at FreeU's equivalent guidance (the
+    guidance meter on these samples). Writes ``demo-guidance.png`` and ``demo-guidance.json``; ``None`` where the
+    weights are not installed."""
     if model is None:
-        folder = Path(weights) if weights is not None else CLASSES_WEIGHTS_DIR
+        folder = Path(options.weights) if options.weights is not None else CLASSES_WEIGHTS_DIR
         if not (folder / "unet.safetensors").is_file():
             logger.warning("no class-conditional demo weights in %s: no guided demo", folder)
             return None
-        model = load_demo_model(weights, device=device)
+        model = load_demo_model(options.weights, device=options.device)
+    seeds = (0, 1) if options.seeds is None else options.seeds
+    classes = GUIDED_CLASSES if options.classes is None else options.classes
     if model.classes is None:
         raise ValueError(f"{model.name} is an unconditional model; the guided demo needs a class-conditional one")
     unknown = [c for c in classes if c not in model.classes]
@@ -317,25 +367,10 @@ def run_guided_demo(
     started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    from tqdm.auto import tqdm
-
-    columns = [(c, int(s)) for c in classes for s in seeds]
-    traces = []
-    rows: dict[str, list[torch.Tensor]] = {"off": [], "on": [], "matched": []}
-    with tqdm(total=len(classes) * steps * 5, desc="guided demo", unit="step", disable=not progress) as bar:
-        for name in classes:
-            request = Request(steps=steps, prompt=name, guidance=scale)
-            trace = measure_guidance(model, list(seeds), request, config, on_step=lambda n: bar.update(2))
-            traces.append(trace)
-            for key, freeu_setting in (("off", None), ("on", config)):
-                rows[key].append(_sample(model, seeds, request, freeu_setting, bar.update, cache))
-        equivalent = sum(t.equivalent for t in traces) / len(traces)
-        share = sum(t.orthogonal_share for t in traces) / len(traces)
-        matched = round(equivalent, 2)
-        for name in classes:
-            request = Request(steps=steps, prompt=name, guidance=matched)
-            rows["matched"].append(_sample(model, seeds, request, None, bar.update, cache))
-    images = {k: torch.cat(v) for k, v in rows.items()}
+    traces, images = _guided_samples(model, seeds, classes, config, options, cache)
+    equivalent = _mean_equivalent(traces)
+    share = sum(t.orthogonal_share for t in traces) / len(traces)
+    matched = round(equivalent, 2)
     figures = {k: _figures(v, images["off"], None) for k, v in images.items()}
     labels = {
         "off": f"FreeU off\nguidance {scale:g}",
@@ -345,16 +380,16 @@ def run_guided_demo(
     picture = grid(
         [[to_pil(image) for image in images[k]] for k in labels],
         row_labels=list(labels.values()),
-        col_labels=[f"{c}, seed {s}" for c, s in columns],
-        title=f"How much of FreeU is stronger guidance? The class-conditional demo model, DDIM {steps} steps; FreeU "
-        f"acts like guidance {equivalent:.2f} instead of {scale:g}, {share:.0%} of its change is orthogonal to "
+        col_labels=[f"{c}, seed {int(s)}" for c in classes for s in seeds],
+        title=f"How much of FreeU is stronger guidance? The class-conditional demo model, DDIM {options.steps} steps; "
+        f"FreeU acts like guidance {equivalent:.2f} instead of {scale:g}, {share:.0%} of its change is orthogonal to "
         "the guidance direction",
         footer="Same noise in every column. The guidance meter: docs/eval.md. Figures: demo-guidance.json.",
         min_cell=96,
     )  # fmt: skip
     record: dict[str, Any] = {
         "model": model.description, "classes": list(classes), "seeds": [int(s) for s in seeds],
-        "sampler": f"DDIM {steps} steps, eta 0", "guidance": scale, "freeu": config.to_dict(),
+        "sampler": f"DDIM {options.steps} steps, eta 0", "guidance": scale, "freeu": config.to_dict(),
         "equivalent_guidance": equivalent, "orthogonal_share": share, "matched_guidance": matched,
         "per_class": {c: {"equivalent": t.equivalent, "orthogonal_share": t.orthogonal_share}
                       for c, t in zip(classes, traces, strict=True)},
@@ -367,6 +402,37 @@ def run_guided_demo(
     record["files"] = {k: str(v) for k, v in files.items()}
     files["guided_json"].write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def _mean_equivalent(traces: Sequence[GuidanceTrace]) -> float:
+    """FreeU's equivalent guidance scale, the mean over the classes' guidance-meter traces."""
+    return sum(t.equivalent for t in traces) / len(traces)
+
+
+def _guided_samples(model: UNetModel, seeds: Sequence[int], classes: Sequence[str], config: freeu.FreeUConfig,
+                    options: DemoOptions, cache: SampleCache | None) -> tuple[list[GuidanceTrace], Rows]:  # fmt: skip
+    """Per class, the guidance meter's trace of ``config`` and the samples with FreeU off and on at the model's
+    guidance; then FreeU off at FreeU's equivalent guidance (rounded to 0.01). Returns the traces and the three rows
+    (``"off"``, ``"on"``, ``"matched"``), classes one after the other."""
+    from tqdm.auto import tqdm
+
+    from ..guidance import measure_guidance
+
+    traces = []
+    rows: dict[str, list[torch.Tensor]] = {"off": [], "on": [], "matched": []}
+    total = len(classes) * options.steps * 5
+    with tqdm(total=total, desc="guided demo", unit="step", disable=not options.progress) as bar:
+        for name in classes:
+            request = Request(steps=options.steps, prompt=name, guidance=model.default_guidance)
+            trace = measure_guidance(model, list(seeds), request, config, on_step=lambda n: bar.update(2))
+            traces.append(trace)
+            for key, freeu_setting in (("off", None), ("on", config)):
+                rows[key].append(_sample(model, seeds, request, freeu_setting, bar.update, cache))
+        matched = round(_mean_equivalent(traces), 2)
+        for name in classes:
+            request = Request(steps=options.steps, prompt=name, guidance=matched)
+            rows["matched"].append(_sample(model, seeds, request, None, bar.update, cache))
+    return traces, {k: torch.cat(v) for k, v in rows.items()}
 
 
 def guided_summary(record: dict[str, Any]) -> str:
@@ -459,13 +525,12 @@ def run(args: argparse.Namespace) -> int:
         if len(classes) * count > 64:
             raise ValueError(f"--classes and --seeds: {len(classes)} classes x {count} seeds = "
                              f"{len(classes) * count} columns, more than 64")  # fmt: skip
-    show = not args.no_progress
+    options = DemoOptions(seeds=seeds, classes=classes, steps=args.steps, progress=not args.no_progress)
     cache: SampleCache = {}  # the grid's FreeU off and FreeU rows are the guided comparison's first two
     if model.classes is not None:
-        guided = run_guided_demo(args.out, seeds=seeds, classes=classes, steps=args.steps, progress=show,
-                                 model=model, cache=cache)  # type: ignore[arg-type]  # fmt: skip
+        guided = run_guided_demo(args.out, options, model=model, cache=cache)
         assert guided is not None
         print(guided_summary(guided))
-    record = run_demo(args.out, seeds=seeds, classes=classes, steps=args.steps, progress=show, model=model, cache=cache)
+    record = run_demo(args.out, options, model=model, cache=cache)
     print(summary(record))
     return 0
