@@ -276,9 +276,9 @@ def test_a_class_conditional_run_learns_labels_with_dropout_and_samples_with_gui
     seen: list[torch.Tensor] = []
     original = training._train_loop
 
-    def spy(cfg, unet, *args, **kwargs):  # record the labels the U-Net is trained on
-        unet.register_forward_pre_hook(lambda m, a, k: seen.append(k["class_labels"].clone()), with_kwargs=True)
-        return original(cfg, unet, *args, **kwargs)
+    def spy(run):  # record the labels the U-Net is trained on
+        run.unet.register_forward_pre_hook(lambda m, a, k: seen.append(k["class_labels"].clone()), with_kwargs=True)
+        return original(run)
 
     training._train_loop = spy
     try:
@@ -335,10 +335,10 @@ def test_a_class_conditional_run_learns_labels_with_dropout_and_samples_with_gui
     matched = json.loads((out / "guidance.json").read_text())["configs"]["sd15"]["baseline_guidance"]
     assert {r["guidance"] for r in records if r["config"] == "off@sd15"} == {matched}
     # the guided part of freeu demo: FreeU off, FreeU, and FreeU off at FreeU's equivalent guidance
-    from freeu.apps.demo.showcase import guided_summary, run_guided_demo
+    from freeu.apps.demo.showcase import DemoOptions, guided_summary, run_guided_demo
 
-    record = run_guided_demo(tmp_path / "demo", seeds=(0,), classes=("brick", "grass"), steps=2, weights=folder,
-                             progress=False)  # fmt: skip
+    options = DemoOptions(seeds=(0,), classes=("brick", "grass"), steps=2, weights=folder, progress=False)
+    record = run_guided_demo(tmp_path / "demo", options)
     assert record is not None and record["guidance"] == 3.0
     per_class = [record["per_class"][c]["equivalent"] for c in ("brick", "grass")]
     assert record["equivalent_guidance"] == pytest.approx(sum(per_class) / 2)
@@ -349,4 +349,4 @@ def test_a_class_conditional_run_learns_labels_with_dropout_and_samples_with_gui
     assert record["change_vs_off_grey_levels"]["off"] == 0 and record["change_vs_off_grey_levels"]["on"] > 0
     assert (tmp_path / "demo" / "demo-guidance.png").stat().st_size > 5000
     assert f"acts like guidance {record['equivalent_guidance']:.2f} instead of 3" in guided_summary(record)
-    assert run_guided_demo(tmp_path / "none", weights=tmp_path / "nowhere", progress=False) is None
+    assert run_guided_demo(tmp_path / "none", DemoOptions(weights=tmp_path / "nowhere", progress=False)) is None

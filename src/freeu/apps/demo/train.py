@@ -364,7 +364,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 def _train(cfg: TrainConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_path, best_path = out / "checkpoint.pt", out / "best.pt"
+    ckpt_path = out / "checkpoint.pt"
     train_log, eval_log = out / "train_log.jsonl", out / "eval_log.jsonl"
 
     unet = build_unet(cfg.unet, seed=cfg.seed)
@@ -401,22 +401,11 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     _truncate_jsonl(eval_log, state["step"])
     _write_json(cfg.to_json(), out / "train_config.json")
 
-    def checkpoint() -> None:
-        payload = {
-            "config": cfg.to_json(),
-            "model": unet.state_dict(),
-            "ema": ema.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "rng": _rng_state(),
-            "state": dict(state),
-        }
-        _save_torch(payload, ckpt_path)
-
     if state["stopped"] == "early_stop":
         logger.info("run in %s already early-stopped at step %d (best step %s)", out, state["step"], state["best_step"])
     else:
         state["stopped"] = None
-        _train_loop(cfg, unet, ema, optimizer, alphas, num_timesteps, state, checkpoint, out, best_path)
+        _train_loop(_Run(cfg, unet, ema, optimizer, alphas, num_timesteps, state, out))
 
     summary = {
         "step": state["step"],
@@ -431,25 +420,41 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     return summary
 
 
-def _train_loop(
-    cfg: TrainConfig,
-    unet: torch.nn.Module,
-    ema: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    alphas: torch.Tensor,
-    num_timesteps: int,
-    state: dict[str, Any],
-    checkpoint: Any,
-    out: Path,
-    best_path: Path,
-) -> None:
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """A training run as its loop works on it: the config, the U-Net and its EMA copy, the optimiser, the DDPM noise
+    schedule (``alphas``: its cumulative products) and the run's folder; ``state`` is its progress (step, early
+    stopping, log accumulators, training time), changed in place and checkpointed with the rest."""
+
+    cfg: TrainConfig
+    unet: torch.nn.Module
+    ema: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    alphas: torch.Tensor
+    num_timesteps: int
+    state: dict[str, Any]
+    out: Path
+
+    def checkpoint(self) -> None:
+        """Write ``checkpoint.pt``: everything a resume needs to go on exactly as an uninterrupted run would."""
+        payload = {
+            "config": self.cfg.to_json(),
+            "model": self.unet.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": _rng_state(),
+            "state": dict(self.state),
+        }
+        _save_torch(payload, self.out / "checkpoint.pt")
+
+
+def _train_loop(run: _Run) -> None:
+    """Train from ``run.state["step"]`` until a stop: log, evaluate and checkpoint on the config's schedule."""
     from tqdm.auto import tqdm
 
+    cfg, state = run.cfg, run.state
     sampler = PatchSampler(TRAIN_IMAGES, seed=cfg.seed)
     reference: torch.Tensor | None = None
-    params = list(unet.parameters())
-    ema_params = list(ema.parameters())
-    use_bf16 = cfg.precision == "bf16"
     interactive = sys.stderr.isatty()
     bar = tqdm(
         total=cfg.max_steps,
@@ -459,82 +464,27 @@ def _train_loop(
         mininterval=1.0 if interactive else 30.0,
         dynamic_ncols=True,
     )
-    unet.train()
-    tick, tick_step = time.perf_counter(), state["step"]
+    run.unet.train()
+    mark = (time.perf_counter(), state["step"])  # the time and step of the last loss record
     session_start = time.perf_counter() - state["elapsed_s"]
     try:
         with _stop_on_signals() as stop_requested:
             while state["step"] < cfg.max_steps:
-                step = state["step"]
-                clean, sources = sampler.sample(step, cfg.batch_size)
-                clean = clean * 2 - 1
-                gen = torch.Generator().manual_seed(mix_seed(cfg.seed, step, _STREAM_NOISE))
-                noise = torch.randn(clean.shape, generator=gen)
-                t = torch.randint(0, num_timesteps, (cfg.batch_size,), generator=gen)
-                labels = None
-                if cfg.classes:  # the source picture, or (label dropout) the null class
-                    labels = torch.tensor([TRAIN_IMAGES.index(name) for name in sources])
-                    dropped = torch.rand(cfg.batch_size, generator=gen) < cfg.label_dropout
-                    labels = torch.where(dropped, len(TRAIN_IMAGES), labels)
-                a = alphas[t].view(-1, 1, 1, 1)
-                noisy = a.sqrt() * clean + (1 - a).sqrt() * noise
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(cfg, step)
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                    pred = unet(noisy, t, class_labels=labels).sample
-                loss = F.mse_loss(pred.float(), noise)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower lr (now {cfg.lr})")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                optimizer.step()
-                with torch.no_grad():
-                    torch._foreach_lerp_(ema_params, params, 1.0 - ema_decay_at(cfg, step))
-                state["step"] = step = step + 1
+                loss, grad_norm = _train_step(run, sampler)
+                state["step"] = step = state["step"] + 1
                 state["loss_sum"] += loss.item()
                 state["loss_count"] += 1
                 state["elapsed_s"] = time.perf_counter() - session_start
                 bar.update(1)
-
                 if step % cfg.log_every == 0:
-                    now = time.perf_counter()
-                    record = {
-                        "step": step,
-                        "loss": state["loss_sum"] / state["loss_count"],
-                        "lr": lr_at(cfg, step - 1),
-                        "grad_norm": float(grad_norm),
-                        "steps_per_s": (step - tick_step) / max(now - tick, 1e-9),
-                        "elapsed_s": round(state["elapsed_s"], 1),
-                    }
-                    _append_jsonl(out / "train_log.jsonl", record)
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", best=f"{state['best_metric']:.4f}")
-                    state["loss_sum"], state["loss_count"] = 0.0, 0
-                    tick, tick_step = now, step
-
-                evaluated = False
-                if step % cfg.eval_every == 0:
-                    if reference is None:
-                        reference = evaluation_reference(cfg)
-                    if state["floor"] is None:
-                        state["floor"] = reference_floor(cfg, reference)
-                        logger.info("real training patches vs held-out (floor): %s", state["floor"])
-                    _evaluate_step(cfg, ema, reference, state, out, best_path)
-                    evaluated = True
-                    unet.train()
-                if state["stopped"] is None and step >= cfg.max_steps:
-                    state["stopped"] = "max_steps"
-                if (
-                    state["stopped"] is None
-                    and cfg.max_hours is not None
-                    and state["elapsed_s"] >= cfg.max_hours * 3600
-                ):
-                    state["stopped"] = "time_limit"
-                if stop_requested.is_set() and state["stopped"] is None:
-                    state["stopped"] = "interrupted"
+                    mark = _log_loss(run, grad_norm, mark, bar)
+                evaluated = step % cfg.eval_every == 0
+                if evaluated:
+                    reference = _evaluate_at(run, reference)
+                _set_stop(run, stop_requested.is_set())
                 if evaluated or state["stopped"] is not None or step % cfg.checkpoint_every == 0:
                     state["elapsed_s"] = time.perf_counter() - session_start
-                    checkpoint()
+                    run.checkpoint()
                 if state["stopped"] is not None:
                     break
             else:
@@ -549,10 +499,87 @@ def _train_loop(
     )
 
 
-def _evaluate_step(
-    cfg: TrainConfig, ema: torch.nn.Module, reference: torch.Tensor, state: dict[str, Any], out: Path, best_path: Path
-) -> None:
+def _train_step(run: _Run, sampler: PatchSampler) -> tuple[torch.Tensor, torch.Tensor]:
+    """Update ``run.state["step"]`` (0-based; the caller counts it): a batch, its noise, timesteps and (class-
+    conditional) labels from the step's own generator, the loss, the clipped gradient step and the EMA update.
+    Returns the loss and the gradient norm before clipping."""
+    cfg, unet, step = run.cfg, run.unet, run.state["step"]
+    params = list(unet.parameters())
+    clean, sources = sampler.sample(step, cfg.batch_size)
+    clean = clean * 2 - 1
+    gen = torch.Generator().manual_seed(mix_seed(cfg.seed, step, _STREAM_NOISE))
+    noise = torch.randn(clean.shape, generator=gen)
+    t = torch.randint(0, run.num_timesteps, (cfg.batch_size,), generator=gen)
+    labels = None
+    if cfg.classes:  # the source picture, or (label dropout) the null class
+        labels = torch.tensor([TRAIN_IMAGES.index(name) for name in sources])
+        dropped = torch.rand(cfg.batch_size, generator=gen) < cfg.label_dropout
+        labels = torch.where(dropped, len(TRAIN_IMAGES), labels)
+    a = run.alphas[t].view(-1, 1, 1, 1)
+    noisy = a.sqrt() * clean + (1 - a).sqrt() * noise
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr_at(cfg, step)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        pred = unet(noisy, t, class_labels=labels).sample
+    loss = F.mse_loss(pred.float(), noise)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower lr (now {cfg.lr})")
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    run.optimizer.step()
+    with torch.no_grad():
+        torch._foreach_lerp_(list(run.ema.parameters()), params, 1.0 - ema_decay_at(cfg, step))
+    return loss, grad_norm
+
+
+def _log_loss(run: _Run, grad_norm: torch.Tensor, mark: tuple[float, int], bar: Any) -> tuple[float, int]:
+    """Append the mean loss since the last record (at ``mark``: time, step) to ``train_log.jsonl``, show it on the
+    bar and reset the accumulators; returns the new mark."""
+    state, step = run.state, run.state["step"]
+    now = time.perf_counter()
+    record = {
+        "step": step,
+        "loss": state["loss_sum"] / state["loss_count"],
+        "lr": lr_at(run.cfg, step - 1),
+        "grad_norm": float(grad_norm),
+        "steps_per_s": (step - mark[1]) / max(now - mark[0], 1e-9),
+        "elapsed_s": round(state["elapsed_s"], 1),
+    }
+    _append_jsonl(run.out / "train_log.jsonl", record)
+    bar.set_postfix(loss=f"{record['loss']:.4f}", best=f"{state['best_metric']:.4f}")
+    state["loss_sum"], state["loss_count"] = 0.0, 0
+    return now, step
+
+
+def _evaluate_at(run: _Run, reference: torch.Tensor | None) -> torch.Tensor:
+    """Evaluate the EMA model now (the held-out reference and the real-patch floor made on first use) and put the
+    U-Net back in training mode; returns the reference for the next evaluation."""
+    if reference is None:
+        reference = evaluation_reference(run.cfg)
+    if run.state["floor"] is None:
+        run.state["floor"] = reference_floor(run.cfg, reference)
+        logger.info("real training patches vs held-out (floor): %s", run.state["floor"])
+    _evaluate_step(run, reference)
+    run.unet.train()
+    return reference
+
+
+def _set_stop(run: _Run, signalled: bool) -> None:
+    """Name why the run stops after this step, if it does and no reason is set yet: ``max_steps``, ``time_limit``
+    (``max_hours`` of training time), or ``interrupted`` (a signal)."""
+    cfg, state = run.cfg, run.state
+    if state["stopped"] is None and state["step"] >= cfg.max_steps:
+        state["stopped"] = "max_steps"
+    if state["stopped"] is None and cfg.max_hours is not None and state["elapsed_s"] >= cfg.max_hours * 3600:
+        state["stopped"] = "time_limit"
+    if signalled and state["stopped"] is None:
+        state["stopped"] = "interrupted"
+
+
+def _evaluate_step(run: _Run, reference: torch.Tensor) -> None:
     """Score the EMA model, keep it in ``best.pt`` if it improved, update the early-stopping state, log a grid."""
+    cfg, ema, state, out = run.cfg, run.ema, run.state, run.out
     step = state["step"]
     start = time.perf_counter()
     metrics, samples = evaluate(ema, cfg, reference)
@@ -560,7 +587,7 @@ def _evaluate_step(
     improved = metric < state["best_metric"] * (1 - cfg.min_improvement)
     if improved:
         state["best_metric"], state["best_step"], state["bad_evals"] = metric, step, 0
-        _save_torch({"step": step, "ema": ema.state_dict(), "metrics": metrics, "unet": cfg.unet}, best_path)
+        _save_torch({"step": step, "ema": ema.state_dict(), "metrics": metrics, "unet": cfg.unet}, out / "best.pt")
     else:
         state["bad_evals"] += 1
         if state["bad_evals"] >= cfg.patience:
