@@ -341,6 +341,8 @@ def fourier_filter(
     instead of allocating one; it is returned. It may be ``x`` itself (filtering in place) but must not otherwise
     overlap ``x``. Not differentiable.
     """
+    # size: about a third is the docstring; the rest checks the arguments once and picks the path (identity, empty,
+    # a gain per map, a square that holds the whole map, FFT or projection) in one place, each path a few lines
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"fourier_filter: x must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():

@@ -542,6 +542,8 @@ def apply(
             :class:`UnsupportedModelError` for a model of no known family. Everything is validated before the model
             is touched: on any error the model is left as it was.
     """
+    # size: the public API takes each FreeUConfig field as a keyword (``freeu.apply(unet, b1=1.3, s1=0.9, ...)``);
+    # the signature and the docstring are most of it: the body only gathers the fields and checks them, then installs
     overrides = dict(
         b1=b1, b2=b2, s1=s1, s2=s2, version=version, convention=convention, threshold=threshold,
         start=start, stop=stop, ramp=ramp, num_train_timesteps=num_train_timesteps,

@@ -70,6 +70,8 @@ def output_block_patch(
         ValueError: a per-sample config, a window without ``progress``, the diffusers convention without
             ``num_res_blocks``, a width that is not a positive integer.
     """
+    # size: a quarter is the docstring; the rest checks the settings once and returns the patch, whose stage lookup
+    # and step window are closures over them (the host calls the patch alone)
     if not isinstance(config, FreeUConfig):
         raise TypeError(f"config must be a freeu.FreeUConfig, got {type(config).__name__}")
     if config.batch_size is not None:

@@ -4,14 +4,17 @@
 - The applications' shared modules (the runtime, options, imaging, measures, ...) import no command's package.
 - No import circle among ``freeu``'s modules, counting imports inside functions.
 - No module imports another's private name (``from x import _name``, ``x._name``).
+- No function over 80 lines or 8 parameters without a ``# size:`` comment in it saying why.
 """
 
 from __future__ import annotations
 
 import ast
+import io
 import subprocess
 import sys
 import textwrap
+import tokenize
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -336,3 +339,78 @@ def test_no_import_circle_among_the_modules() -> None:
 
 def test_no_module_imports_a_private_name_of_another() -> None:
     assert private_imports() == []
+
+
+# -- function sizes -------------------------------------------------------------------------------------------------
+
+#: The review's rule: no function over about this many lines (docstring included) or parameters (``self``, ``cls``,
+#: ``*args`` and ``**kwargs`` left out) without a reason stated in it.
+MAX_LINES, MAX_PARAMETERS = 80, 8
+#: A stated reason: a comment in the function's own lines (not a nested function's) starting with this, then the
+#: reason.
+SIZE_REASON = "# size:"
+
+
+def size_reasons(text: str) -> dict[int, str]:
+    """Line -> reason of every ``# size: REASON`` comment of a source text."""
+    reasons = {}
+    for token in tokenize.generate_tokens(io.StringIO(text).readline):
+        if token.type == tokenize.COMMENT and token.string.startswith(SIZE_REASON):
+            reasons[token.start[0]] = token.string[len(SIZE_REASON) :].strip()
+    return reasons
+
+
+def oversized_functions(root: Path) -> list[str]:
+    """``path:line name: N lines, M parameters`` for each function under ``root`` over :data:`MAX_LINES` lines or
+    :data:`MAX_PARAMETERS` parameters whose own lines hold no ``# size:`` comment with a reason."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        text = path.read_text()
+        reasons = [line for line, reason in size_reasons(text).items() if reason]
+        for node in ast.walk(ast.parse(text)):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            end = node.end_lineno or node.lineno
+            lines = end - node.lineno + 1
+            arguments = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+            parameters = len([a for a in arguments if a.arg not in ("self", "cls")])
+            if lines <= MAX_LINES and parameters <= MAX_PARAMETERS:
+                continue
+            nested = [
+                range(inner.lineno, (inner.end_lineno or inner.lineno) + 1)
+                for inner in ast.walk(node)
+                if inner is not node and isinstance(inner, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+            ]
+            if not any(node.lineno <= line <= end and not any(line in r for r in nested) for line in reasons):
+                where = path.relative_to(root).as_posix()
+                found.append(f"{where}:{node.lineno} {node.name}: {lines} lines, {parameters} parameters")
+    return found
+
+
+def test_the_size_rule_sees_a_planted_long_function_without_a_reason(tmp_path) -> None:
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_LINES))
+    many = ", ".join(f"p{i}" for i in range(MAX_PARAMETERS + 1))
+    text = (
+        f"def long():\n{body}"
+        f"def long_with_reason():\n    # size: a table of constants, one per line\n{body}"
+        f"def long_with_an_empty_reason():\n    # size:\n{body}"
+        f"def wide({many}):\n    pass\n"
+        f"def wide_with_reason({many}):  # size: the callback's caller passes them all\n    pass\n"
+        f"class C:\n    def method(self, {', '.join(f'p{i}' for i in range(MAX_PARAMETERS))}):\n        pass\n"
+        f"def outer():\n    def inner():\n        # size: inner's reason is not outer's\n        pass\n{body}"
+        f"def short(a, b):\n    return a + b\n"
+    )
+    (tmp_path / "probe.py").write_text(text)
+    line = {t.split("(")[0].split()[-1]: i for i, t in enumerate(text.splitlines(), 1) if t.lstrip().startswith("def")}
+    assert oversized_functions(tmp_path) == [
+        f"probe.py:{line['long']} long: {MAX_LINES + 1} lines, 0 parameters",
+        f"probe.py:{line['long_with_an_empty_reason']} long_with_an_empty_reason: {MAX_LINES + 2} lines, 0 parameters",
+        f"probe.py:{line['wide']} wide: 2 lines, {MAX_PARAMETERS + 1} parameters",
+        f"probe.py:{line['outer']} outer: {MAX_LINES + 4} lines, 0 parameters",
+    ]
+
+
+def test_every_long_or_wide_function_states_why() -> None:
+    """No function in ``src/freeu`` over 80 lines or 8 parameters without a ``# size:`` comment saying why: a
+    function doing several things is split, and parameters that travel together are grouped."""
+    assert oversized_functions(PACKAGE) == []

@@ -289,6 +289,9 @@ class UNetModel(Model):
                  description: str | None = None, fingerprint: str | None = None,
                  classes: Sequence[str] | None = None, guidance: float = 2.0,
                  default_class: str | None = None) -> None:  # fmt: skip
+        # size: one keyword per fact a loader may know of the model (kind, description, fingerprint, classes, default
+        # guidance and class), each optional; the demo loader, the pipeline loader and the training's evaluation
+        # each pass only the few they know
         self.unet, self.scheduler, self.name, self.target, self.kind = unet, scheduler, name, unet, kind
         #: The demo's ``config.json`` (``"unet"``, ``"scheduler"``, ``"training"``) when loaded from one.
         self.config: dict[str, Any] = {}

@@ -275,6 +275,8 @@ def theme():
 def build_app(studio: Studio, steps: int = 25, guidance: float | None = None):
     """The page for ``studio``: controls on the left; side-by-side and grid tabs on the right. ``guidance``: the
     initial scale (default: the model's). A class-conditional model's prompt is a choice of its classes."""
+    # size: the page: its callbacks, its layout read top to bottom as it shows (the controls' column, then the tabs'),
+    # and the wiring of the two; split, the parts would hand the page's components back and forth
     gr = _gradio()
     model = studio.model
     guidance = model.default_guidance if guidance is None else guidance
@@ -285,6 +287,7 @@ def build_app(studio: Studio, steps: int = 25, guidance: float | None = None):
         return gr.Error(str(error), title="Refused")
 
     def read(prompt, seed, n_steps, scale, b1, b2, s1, s2, version, convention, start, stop, stages):
+        # size: Gradio calls it with the page's controls positionally, one parameter per control of ``common`` below
         try:
             sampling = studio.sampling(prompt, seed, n_steps, scale)
             config = studio.config(b1=b1, b2=b2, s1=s1, s2=s2, version=version, convention=convention,
