@@ -287,11 +287,11 @@ def private_imports(src: Path = SRC, top: str = "freeu") -> list[str]:
 def test_the_layering_rules_see_a_planted_command_import_cycle_and_private_name(tmp_path) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text(
-        "from .demo.model import X\nfrom .demo_model import Y\nfrom . import options, plotting\n"
+        "from .demo.showcase import X\nfrom .demo_model import Y\nfrom . import options, plotting\n"
         "def f():\n    from .evaluate import cli\n    import freeu.apps.ui\n"
     )
     assert command_imports(probe, "freeu.apps") == [
-        "freeu.apps.demo.model", "freeu.apps.demo.model.X", "freeu.apps.evaluate", "freeu.apps.evaluate.cli",
+        "freeu.apps.demo.showcase", "freeu.apps.demo.showcase.X", "freeu.apps.evaluate", "freeu.apps.evaluate.cli",
         "freeu.apps.ui"]  # fmt: skip
 
     package = tmp_path / "pkg"
