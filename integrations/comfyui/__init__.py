@@ -48,7 +48,10 @@ def settings_of(preset: str, preset_file: str | None, stages: str | None, **cont
     """The node's inputs as :class:`freeu.settings.Settings`: ``preset_file`` (when set) replaces ``preset``; a
     preset (``auto`` included) sets the factors, version and convention, and an input left at its default leaves the
     preset's value (a preset file's window) as it is; ``custom`` takes every input."""
-    chosen = _path(preset_file) or (None if preset == CUSTOM else preset)
+    path = _path(preset_file)
+    if path is not None and not freeu.config.is_preset_file(path):
+        raise ValueError(f"preset_file must be the path of a .toml file (as freeu tune writes), got {path!r}")
+    chosen = path or (None if preset == CUSTOM else preset)
     return controls_settings(chosen, controls, stages or "")
 
 

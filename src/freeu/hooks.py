@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import inspect
 import logging
+import os
 import threading
 import warnings
 from collections.abc import Callable, Mapping
@@ -22,7 +23,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from . import join as freeu_join
-from .config import CONVENTIONS, Convention, Factor, FreeUConfig, Version
+from .config import CONVENTIONS, Convention, Factor, FreeUConfig, Preset, Version
 from .models import CustomUNet, SkipJoin, UNetLayout, UnsupportedModelError, describe, find_unet
 from .settings import Settings, resolve
 
@@ -447,7 +448,7 @@ class FreeUHandle:
 
 
 def _resolve_config(
-    model: object, config: FreeUConfig | None, preset: str | None, overrides: dict[str, Any], stages: Any = None
+    model: object, config: FreeUConfig | None, preset: object, overrides: dict[str, Any], stages: Any = None
 ) -> FreeUConfig:
     """``apply``'s arguments through the one settings front door (:func:`freeu.settings.resolve`)."""
     if config is not None and preset is not None:
@@ -499,7 +500,7 @@ def apply(
     model: object,
     config: FreeUConfig | None = None,
     *,
-    preset: str | None = None,
+    preset: str | os.PathLike[str] | Preset | None = None,
     b1: Factor | None = None,
     b2: Factor | None = None,
     s1: Factor | None = None,
@@ -521,7 +522,7 @@ def apply(
         model: a U-Net of a supported family, or what holds one (a diffusers pipeline, an LDM wrapper, a
             ``torch.compile`` wrapper); any other U-Net with ``layout``.
         config: the settings as a :class:`FreeUConfig`.
-        preset: a name from ``freeu.PRESETS``, ``"auto"`` (the preset of the U-Net's layout,
+        preset: a name from ``freeu.PRESETS`` (or a :class:`freeu.Preset`), ``"auto"`` (the preset of the layout,
             :func:`freeu.settings.detect_preset`), or a preset file (``.toml``, :func:`freeu.config.load_preset_file`),
             instead of ``config``.
         b1, b2, s1, s2, version, convention, threshold, start, stop, ramp, num_train_timesteps: the fields of

@@ -15,10 +15,10 @@ position along the trajectory, which only the host knows: ``progress(transformer
 (0 = pure noise), one value or one per latent sample, with the meaning :class:`freeu.FreeUConfig` gives it.
 
 Both hosts keep the U-Net's settings as a dict (ComfyUI's ``model_config.unet_config``, Forge's
-``diffusion_model.config``) and give each model a ``percent_to_sigma`` (the noise level at a fraction of the
-schedule). :func:`ldm_output_block_patch` builds the patch from those two (``preset="auto"`` reads the same dict:
-:func:`freeu.settings.detect_preset`), and :func:`set_output_block_patch` registers a patch on the host's clone in
-place of an earlier one.
+``diffusion_model.config``) and give each model a ``percent_to_sigma`` (the noise level at a fraction of the schedule).
+:func:`ldm_output_block_patch` builds the patch from those two, and :func:`set_output_block_patch` registers a patch on
+the host's clone in place of an earlier one. The settings dict is also what ``preset="auto"`` reads in a host
+(:func:`freeu.settings.resolve` with it as the model, :func:`freeu.settings.detect_preset`).
 """
 
 from __future__ import annotations

@@ -92,7 +92,8 @@ def apply_join(
     factors: tuple[Factor, Factor, Factor] | None = None,
     out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """FreeU at one join: ``(backbone scaled by b, skip filtered by s and high)``, new tensors.
+    """FreeU at one join: ``(backbone scaled by b, skip filtered by s and high)``. The inputs are never written to;
+    a part FreeU leaves as it is (``b`` of 1; ``s`` and ``high`` of 1) may come back as the input itself.
 
     Args:
         backbone, skip: the join's two features, ``(B, C, H, W)`` each; never written to.

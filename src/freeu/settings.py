@@ -185,9 +185,10 @@ def controls_settings(
 
 
 def check_settings(settings: Settings, names: Names | None = None) -> Settings:
-    """``settings`` checked without a model: every given field as :class:`FreeUConfig` checks it, the preset known
-    (a preset file read, once), the stage settings parsed, a factor not set twice (as ``b1`` and as stage 1's
-    ``b``), all four factors there when no preset is. ``auto`` is left to :func:`resolve`, which has the model.
+    """``settings`` checked without a model: every given field as :class:`FreeUConfig` checks it, the preset known (a
+    preset file read, once), the stage settings parsed (a stage's ``b`` or ``s`` replaces ``b1``..``s2``, as
+    :meth:`FreeUConfig.with_stages` does), all four factors there when no preset is, the window together. ``auto`` is
+    left to :func:`resolve`, which has the model.
 
     Returns the settings with the preset loaded (a :class:`Preset`, or ``"auto"``) and the stages as
     ``{stage: {field: value}}``: :func:`resolve` of the result reads no file again. Raises ``ValueError`` or
@@ -197,12 +198,7 @@ def check_settings(settings: Settings, names: Names | None = None) -> Settings:
         raise TypeError(f"settings must be a freeu.settings.Settings, got {type(settings).__name__}")
     base = _preset(settings.preset, names)
     checked = {field: check_field(field, value, _label(names, field)) for field, value in settings.given().items()}
-    stages = check_stages(settings.stages, names)
-    for k, fields in stages.items():
-        for f in ("b", "s"):
-            if k <= 2 and f in fields and f"{f}{k}" in checked:
-                raise ValueError(f"{_label(names, 'stages')} {k}:{f}=... and {_label(names, f'{f}{k}')} set the "
-                                 "same factor: give it once")  # fmt: skip
+    stages = check_stages(settings.stages, names)  # a stage's b or s wins over b1..s2, as in with_stages
     if base is None:
         missing = [_label(names, k) for k in FACTORS if k not in checked]
         if missing:
@@ -238,18 +234,19 @@ def resolve(settings: Settings, model: object = None, *, names: Names | None = N
     if base == AUTO:
         if model is None:
             raise ValueError(f"{label} {AUTO} needs a model to read the layout of")
-        name, evidence = detect_preset(model)
+        name, evidence = detect_preset(model, label=label)
         base, source = PRESETS[name].config, f"{label} {AUTO} chose {name!r}: {evidence}"
     elif isinstance(base, Preset):
         if base.path is not None:
             name, source = base.path, f"preset file {base.path} ({base.name}, for {base.model})"
-        elif PRESETS.get(base.name) == base:
-            name, source = base.name, f"preset {base.name!r}"
+        elif base.name in PRESETS and PRESETS[base.name].config == base.config:
+            note = "" if base.source == PRESETS[base.name].source else f" ({base.source})"
+            name, source = base.name, f"preset {base.name!r}{note}"
         else:  # a caller's own named setting
             name, source = base.name, f"{base.name} ({base.source})"
         base = base.config
     elif isinstance(base, FreeUConfig):
-        source = "the settings given"
+        source = "the config given"
     else:
         source = "the factors given"
     if isinstance(base, FreeUConfig):  # check_settings checked the window on it (auto's presets have none)
@@ -329,30 +326,31 @@ def _layout_of(model: object) -> _Layout:
     )  # fmt: skip
 
 
-def detect_preset(model: object) -> tuple[str, str]:
+def detect_preset(model: object, *, label: str = "preset") -> tuple[str, str]:
     """``(preset name, the structural evidence)`` of ``model``'s layout, for ``preset="auto"``.
 
     ``model``: a U-Net (diffusers or LDM/SGM), what holds one (a pipeline, a wrapper), or the LDM settings dict that
-    ComfyUI and Forge keep. The rules, the same for each: a video U-Net: ``modelscope``; added conditioning with a
-    2048-wide context: ``sdxl`` (SDXL's layout; the refiner's 1280-wide context has no published preset); linear
-    attention projections or a 1024-wide context: ``sd21``; cross-attention with convolutional projections and no
-    added conditioning: ``sd15`` (SD 1.4 and 1.5 share the layout). A layout without cross-attention, or none of
-    these, raises ``ValueError`` naming what it found.
+    ComfyUI and Forge keep. The rules, the same for each: a video U-Net: ``modelscope``; added conditioning next to
+    the text: ``sdxl`` (SDXL's layout), except with a 1280-wide context (the SDXL refiner: no published preset,
+    refused) or a 1024-wide one (SD 2.x's text encoder: unCLIP and video models built on SD 2.x, which the next
+    rule takes); linear attention projections or a 1024-wide context: ``sd21``; cross-attention with convolutional
+    projections: ``sd15`` (SD 1.4 and 1.5 share the layout). A layout without cross-attention raises
+    ``ValueError`` naming what it found; ``label`` is the caller's word for the preset in it (``--preset``).
     """
     try:
         layout = _layout_of(model)
     except UnsupportedModelError as error:
-        raise ValueError(f"preset {AUTO}: {error}") from None
+        raise ValueError(f"{label} {AUTO}: {error}") from None
     if layout.video:
         return "modelscope", f"a video U-Net ({layout.kind})"
     if layout.context is None:
-        raise ValueError(f"preset {AUTO} knows the Stable Diffusion 1.x, 2.x, XL and video U-Nets; {layout.kind} has "
+        raise ValueError(f"{label} {AUTO} knows the Stable Diffusion 1.x, 2.x, XL and video U-Nets; {layout.kind} has "
                          "no cross-attention, so it is none of them: name a preset or give the factors")  # fmt: skip
     found = f"{layout.kind} with a {layout.context}-wide context and base width {layout.base}"
-    if layout.added:
-        if layout.context == 1280:
-            raise ValueError(f"preset {AUTO}: {found} with added conditioning is the SDXL refiner's layout, for which "
-                             "no FreeU setting was published: name a preset or give the factors")  # fmt: skip
+    if layout.added and layout.context == 1280:
+        raise ValueError(f"{label} {AUTO}: {found} with added conditioning is the SDXL refiner's layout, for which "
+                         "no FreeU setting was published: name a preset or give the factors")  # fmt: skip
+    if layout.added and layout.context != 1024:  # 1024: SD 2.x's text encoder (unCLIP, video models on SD 2.x)
         return "sdxl", "added conditioning next to the text (the SDXL U-Net layout)"
     if layout.linear or layout.context == 1024:
         return "sd21", "linear attention projections / a 1024-wide context (the SD 2.x U-Net layout)"

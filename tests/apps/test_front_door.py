@@ -178,7 +178,7 @@ def via_forge(script, unet_config, case):
 
 
 def _ldm_unet():
-    openaimodel = pytest.importorskip("ldm.modules.diffusionmodules.openaimodel")
+    openaimodel = pytest.importorskip("ldm.modules.diffusionmodules.openaimodel")  # after the diffusers half ran
     return openaimodel.UNetModel(
         image_size=16, in_channels=4, out_channels=4, model_channels=32, num_res_blocks=2,
         attention_resolutions=[4, 2], channel_mult=(1, 2, 4, 4), num_head_channels=8,
@@ -189,7 +189,8 @@ def _ldm_unet():
 @pytest.mark.parametrize("case", ["name", "auto", "file", "custom"])
 def test_the_six_entry_points_give_the_same_config(case, tmp_path, comfy_node, forge_script) -> None:
     settings = _cases(tmp_path)[case]
-    for unet in (sd15_unet(), _ldm_unet()):
+    for make in (sd15_unet, _ldm_unet):
+        unet = make()
         configs = {
             "apply": via_apply(unet, settings),
             "command line": via_cli(unet, settings),
@@ -300,3 +301,40 @@ def test_resolved_says_where_each_value_came_from(tmp_path) -> None:
     assert plain.preset is None and plain.sources["b1"] == "given" and plain.sources["version"] == "default"
     with pytest.raises(ValueError, match="--preset auto needs a model"):
         resolve(Settings(preset="auto"), names={"preset": "--preset"})
+
+
+def test_a_stage_b_wins_over_b1_in_every_front_end_that_takes_both(comfy_node, forge_script) -> None:
+    """Hosts always pass all four factors in custom: a stage text that sets stage 1's b takes its place, as
+    FreeUConfig.with_stages always did (the command line alone refuses --b1 with --stage 1:b=..., its own rule)."""
+    case = dict(preset=None, factors=dict(b1=1.1, b2=1.2, s1=0.8, s2=0.7), window={}, stages="1:b=1.3")
+    unet = sd15_unet()
+    for config in (via_apply(unet, case), via_eval(unet, case), via_page(unet, case),
+                   via_comfyui(comfy_node, LDM_CONFIG, case), via_forge(forge_script, LDM_CONFIG, case)):  # fmt: skip
+        assert (config.b1, config.b2, config.s1) == (1.3, 1.2, 0.8)
+
+
+def test_from_an_image_a_stage_flag_replaces_the_carried_factor() -> None:
+    args = build_parser().parse_args(["generate", "--model", "x", "--prompt", "p", "--stage", "1:b=1.3"])
+    carried = {"b1": 1.5, "b2": 1.6, "s1": 0.9, "s2": 0.2, "version": 2}
+    config = resolve_freeu(None, freeu_settings(args, carried=carried)).config
+    assert (config.b1, config.b2, config.s2) == (1.3, 1.6, 0.2)
+
+
+@pytest.mark.parametrize(
+    "config, preset",
+    [
+        ({**LDM_CONFIG, "context_dim": 2048, "adm_in_channels": 2816, "use_linear_in_transformer": True}, "sdxl"),
+        ({**LDM_CONFIG, "context_dim": 1024, "adm_in_channels": 1536, "use_linear_in_transformer": True}, "sd21"),
+        ({**LDM_CONFIG, "context_dim": 1024, "adm_in_channels": 768, "use_linear_in_transformer": True}, "sd21"),
+    ],
+)
+def test_added_conditioning_on_sd2s_text_encoder_is_not_sdxl(config, preset) -> None:
+    """SD 2.1 unCLIP and video models built on SD 2.x add conditioning next to a 1024-wide context: SD 2.x's."""
+    assert detect_preset(config)[0] == preset
+
+
+def test_auto_errors_name_the_callers_preset_field() -> None:
+    from freeu.settings import Settings, resolve
+
+    with pytest.raises(ValueError, match=r"^--preset auto knows the Stable Diffusion .* no cross-attention"):
+        resolve(Settings(preset="auto"), {"model_channels": 32}, names={"preset": "--preset"})

@@ -347,9 +347,7 @@ def freeu_settings(
         for f in ("b", "s"):
             if k <= 2 and f in values and getattr(args, f"{f}{k}", None) is not None:
                 raise ValueError(f"--stage {k}:{f}=... and --{f}{k} set the same factor: give it once")
-            if k <= 2 and f in values:
-                fields.pop(f"{f}{k}", None)  # a carried factor gives way to the flag that sets it
-        stages.setdefault(k, {}).update(values)
+        stages.setdefault(k, {}).update(values)  # over a carried factor: the stage's value wins, as in with_stages
     settings = Settings(preset=args.preset if args.preset is not None else default, **fields, stages=stages)
     try:
         return check_settings(settings, CLI_NAMES)

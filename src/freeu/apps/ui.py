@@ -1,12 +1,13 @@
 """``freeu ui``: a local web page that shows the same seed with FreeU off and on, side by side, and a grid.
 
-The page (Gradio, bound to 127.0.0.1 unless ``--host`` says otherwise, no share link, no analytics) runs on the
-bundled demo model by default or on a diffusers pipeline (``--model``, loaded offline). Every control is a parameter
-of :class:`freeu.FreeUConfig` or of the sampler; values are validated by ``FreeUConfig`` and refused in the page with
-its message, which names the parameter. The baseline (FreeU off) depends only on the model, prompt, seed, steps and
-guidance, so it is cached and rendered again only when one of those changes. Every image can be downloaded as a PNG
-whose ``freeu`` text chunk carries its settings (:func:`freeu.apps.imaging.read_settings` reads them back); downloads
-are the model's own output size (the 32x32 demo images are shown enlarged, nearest neighbour, on the page).
+The page (Gradio, bound to 127.0.0.1 unless ``--host`` says otherwise, no share link, no analytics) runs on the bundled
+demo model by default or on a diffusers pipeline (``--model``, loaded offline). Every control is a parameter of
+:class:`freeu.FreeUConfig` or of the sampler; values go through the library's settings front door
+(:mod:`freeu.settings`) and are refused in the page with its message, which names the parameter. The baseline (FreeU
+off) depends only on the model, prompt, seed, steps and guidance, so it is cached and rendered again only when one of
+those changes. Every image can be downloaded as a PNG whose ``freeu`` text chunk carries its settings
+(:func:`freeu.apps.imaging.read_settings` reads them back); downloads are the model's own output size (the 32x32 demo
+images are shown enlarged, nearest neighbour, on the page).
 
 The logic lives in :class:`Studio` and does not import Gradio; :func:`build_app` wraps it in a page.
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from freeu import __version__
-from freeu.config import PRESETS, FreeUConfig, Preset, stage_settings_text
+from freeu.config import PRESETS, FreeUConfig, Preset, is_preset_file, stage_settings_text
 from freeu.settings import Settings, check_settings, resolve
 
 from .errors import require
@@ -428,10 +429,10 @@ def preset_controls(name: str) -> dict[str, Any]:
     """The page's control values for a published preset or a preset file: ``Studio.config(**values)`` gives the
     preset's settings back. ``ValueError`` for an unknown name, a file that does not load, or a setting the page has
     no control for (``threshold``, ``ramp``: use ``freeu generate --preset FILE``)."""
+    if name not in PRESETS and not is_preset_file(name):  # no auto here: the page starts from the layout's preset
+        raise ValueError(f"preset must be one of {sorted(PRESETS)} or a preset file (.toml), got {name!r}")
     preset = check_settings(Settings(preset=name)).preset
-    if not isinstance(preset, Preset):  # auto: the page starts from the preset of the model's layout anyway
-        raise ValueError(f"preset must be one of {sorted(PRESETS)} or a preset file (.toml) here, got {name!r} (the "
-                         "page starts from the preset of the model's layout)")  # fmt: skip
+    assert isinstance(preset, Preset)
     config = preset.config
     hidden = [f"{k}={getattr(config, k)}" for k, default in (("threshold", 1), ("ramp", 0.0), ("num_train_timesteps",
               1000)) if getattr(config, k) != default]  # fmt: skip

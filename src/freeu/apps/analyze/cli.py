@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from freeu.config import PRESETS, FreeUConfig, Preset
+from freeu.config import FACTORS, PRESETS, FreeUConfig, Preset
 from freeu.settings import Settings
 
 from ..errors import require
@@ -178,15 +178,18 @@ def _freeu_setting(model: Model, args: argparse.Namespace, freeu: Settings) -> t
     layout), overridden by the flags given; all four factors are needed when there is neither and the features are
     analysed."""
     if args.preset is None:
-        default: Preset | FreeUConfig | None = None
+        default: Preset | None = None
         if model.kind == "demo":
             default = Preset("the demo default", DEMO_SETTING, model.name, "official README SD 1.4 / SDXL values")
         else:
             try:
-                default = PRESETS[model.preset()[0]]
+                name, evidence = model.preset()
+                default = dataclasses.replace(PRESETS[name], source=evidence)
             except ValueError:
-                default = IDENTITY if "features" not in args.only else None
+                default = None
         freeu = dataclasses.replace(freeu, preset=default)
+        if default is None and "features" not in args.only:  # the factors given, 1 where not given
+            freeu = dataclasses.replace(freeu, **{k: 1.0 for k in FACTORS if getattr(freeu, k) is None})
     resolved = resolve_freeu(model, freeu)
     return resolved.config, resolved.source
 
