@@ -4,6 +4,7 @@ settings a picture carries. They run on the shared runtime and use the public AP
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import time
@@ -35,13 +36,14 @@ from .runtime import (
     MODEL_HELP,
     Model,
     Request,
+    Size,
     is_demo_folder,
     load_model,
     peek_downsampling,
     peek_takes_prompt,
 )
 
-__all__ = ["SweepAxis", "generate", "info", "register", "sweep"]
+__all__ = ["Job", "SweepAxis", "SweepOptions", "generate", "info", "job_of", "register", "sweep"]
 
 #: What a sampling flag means when neither it nor ``--from IMAGE`` gives it.
 DEFAULTS = {"seed": 0, "steps": 25, "dtype": "float32"}
@@ -83,55 +85,73 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     g.add_argument("--name", type=file_stem, default=None, help="file name stem, no folder (default from the seed)")
 
 
-def _fill(args: argparse.Namespace, settings: dict[str, Any] | None) -> None:
-    """Explicit flags win, then the settings of ``--from IMAGE``, then the defaults. Checks what can be checked
-    before any weights load (the model named, a prompt for a pipeline, the size against its config files)."""
+def job_of(args: argparse.Namespace, settings: dict[str, Any] | None) -> Job:
+    """The :class:`Job` of the flags: explicit flags win, then the settings of ``--from IMAGE``, then the defaults.
+    Checks what can be checked before any weights load (the model named, a prompt for a pipeline, the size against
+    its config files)."""
     settings = settings or {}
-    for key in ("model", "prompt", "negative_prompt", "seed", "steps", "guidance", "frames", "dtype"):
-        if getattr(args, key, None) is None and settings.get(key) is not None:
-            setattr(args, key, settings[key])
-    if args.size is None and settings.get("size") is not None:
-        args.size = settings["size"]
-    for key, value in DEFAULTS.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    if args.model is None:
+    keys = ("model", "prompt", "negative_prompt", "seed", "steps", "guidance", "frames", "dtype", "size")
+    values = {k: getattr(args, k) if getattr(args, k, None) is not None else settings.get(k) for k in keys}
+    values.update({k: v for k, v in DEFAULTS.items() if values[k] is None})
+    if values["model"] is None:
         raise ValueError("--model is required (or --from IMAGE)")
-    conditional = peek_takes_prompt(args.model)
-    if args.prompt is None and conditional:
+    job = Job(**values, out=Path(args.out).expanduser(), device=args.device, name=args.name)
+    conditional = peek_takes_prompt(job.model)
+    if job.prompt is None and conditional:
         raise ValueError("--prompt is required for a text-to-image pipeline (or --from IMAGE)")
-    if args.prompt is not None and not conditional:
-        raise ValueError(f"--prompt: {args.model} is unconditional (it has no text encoder); leave --prompt out")
-    writable_folder("--out", args.out)
-    if args.size is not None and is_demo_folder(args.model) is None:
-        step = peek_downsampling(args.model)
-        if step is not None and (args.size.width % step or args.size.height % step):
-            raise ValueError(f"--size {args.size} must be a multiple of {step} for this model (its downsampling)")
+    if job.prompt is not None and not conditional:
+        raise ValueError(f"--prompt: {job.model} is unconditional (it has no text encoder); leave --prompt out")
+    writable_folder("--out", job.out)
+    if job.size is not None and is_demo_folder(job.model) is None:
+        step = peek_downsampling(job.model)
+        if step is not None and (job.size.width % step or job.size.height % step):
+            raise ValueError(f"--size {job.size} must be a multiple of {step} for this model (its downsampling)")
+    return job
 
 
-def _load(args: argparse.Namespace) -> tuple[Model, Request]:
-    print(f"loading {args.model} ({args.dtype}, {args.device or 'default device'}) ...", flush=True)
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """What ``generate`` and ``sweep`` run: the sampling settings, from the flags, then ``--from IMAGE``, then the
+    defaults (:func:`job_of`), and where the files go. ``guidance``, ``frames`` and ``size`` ``None``: the model's
+    own."""
+
+    model: str
+    seed: int
+    steps: int
+    dtype: str
+    out: Path
+    device: str | None = None
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    guidance: float | None = None
+    frames: int | None = None
+    size: Size | None = None
+    name: str | None = None
+
+
+def _load(job: Job) -> tuple[Model, Request]:
+    print(f"loading {job.model} ({job.dtype}, {job.device or 'default device'}) ...", flush=True)
+    model = load_model(job.model, device=job.device, dtype=job.dtype)
     request = model.check(Request(
-        steps=args.steps, prompt=args.prompt, negative_prompt=args.negative_prompt, guidance=args.guidance,
-        size=args.size, frames=args.frames,
+        steps=job.steps, prompt=job.prompt, negative_prompt=job.negative_prompt, guidance=job.guidance,
+        size=job.size, frames=job.frames,
     ))  # fmt: skip
     return model, request
 
 
-def _settings(args: argparse.Namespace, request: Request) -> dict[str, Any]:
+def _settings(job: Job, request: Request) -> dict[str, Any]:
     assert request.size is not None
     return {
-        "model": args.model, "prompt": request.prompt, "negative_prompt": request.negative_prompt, "seed": args.seed,
+        "model": job.model, "prompt": request.prompt, "negative_prompt": request.negative_prompt, "seed": job.seed,
         "steps": request.steps, "guidance": request.guidance, "width": request.size.width,
-        "height": request.size.height, "frames": request.frames, "dtype": args.dtype, "freeu_package": __version__,
+        "height": request.size.height, "frames": request.frames, "dtype": job.dtype, "freeu_package": __version__,
     }  # fmt: skip
 
 
-def _footer(args: argparse.Namespace, request: Request, what: str = "") -> str:
+def _footer(job: Job, request: Request, what: str = "") -> str:
     guidance = f" | guidance {request.guidance:g}" if request.guidance is not None else ""
     prompt = f" | {request.prompt!r}" if request.prompt is not None else ""
-    return f"{args.model} | seed {args.seed}{what} | {request.steps} steps{guidance}{prompt}"
+    return f"{job.model} | seed {job.seed}{what} | {request.steps} steps{guidance}{prompt}"
 
 
 #: The settings ``--from IMAGE`` reads, each checked by the parser of the flag it stands for.
@@ -192,28 +212,28 @@ def run_generate(args: argparse.Namespace) -> int:
         if settings is None or args.preset is not None:
             raise
         raise ValueError(f"--from {args.from_image}: {error}") from None
-    _fill(args, settings)
-    for path in generate(args, freeu):
+    for path in generate(job_of(args, settings), freeu, announce=args.preset == "auto"):
         print(f"wrote {path}")
     return 0
 
 
-def generate(args: argparse.Namespace, freeu: Settings) -> list[Path]:
-    """The same seed with FreeU off and on; both images and a labelled side-by-side (GIFs for video)."""
-    model, request = _load(args)
+def generate(job: Job, freeu: Settings, *, announce: bool = False) -> list[Path]:
+    """The same seed with FreeU off and on; both images and a labelled side-by-side (GIFs for video). ``announce``:
+    print where the FreeU settings came from (``--preset auto``'s choice)."""
+    model, request = _load(job)
     resolved = resolve_freeu(model, freeu)
     config, preset = resolved.config, resolved.preset
-    if args.preset == "auto":
+    if announce:
         print(resolved.source)
     label = f"FreeU {config.label()}"
     print("FreeU off ...", flush=True)
-    baseline = model.sample([args.seed], request)[0]
+    baseline = model.sample([job.seed], request)[0]
     print(f"{label} ...", flush=True)
-    patched = model.sample([args.seed], request, freeu=config)[0]
-    settings = {**_settings(args, request), "preset": preset, "freeu": config.to_dict()}
-    out, stem = Path(args.out), args.name or f"seed{args.seed}"
+    patched = model.sample([job.seed], request, freeu=config)[0]
+    settings = {**_settings(job, request), "preset": preset, "freeu": config.to_dict()}
+    out, stem = job.out, job.name or f"seed{job.seed}"
     labels = ["FreeU off", label]
-    footer = _footer(args, request)
+    footer = _footer(job, request)
     written: list[Path] = []
     if model.video:
         compare = [side_by_side([a, b], labels, footer) for a, b in zip(baseline, patched, strict=True)]
@@ -250,38 +270,52 @@ def run_sweep(args: argparse.Namespace) -> int:
             f"--{swept[0]} and --{swept[1]} make a grid of {cells} cells, more than --max-cells {args.max_cells}; "
             "use fewer values or raise --max-cells"
         )
-    _fill(args, None)
+    job = job_of(args, None)
     rows, cols = (SweepAxis(k, axes[k]) for k in swept)
-    print(f"wrote {sweep(args, freeu, rows, cols)[0]}")
+    options = SweepOptions(batch_size=args.batch_size, measure_speedup=args.measure_speedup,
+                           announce=args.preset == "auto")  # fmt: skip
+    print(f"wrote {sweep(job, freeu, rows, cols, options)[0]}")
     return 0
 
 
-def sweep(args: argparse.Namespace, freeu: Settings, rows: SweepAxis, cols: SweepAxis) -> tuple[Path, dict[str, float]]:
+@dataclasses.dataclass(frozen=True)
+class SweepOptions:
+    """How a sweep runs: cells per batch (``None``: all), whether to time one run per cell too, whether to print
+    where the settings came from."""
+
+    batch_size: int | None = None
+    measure_speedup: bool = False
+    announce: bool = False
+
+
+def sweep(
+    job: Job, freeu: Settings, rows: SweepAxis, cols: SweepAxis, options: SweepOptions = SweepOptions()
+) -> tuple[Path, dict[str, float]]:
     """The paper's Fig. 5: a grid over two factors, one seed, every cell from the same noise, run as few batches."""
     from tqdm.auto import tqdm
 
-    model, request = _load(args)
+    model, request = _load(job)
     if model.video:
         raise ValueError("freeu sweep renders still images; use freeu generate for video pipelines")
     resolved = resolve_freeu(model, freeu)  # the settings hold each axis's first value
     base, preset = resolved.config, resolved.preset
-    if args.preset == "auto":
+    if options.announce:
         print(resolved.source)
     cells = list(itertools.product(rows.values, cols.values))
     configs = [base.replace(**{rows.name: r, cols.name: c}) for r, c in cells]  # validates every cell
-    batch = args.batch_size or len(cells)
+    batch = options.batch_size or len(cells)
     images: list[Any] = []
     start = time.perf_counter()
     for i in tqdm(range(0, len(cells), batch), desc="sweep batches", unit="batch"):
         chunk = configs[i : i + batch]
         per_sample = base.replace(**{k: tuple(getattr(c, k) for c in chunk) for k in FACTORS})
-        images.extend(model.sample([args.seed] * len(chunk), request, freeu=per_sample))
+        images.extend(model.sample([job.seed] * len(chunk), request, freeu=per_sample))
     batched_s = time.perf_counter() - start
     timings = {"batched_s": batched_s}
-    if args.measure_speedup:
+    if options.measure_speedup:
         start = time.perf_counter()
         for config in tqdm(configs, desc="one run per cell", unit="cell"):
-            model.sample([args.seed], request, freeu=config)
+            model.sample([job.seed], request, freeu=config)
         timings["per_cell_s"] = time.perf_counter() - start
         timings["speedup"] = timings["per_cell_s"] / batched_s
         print(
@@ -299,17 +333,17 @@ def sweep(args: argparse.Namespace, freeu: Settings, rows: SweepAxis, cols: Swee
         row_labels=[rows.label(v) for v in rows.values],
         col_labels=[cols.label(v) for v in cols.values],
         title=title,
-        footer=_footer(args, request, " (same noise in every cell)"),
+        footer=_footer(job, request, " (same noise in every cell)"),
     )
     settings = {
-        **_settings(args, request),
+        **_settings(job, request),
         "preset": preset,
         "freeu": base.to_dict(),
         "sweep": {"rows": [rows.name, rows.values], "cols": [cols.name, cols.values]},
         "role": "sweep",
         "timings": timings,
     }
-    path = save_png(picture, Path(args.out) / f"{args.name or f'sweep-seed{args.seed}'}.png", settings)
+    path = save_png(picture, job.out / f"{job.name or f'sweep-seed{job.seed}'}.png", settings)
     return path, timings
 
 
