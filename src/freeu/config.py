@@ -205,9 +205,13 @@ def parse_stage_settings(text: str) -> dict[int, dict[str, object]]:
     """Stage settings written as text, the one grammar of the command line, the page and the host nodes:
     ``STAGE:KEY=VALUE,KEY=VALUE`` with stages separated by ``;``, e.g. ``"3:b=1.1,s=0.9; 1:high=1.1,cutoff=0.1"``.
     Keys: ``b``, ``s``, ``high`` (numbers), ``window`` (``OFFSET/WIDTH``, fractions of the channels), ``cutoff``
-    (a fraction of the map, or ``none`` for the config's threshold). ``ValueError`` names the part it refuses."""
+    (a fraction of the map, or ``none`` for the config's threshold). A stage, or a key within a stage, given twice is
+    refused (not the last one silently kept), and so is text that is not ASCII (Python reads other scripts' digits as
+    numbers). ``ValueError`` names the part it refuses."""
     if not isinstance(text, str):
         raise ValueError(f"stage settings must be text like '3:b=1.1,s=0.9', got {type(text).__name__}")
+    if not text.isascii():
+        raise ValueError("stage settings must be plain ASCII text like '3:b=1.1,s=0.9' (digits 0-9)")
     out: dict[int, dict[str, object]] = {}
     for part in (p.strip() for p in text.split(";")):
         if not part:
@@ -216,12 +220,16 @@ def parse_stage_settings(text: str) -> dict[int, dict[str, object]]:
         if not sep or not number.strip().isdigit() or not 1 <= int(number) <= MAX_STAGES:
             raise ValueError(f"stage settings {part!r}: start with the stage number 1 to {MAX_STAGES} and ':', "
                              f"e.g. '3:b=1.1,s=0.9'")  # fmt: skip
+        if int(number) in out:
+            raise ValueError(f"stage {int(number)} is given twice; give each stage once, e.g. '3:b=1.1,s=0.9'")
         fields = out.setdefault(int(number), {})
         for item in (i.strip() for i in body.split(",")):
             key, sep, value = item.partition("=")
             key, value = key.strip(), value.strip()
             if not sep or key not in STAGE_FIELDS:
                 raise ValueError(f"stage {int(number)}: {item!r} is not KEY=VALUE with KEY one of {STAGE_FIELDS}")
+            if key in fields:
+                raise ValueError(f"stage {int(number)}: {key} is given twice")
             try:
                 if key == "window":
                     offset, slash, width = value.partition("/")

@@ -32,6 +32,9 @@ __all__ = ["FreeUHandle", "JoinObservation", "JoinPlan", "active_config", "apply
 logger = logging.getLogger(__name__)
 
 _HANDLE_ATTR = "_freeu_handle"
+#: Installing, replacing and removing handles happen under this lock, so ``apply``, ``remove`` and leaving a ``with``
+#: block are atomic with respect to each other, from any thread (it is never held while a model runs).
+_LIFECYCLE = threading.RLock()
 _DIFFUSERS_FREEU_KEYS = ("s1", "s2", "b1", "b2")
 
 
@@ -421,11 +424,12 @@ class FreeUHandle:
     def remove(self) -> bool:
         """Take these settings off the U-Net: ``True`` if they were installed (FreeU is off now), ``False`` if they
         were already replaced or removed. Either way the handle is released: no block restores it later."""
-        self._released = True
-        if not self.active:
-            return False
-        self._uninstall()
-        return True
+        with _LIFECYCLE:
+            self._released = True
+            if not self.active:
+                return False
+            self._uninstall()
+            return True
 
     def __enter__(self) -> FreeUHandle:
         return self
@@ -433,13 +437,14 @@ class FreeUHandle:
     def __exit__(self, *exc: object) -> None:
         """Leave the block: take these settings off and, if they were installed, put back the nearest previous
         handle that is not released (none: FreeU is off)."""
-        if not self.remove():
-            return
-        previous = self._previous
-        while previous is not None and previous._released:
-            previous = previous._previous
-        if previous is not None:
-            previous._install()
+        with _LIFECYCLE:
+            if not self.remove():
+                return
+            previous = self._previous
+            while previous is not None and previous._released:
+                previous = previous._previous
+            if previous is not None:
+                previous._install()
 
     def __repr__(self) -> str:
         stages = [p.stage for p in self.plans]
@@ -569,11 +574,12 @@ def apply(
                 stacklevel=2,
             )
 
-    old: FreeUHandle | None = getattr(unet, _HANDLE_ATTR, None)
-    if old is not None:
-        old._uninstall()  # replaced, not released: leaving this handle's block brings it back
-    handle = FreeUHandle(unet, resolved, plans, old, layout, observer)
-    handle._install()
+    with _LIFECYCLE:  # another thread's apply or remove sees the U-Net before or after this one, never between
+        old: FreeUHandle | None = getattr(unet, _HANDLE_ATTR, None)
+        if old is not None:
+            old._uninstall()  # replaced, not released: leaving this handle's block brings it back
+        handle = FreeUHandle(unet, resolved, plans, old, layout, observer)
+        handle._install()
     logger.debug("FreeU applied: %r", handle)
     return handle
 
@@ -596,10 +602,9 @@ def remove(model: object) -> bool:
 
     Afterwards the U-Net is bit-identical to one never patched: every hook is gone.
     """
-    handle = _installed(model)
-    if handle is None:
-        return False
-    return handle.remove()
+    with _LIFECYCLE:  # the handle found is the one removed, whatever other threads apply meanwhile
+        handle = _installed(model)
+        return handle.remove() if handle is not None else False
 
 
 def active_config(model: object) -> FreeUConfig | None:

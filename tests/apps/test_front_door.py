@@ -338,3 +338,37 @@ def test_auto_errors_name_the_callers_preset_field() -> None:
 
     with pytest.raises(ValueError, match=r"^--preset auto knows the Stable Diffusion .* no cross-attention"):
         resolve(Settings(preset="auto"), {"model_channels": 32}, names={"preset": "--preset"})
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("3:b=1.1; 3:b=1.2", "stage 3 is given twice"),
+        ("3:b=1.1,b=1.2", "stage 3: b is given twice"),
+        ("\uff13:b=1.1", "plain ASCII"),  # a full-width 3
+        ("3:b=\u0661.\u0665", "plain ASCII"),  # Arabic-Indic 1.5, which float() reads
+    ],
+)
+def test_stage_text_refuses_repeats_and_other_scripts_digits(text, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        freeu.config.parse_stage_settings(text)
+    args = ["generate", "--model", "x", "--prompt", "p", "--preset", "sd15", "--stage", "3:b=1.1", "--stage", "3:b=1.2"]
+    with pytest.raises(ValueError, match="--stage 3: b given twice"):
+        freeu_settings(build_parser().parse_args(args))
+
+
+@pytest.mark.parametrize(
+    "named, message",
+    [
+        ({"threshold": float("inf")}, "threshold must be a whole number >= 1, got inf"),
+        ({"threshold": float("nan")}, "threshold must be a whole number >= 1, got nan"),
+        ({"b1": 10**400}, "b1 must be a finite number, got an integer of 401 digits"),
+        ({"b1": float("inf")}, "b1 must be a finite number, got inf"),
+        ({"start": -float("inf")}, "start must be a finite number"),
+    ],
+)
+def test_the_forge_reader_refuses_non_finite_numbers_as_its_own_error(named, message, forge_script) -> None:
+    """What the API's JSON can carry (inf, nan, huge integers) is the script's ValueError, which it writes into the
+    infotext, never an OverflowError that escapes it."""
+    with pytest.raises(ValueError, match=rf"^FreeU \(freeu\): {message}"):
+        forge_script.read_args([{"enabled": True, "preset": "custom", **named}])

@@ -86,6 +86,23 @@ def read_args(args: tuple[Any, ...] | list[Any]) -> dict[str, Any]:
     return _checked({**ARGS, **dict(zip(ARGS, args, strict=False))})
 
 
+def _finite(value: Any) -> bool:
+    """Whether ``value`` is a finite real number; an integer too large for a float (JSON allows one) is not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _shown(value: Any) -> str:
+    """``value`` for an error message, an oversized integer by its size rather than its hundreds of digits."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**18:
+        return f"an integer of {len(str(abs(value)))} digits"
+    return repr(value)
+
+
 def _checked(settings: dict[str, Any]) -> dict[str, Any]:
     enabled = settings["enabled"]
     if not isinstance(enabled, bool):
@@ -94,18 +111,17 @@ def _checked(settings: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(preset, str) or (preset not in PRESETS and not freeu.config.is_preset_file(preset)):
         raise ValueError(f"{TITLE}: preset must be one of {PRESETS} or a preset file (.toml), got {preset!r}")
     for name in (*FACTORS, "start", "end", "ramp"):
-        value = settings[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{TITLE}: {name} must be a finite number, got {value!r}")
-        settings[name] = float(value)
+        if not _finite(settings[name]):
+            raise ValueError(f"{TITLE}: {name} must be a finite number, got {_shown(settings[name])}")
+        settings[name] = float(settings[name])
     if str(settings["version"]) not in ("1", "2"):
         raise ValueError(f"{TITLE}: version must be 1 or 2, got {settings['version']!r}")
     settings["version"] = str(settings["version"])
     if not isinstance(settings["stages"], str):
         raise ValueError(f"{TITLE}: stages must be text like '3:b=1.1,s=0.9', got {settings['stages']!r}")
     threshold = settings["threshold"]
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold != int(threshold):
-        raise ValueError(f"{TITLE}: threshold must be a whole number >= 1, got {threshold!r}")
+    if not _finite(threshold) or threshold != int(threshold):
+        raise ValueError(f"{TITLE}: threshold must be a whole number >= 1, got {_shown(threshold)}")
     settings["threshold"] = int(threshold)
     return settings
 

@@ -342,6 +342,9 @@ def freeu_settings(
     flagged: dict[int, dict[str, Any]] = {}
     for changes in getattr(args, "stage", None) or []:
         for k, values in changes.items():
+            twice = sorted(set(values) & set(flagged.get(k, {})))
+            if twice:
+                raise ValueError(f"--stage {k}: {', '.join(twice)} given twice; give each setting once")
             flagged.setdefault(k, {}).update(values)
     for k, values in flagged.items():
         for f in ("b", "s"):
