@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -521,6 +522,23 @@ def is_preset_file(name: object) -> bool:
     return isinstance(name, (str, os.PathLike)) and os.fspath(name).lower().endswith(".toml")
 
 
+#: The largest preset file read, in bytes: one is a few hundred bytes; a larger "file" is something else.
+MAX_PRESET_FILE = 64 * 1024
+
+
+def _read_bounded(path: Path) -> str:
+    """A preset file's text: a regular file (not a FIFO, a device or a folder, which could block or never end) of at
+    most :data:`MAX_PRESET_FILE` bytes, as UTF-8. ``ValueError`` names the file, never its content."""
+    info = path.stat()  # follows links: a link to /dev/zero is a device
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"preset file {path}: not a regular file")
+    with path.open("rb") as handle:
+        data = handle.read(MAX_PRESET_FILE + 1)
+    if len(data) > MAX_PRESET_FILE:
+        raise ValueError(f"preset file {path}: over {MAX_PRESET_FILE // 1024} KiB, too large to be a preset file")
+    return data.decode("utf-8")
+
+
 def load_preset_file(path: str | os.PathLike[str]) -> Preset:
     """A :class:`Preset` from a TOML file, such as the one ``freeu tune`` writes::
 
@@ -542,11 +560,14 @@ def load_preset_file(path: str | os.PathLike[str]) -> Preset:
     except ImportError:  # Python 3.10
         raise ValueError(f"preset file {path}: reading TOML needs Python >= 3.11 (tomllib)") from None
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = _read_bounded(path)
+        data = tomllib.loads(text)
     except OSError as error:
         raise ValueError(f"preset file {path}: cannot read it ({error.strerror or error})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"preset file {path}: not valid TOML ({error})") from None
+    except RecursionError:
+        raise ValueError(f"preset file {path}: nested too deeply to be a preset file") from None
     unknown = sorted(set(data) - set(PRESET_FILE_KEYS))
     if unknown:
         raise ValueError(f"preset file {path}: unknown key(s) {unknown}; allowed: {', '.join(PRESET_FILE_KEYS)}")

@@ -125,7 +125,7 @@ def _preset(value: object, names: Names | None) -> Preset | FreeUConfig | str | 
         return get_preset(value)
     except ValueError as error:
         text = str(error)
-        raise ValueError(f"{label}: {text}" if not text.startswith("preset must") else
+        raise ValueError((text if label == "preset" else f"{label}: {text}") if not text.startswith("preset must") else
                          f"{label} must be one of {sorted(PRESETS)}, {AUTO} or a preset file (.toml), "
                          f"got {os.fspath(value)!r}") from None  # fmt: skip
 

@@ -134,3 +134,5 @@ def read_settings(path: str | Path) -> dict[str, Any]:
         return json.loads(raw)
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: its freeu settings are not valid JSON ({error})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: its freeu settings are nested too deeply to be settings") from None

@@ -137,8 +137,24 @@ def vae_size(text: str) -> Size:
     return size(text, multiple=8)
 
 
+def usable_devices() -> dict[str, int | None]:
+    """The device types this torch build can run on this machine, with how many of each (``None``: not counted)."""
+    import torch
+
+    found: dict[str, int | None] = {"cpu": None}
+    if torch.cuda.is_available():
+        found["cuda"] = torch.cuda.device_count()
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        found["mps"] = None
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        found["xpu"] = xpu.device_count()
+    return found
+
+
 def device(text: str) -> str:
-    """A torch device this machine has: ``cpu``, ``cuda``, ``cuda:N``, ``mps``, ..."""
+    """A torch device this machine can sample on: ``cpu``, ``cuda``, ``cuda:N``, ``mps``, ``xpu``, ... (``meta``
+    holds no data, and a device type this torch build lacks is refused before any work, naming what there is)."""
     import torch
 
     try:
@@ -147,15 +163,15 @@ def device(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"must be a torch device like cpu, cuda, cuda:1 or mps, got {text!r}"
         ) from None
-    available = {
-        "cpu": True,
-        "cuda": torch.cuda.is_available(),
-        "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
-    }
-    if not available.get(parsed.type, True):
-        raise argparse.ArgumentTypeError(f"{text!r}: this machine has no {parsed.type} device (try cpu)")
-    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
-        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} cuda device(s)")
+    usable = usable_devices()
+    if parsed.type not in usable:
+        why = "holds no data, so nothing can be sampled on it" if parsed.type == "meta" else "cannot be used here"
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: {parsed.type} {why}; this machine has {', '.join(usable)} (try cpu)"
+        )
+    count = usable[parsed.type]
+    if parsed.index is not None and parsed.index >= (1 if count is None else count):
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {count or 1} {parsed.type} device(s)")
     return text
 
 
@@ -370,10 +386,8 @@ def _carried_stages(carried: Any) -> dict[int, dict[str, Any]]:
         return {}
     if not isinstance(carried, list) or not all(isinstance(s, dict) for s in carried):
         raise ValueError(f"the carried stages must be a list of objects, got {carried!r}")
-    return {
-        k: {f: tuple(v) if f == "window" else v for f, v in fields.items() if k > 2 or f not in ("b", "s")}
-        for k, fields in enumerate(carried, start=1)
-    }
+    # each value is checked with the rest (check_stages): a window that is no pair is refused there
+    return {k: {f: v for f, v in s.items() if k > 2 or f not in ("b", "s")} for k, s in enumerate(carried, start=1)}
 
 
 def resolve_freeu(model: Model | None, settings: Settings) -> Resolved:

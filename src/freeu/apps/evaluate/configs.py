@@ -184,8 +184,9 @@ def _build(name: str, base: str | None, chosen: dict[str, Any]) -> EvalConfig:
 
 def expand_spec(name: str, spec: str | Mapping[str, Any]) -> list[EvalConfig]:
     """The configurations of one spec: one, or the grid over its list-valued keys (validated)."""
-    if not name or not re.fullmatch(r"[^\s:\[\]/\\]+(?: [^\s:\[\]/\\]+)*", name):
-        raise ValueError(f"a configuration name must be non-empty, without ':', '[', ']', slashes, got {name!r}")
+    if not name or not re.fullmatch(r"[^\s:\[\]/\\]+(?: [^\s:\[\]/\\]+)*", name) or name.startswith("."):
+        raise ValueError(f"a configuration name must be non-empty, without ':', '[', ']', slashes or a leading '.' "
+                         f"(it names files and folders), got {name!r}")  # fmt: skip
     base, pairs = _tokens(name, spec)
     swept = [k for k, values in pairs if len(values) > 1]
     out = []

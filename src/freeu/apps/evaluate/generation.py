@@ -80,8 +80,10 @@ def make_units(seeds: Sequence[int], prompts: Sequence[str] | None = None) -> li
 
 def slug(name: str) -> str:
     """A configuration's name as a file or folder name (``images/NAME/``, ``guidance/NAME.csv``): runs of characters
-    other than letters, digits and ``._=,@-`` become ``_``; the same name always gives the same file."""
-    return re.sub(r"[^A-Za-z0-9._=,@-]+", "_", name).strip("_") or "config"
+    other than letters, digits and ``._=,@-`` become ``_``, and a leading ``.`` gets a ``_`` in front (no ``..``
+    climbs out of the folder); the same name always gives the same file."""
+    text = re.sub(r"[^A-Za-z0-9._=,@-]+", "_", name).strip("_") or "config"
+    return f"_{text}" if text.startswith(".") else text  # never '.', '..' or a hidden file
 
 
 def image_key(base: dict[str, Any], config: EvalConfig, unit: Unit, guidance: float | None) -> str:
