@@ -102,3 +102,26 @@ def test_a_configuration_name_never_becomes_a_path_out_of_the_folder(name) -> No
     with pytest.raises(ValueError, match="leading '.'"):
         parse_config_arg(f"{name}:b1=1.1 b2=1.2 s1=0.9 s2=0.9")
     assert not slug(name).startswith(".") and Path("images", slug(name)).resolve().parent == Path("images").resolve()
+
+
+def test_tune_refuses_guidance_baselines_on_an_unguided_model_before_sampling(tmp_path, monkeypatch, capsys) -> None:
+    from freeu.apps import runtime
+
+    def sample(*args, **kwargs):
+        raise AssertionError("sampled before refusing")
+
+    monkeypatch.setattr(runtime.Model, "sample", sample)
+    code = main(["tune", "--model", "demo", "--guidance-baselines", "6", "--out", str(tmp_path / "t")])
+    assert code == 2
+    assert "--guidance-baselines: demo takes no guidance scale" in capsys.readouterr().err
+
+
+def test_samples_that_are_not_finite_fail_the_command_and_write_nothing(tmp_path, capsys) -> None:
+    """b = 100 (the largest factor allowed) overflows float16 in the demo model: the command fails saying why
+    instead of writing a black picture with exit code 0."""
+    out = tmp_path / "out"
+    code = main(["generate", "--model", "demo", "--dtype", "float16", "--preset", "sd15", "--b1", "100", "--b2", "100",
+                 "--steps", "3", "--out", str(out)])  # fmt: skip
+    assert code == 2
+    assert "the U-Net's output is not finite (NaN or inf) in float16" in capsys.readouterr().err
+    assert list(out.iterdir()) == []

@@ -182,6 +182,18 @@ def predicted_x0(
     raise ValueError(f"prediction_type must be 'epsilon', 'v_prediction' or 'sample', got {kind!r}")
 
 
+def _refuse_non_finite(module: torch.nn.Module, args: Any, output: Any) -> None:
+    """A U-Net forward hook for the applications' sampling: an output with NaN or infinite values stops the run
+    (the picture would be black or noise, written as if all were well)."""
+    sample = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
+    if isinstance(sample, torch.Tensor) and not bool(torch.isfinite(sample).all()):
+        raise ValueError(
+            f"the U-Net's output is not finite (NaN or inf) in {str(sample.dtype).replace('torch.', '')}: the samples "
+            "would be meaningless. In float16, large FreeU factors (or the model itself) overflow: use --dtype "
+            "float32 or bfloat16, or smaller factors"
+        )
+
+
 class Model:
     """A model the applications can sample. Subclasses set the attributes and implement :meth:`_sample`.
 
@@ -259,8 +271,12 @@ class Model:
             context: Any = contextlib.nullcontext()
         else:
             context = apply(self.target, freeu if freeu is not None else FreeUConfig(1, 1, 1, 1), observer=observer)
-        with context:
-            return self._sample(seeds, request, on_step, output, batch_size or len(seeds))
+        finite = self.unet.register_forward_hook(_refuse_non_finite)
+        try:
+            with context:
+                return self._sample(seeds, request, on_step, output, batch_size or len(seeds))
+        finally:
+            finite.remove()
 
     def _sample(self, seeds: list[int], request: Request, on_step: OnStep | None, output: Output,
                 batch_size: int) -> Any:  # fmt: skip

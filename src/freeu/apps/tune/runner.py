@@ -157,6 +157,10 @@ def run_tune(settings: TuneSettings, notes: Notes = print) -> TuneOutcome | None
     plan = _plan(settings)
     state = process_state(settings.device)
     model = load_model(settings.model, device=settings.device or str(state.device), dtype=settings.dtype)
+    if not model.guided and (settings.guidance_baselines or settings.auto_guidance_baselines):
+        # the confirmation would refuse them after the whole search: refuse them before any sampling
+        raise ValueError(f"--guidance-baselines: {settings.model} takes no guidance scale (it is not a guided "
+                         "model); leave --guidance-baselines out")  # fmt: skip
     main = state.is_main_process
     say: Notes = notes if main else (lambda text: None)
     out = Path(settings.out)
