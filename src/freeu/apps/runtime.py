@@ -271,12 +271,14 @@ class Model:
             context: Any = contextlib.nullcontext()
         else:
             context = apply(self.target, freeu if freeu is not None else FreeUConfig(1, 1, 1, 1), observer=observer)
-        finite = self.unet.register_forward_hook(_refuse_non_finite)
+        unet = getattr(self, "unet", None)  # a model that replays recorded samples has none
+        finite = unet.register_forward_hook(_refuse_non_finite) if isinstance(unet, torch.nn.Module) else None
         try:
             with context:
                 return self._sample(seeds, request, on_step, output, batch_size or len(seeds))
         finally:
-            finite.remove()
+            if finite is not None:
+                finite.remove()
 
     def _sample(self, seeds: list[int], request: Request, on_step: OnStep | None, output: Output,
                 batch_size: int) -> Any:  # fmt: skip
