@@ -152,6 +152,34 @@ class _ThreadCallState(_CallState, threading.local):
     """One per thread: two threads running the same patched U-Net each see their own call."""
 
 
+#: Why a U-Net with FreeU on does not pickle, and what to do instead.
+PICKLE_REFUSAL = (
+    "a U-Net with FreeU applied cannot be pickled (torch.save(unet), pickle, multiprocessing): FreeU's hooks hold the "
+    "live settings of this process. Call freeu.remove(unet) first (or save unet.state_dict()), and apply FreeU again "
+    "after loading; copy.deepcopy(unet) keeps FreeU on the copy"
+)
+
+
+class _Hook:
+    """One of FreeU's hooks as the module holds it: calls the hook, and refuses pickling with :data:`PICKLE_REFUSAL`
+    (a bare closure fails with "Can't pickle local object", which says nothing of what to do). A deep copy of a
+    U-Net keeps the same object, as it keeps functions; :meth:`FreeUHandle.__deepcopy__` rebinds it."""
+
+    __slots__ = ("function",)
+
+    def __init__(self, function: Callable[..., Any]) -> None:
+        self.function = function
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.function(*args, **kwargs)
+
+    def __reduce__(self) -> Any:
+        raise TypeError(PICKLE_REFUSAL)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Hook:
+        return self
+
+
 class FreeUHandle:
     """FreeU applied to one U-Net. ``remove()`` undoes it; as a context manager, leaving restores what was before.
 
@@ -208,7 +236,10 @@ class FreeUHandle:
                 specs.append(("join", i, None if untouched else p.stage))
         return specs
 
-    def _hook(self, spec: tuple[str, int | None, int | None]) -> Callable[..., Any]:
+    def _hook(self, spec: tuple[str, int | None, int | None]) -> _Hook:
+        return _Hook(self._hook_function(spec))
+
+    def _hook_function(self, spec: tuple[str, int | None, int | None]) -> Callable[..., Any]:
         kind, index, stage = spec
         if kind == "call":
             names = _parameter_names(self.unet)  # (sample, timestep, ...) in diffusers, (x, timesteps, ...) in LDM
@@ -239,9 +270,13 @@ class FreeUHandle:
         if self.active:
             delattr(self.unet, _HANDLE_ATTR)
 
+    def __reduce__(self) -> Any:
+        raise TypeError(PICKLE_REFUSAL)
+
     def __deepcopy__(self, memo: dict[int, Any]) -> FreeUHandle:
         """The handle of a deep-copied U-Net: the copy's hooks are rebound to a new handle on the copy."""
-        new = copy.copy(self)
+        new = object.__new__(FreeUHandle)  # not copy.copy: __reduce__ refuses (pickling)
+        new.__dict__.update(self.__dict__)
         memo[id(self)] = new
         new.unet = copy.deepcopy(self.unet, memo)  # through a U-Net's deepcopy: the copy already in the memo
         new.plans = copy.deepcopy(self.plans, memo)

@@ -7,7 +7,7 @@ import random
 
 import pytest
 import torch
-from conftest import run, unet_inputs
+from conftest import run, sd15_unet, unet_inputs
 from test_custom_unet import LAYOUT, TinyUNet
 
 import freeu
@@ -124,3 +124,21 @@ def test_a_deep_copy_of_a_patched_unet_is_patched_independently(sd15, window) ->
     again.remove()
     assert torch.equal(run(twin, inputs), plain)
     assert not any(m._forward_pre_hooks or m._forward_hooks for m in twin.modules())
+
+
+def test_a_patched_unet_refuses_pickling_saying_what_to_do_and_pickles_after_remove() -> None:
+    import io
+    import pickle
+
+    unet = sd15_unet()
+    for settings in (dict(), dict(start=0.2)):  # join hooks only, and call hooks on the U-Net itself too
+        handle = freeu.apply(unet, preset="sd15", **settings)
+        for dump in (pickle.dumps, lambda u: torch.save(u, io.BytesIO())):
+            with pytest.raises(TypeError, match=r"cannot be pickled .* Call freeu\.remove\(unet\) first"):
+                dump(unet)
+        copied = copy.deepcopy(unet)  # still works, FreeU on the copy
+        assert freeu.active_config(copied) == handle.config
+        handle.remove()
+    restored = pickle.loads(pickle.dumps(unet))
+    inputs = unet_inputs(unet)
+    assert torch.equal(run(restored, inputs), run(unet, inputs))
