@@ -111,9 +111,7 @@ def check_field(field: str, value: object, label: str | None = None) -> object:
         if value not in CONVENTIONS:
             raise ValueError(f"{name} must be one of {CONVENTIONS}, got {value!r}")
         return value
-    if field == "threshold":
-        return _check_whole(name, value, 1)
-    if field == "num_train_timesteps":
+    if field in ("threshold", "num_train_timesteps"):
         return _check_whole(name, value, 1)
     if field in ("start", "stop", "ramp"):
         return _check_fraction(name, value)
@@ -121,7 +119,8 @@ def check_field(field: str, value: object, label: str | None = None) -> object:
         if not isinstance(value, (tuple, list)):
             raise TypeError(f"{name} must be a sequence of freeu.Stage, got {type(value).__name__}")
         return tuple(_as_stage(i, s) for i, s in enumerate(value))
-    raise ValueError(f"{field!r} is no FreeU setting; the settings are {', '.join(_FIELD_NAMES)}")
+    fields = ", ".join(f.name for f in dataclasses.fields(FreeUConfig))
+    raise ValueError(f"{field!r} is no FreeU setting; the settings are {fields}")
 
 
 def _format(value: Factor) -> str:
@@ -496,21 +495,6 @@ PRESETS: dict[str, Preset] = {
     )
 }
 
-
-_FIELD_NAMES = (
-    "b1",
-    "b2",
-    "s1",
-    "s2",
-    "version",
-    "convention",
-    "threshold",
-    "start",
-    "stop",
-    "ramp",
-    "num_train_timesteps",
-    "stages",
-)
 
 #: The top-level keys of a preset file: ``[freeu]`` holds the settings (:class:`FreeUConfig`'s fields), the others
 #: say what it is; ``[tune]`` is the record ``freeu tune`` leaves of how it chose them (read by people, not here).

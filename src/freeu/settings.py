@@ -50,8 +50,7 @@ __all__ = [
 #: The preset name that asks for the preset of the model's layout.
 AUTO = "auto"
 #: The fields of :class:`FreeUConfig` a :class:`Settings` may give, besides the stages.
-FIELDS: tuple[str, ...] = (*FACTORS, "version", "convention", "threshold", "start", "stop", "ramp",
-                           "num_train_timesteps")  # fmt: skip
+FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(FreeUConfig) if f.name != "stages")
 #: U-Nets of video models: the ModelScope / ZeroScope preset is the one published for them.
 VIDEO_UNETS = ("UNet3DConditionModel", "UNetMotionModel", "I2VGenXLUNet", "UNetSpatioTemporalConditionModel")
 
@@ -125,9 +124,11 @@ def _preset(value: object, names: Names | None) -> Preset | FreeUConfig | str | 
         return get_preset(value)
     except ValueError as error:
         text = str(error)
-        raise ValueError((text if label == "preset" else f"{label}: {text}") if not text.startswith("preset must") else
-                         f"{label} must be one of {sorted(PRESETS)}, {AUTO} or a preset file (.toml), "
-                         f"got {os.fspath(value)!r}") from None  # fmt: skip
+    if text.startswith("preset must"):  # an unknown name: the allowed values, auto included, in the caller's word
+        text = f"{label} must be one of {sorted(PRESETS)}, {AUTO} or a preset file (.toml), got {os.fspath(value)!r}"
+    elif label != "preset":  # a preset file's own error ("preset file X: ..."), under the caller's word
+        text = f"{label}: {text}"
+    raise ValueError(text)
 
 
 def check_stages(value: object, names: Names | None = None) -> StageChanges:
