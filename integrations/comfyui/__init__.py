@@ -1,7 +1,10 @@
 """ComfyUI node pack "FreeU (freeu)": FreeU from the ``freeu`` library on ComfyUI's own per-model patch mechanism.
 
 Install: copy or link this folder into ``ComfyUI/custom_nodes/`` and install the ``freeu`` library into ComfyUI's
-Python (``pip install`` the repository this folder comes from).
+Python (``pip install`` the repository this folder comes from). Preset files (``.toml``, as ``freeu tune`` writes)
+go into ``ComfyUI/models/freeu_presets/`` (or a ``freeu_presets`` entry of ``extra_model_paths.yaml``): the node
+lists the files there and opens no other path, so a workflow sent to a shared server cannot make it read anything
+else.
 The node clones the MODEL and registers one ``output_block_patch`` on the clone (what ComfyUI's built-in FreeU nodes
 do), built by :func:`freeu.output_block_patch`: nothing is installed on the shared diffusion model, a branch without
 the node samples as if the node did not exist, and a second FreeU (freeu) node later in the chain replaces the
@@ -12,8 +15,10 @@ has no FFT; a constant feature map gets the full factor where the authors' versi
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+import folder_paths
 from comfy_api.latest import IO, ComfyExtension
 from typing_extensions import override
 
@@ -22,6 +27,10 @@ from freeu import hosts
 from freeu.settings import AUTO, DEFAULTS, Settings, controls_settings, resolve
 
 CUSTOM = "custom"
+#: ComfyUI's model-folder name for preset files: ``models/freeu_presets`` unless ``extra_model_paths.yaml`` adds more.
+PRESET_FOLDER = "freeu_presets"
+#: The ``preset_file`` choice that leaves ``preset`` in charge.
+NO_FILE = "none"
 #: The node's words for FreeU's fields where they differ (errors name the input the user sees).
 NAMES = {"start": "start_percent", "stop": "end_percent"}
 
@@ -40,17 +49,32 @@ def _unet_config(model: Any) -> dict[str, Any]:
     return config
 
 
+def _register_preset_folder() -> None:
+    """Make ``freeu_presets`` one of ComfyUI's model folders (``.toml`` files only), keeping any paths that
+    ``extra_model_paths.yaml`` gave it."""
+    entry = folder_paths.folder_names_and_paths.get(PRESET_FOLDER)
+    if entry is None:
+        folder = os.path.join(folder_paths.models_dir, PRESET_FOLDER)
+        folder_paths.folder_names_and_paths[PRESET_FOLDER] = ([folder], {".toml"})
+    elif not entry[1]:  # registered by extra_model_paths.yaml, which sets no extensions
+        entry[1].add(".toml")
+
+
+_register_preset_folder()
+
+
 def _path(preset_file: str | None) -> str | None:
-    return (preset_file or "").strip() or None
+    """The preset file the ``preset_file`` input names, inside the preset folders only; ``None`` for none."""
+    name = (preset_file or "").strip()
+    if not name or name == NO_FILE:
+        return None
+    return str(freeu.config.preset_file_in(name, folder_paths.get_folder_paths(PRESET_FOLDER), "preset_file"))
 
 
-def settings_of(preset: str, preset_file: str | None, stages: str | None, **controls: Any) -> Settings:
-    """The node's inputs as :class:`freeu.settings.Settings`: ``preset_file`` (when set) replaces ``preset``; a
-    preset (``auto`` included) sets the factors, version and convention, and an input left at its default leaves the
-    preset's value (a preset file's window) as it is; ``custom`` takes every input."""
-    path = _path(preset_file)
-    if path is not None and not freeu.config.is_preset_file(path):
-        raise ValueError(f"preset_file must be the path of a .toml file (as freeu tune writes), got {path!r}")
+def settings_of(preset: str, path: str | None, stages: str | None, **controls: Any) -> Settings:
+    """The node's inputs as :class:`freeu.settings.Settings`: a preset file's ``path`` (when set) replaces
+    ``preset``; a preset (``auto`` included) sets the factors, version and convention, and an input left at its
+    default leaves the preset's value (a preset file's window) as it is; ``custom`` takes every input."""
     chosen = path or (None if preset == CUSTOM else preset)
     return controls_settings(chosen, controls, stages or "")
 
@@ -137,13 +161,15 @@ class FreeUNode(IO.ComfyNode):
                     "frequencies), window (OFFSET/WIDTH of the scaled backbone channels), cutoff (the square as a "
                     "fraction of the map)",
                 ),
-                IO.String.Input(
+                IO.Combo.Input(
                     "preset_file",
-                    default="",
+                    options=[NO_FILE, *folder_paths.get_filename_list(PRESET_FOLDER)],
+                    default=NO_FILE,
                     optional=True,
-                    tooltip="the path of a preset file (.toml, as freeu tune writes): when set, it replaces preset "
-                    "and its settings replace the factors, version and convention; threshold and the window come "
-                    "from the file unless set here to other than their defaults (as with every preset)",
+                    tooltip="a preset file (.toml, as freeu tune writes) from ComfyUI's models/freeu_presets folder: "
+                    "when set, it replaces preset and its settings replace the factors, version and convention; "
+                    "threshold and the window come from the file unless set here to other than their defaults (as "
+                    "with every preset)",
                 ),
             ],  # fmt: skip
             outputs=[IO.Model.Output()],
@@ -153,13 +179,14 @@ class FreeUNode(IO.ComfyNode):
     def execute(
         cls, model: Any, preset: str, b1: float, b2: float, s1: float, s2: float, version: str, convention: str,
         threshold: int, start_percent: float, end_percent: float, ramp: float, stages: str = "",
-        preset_file: str = "",
+        preset_file: str = NO_FILE,
     ) -> IO.NodeOutput:  # fmt: skip
         unet = _unet_config(model)
+        path = _path(preset_file)
         config = resolve(
             settings_of(
                 preset,
-                preset_file,
+                path,
                 stages,
                 b1=b1,
                 b2=b2,
@@ -173,7 +200,7 @@ class FreeUNode(IO.ComfyNode):
                 ramp=ramp,
             ),
             unet,
-            names=dict(NAMES, preset="preset_file" if _path(preset_file) else "preset"),
+            names=dict(NAMES, preset="preset_file" if path else "preset"),
         ).config
         # start/end_percent mean what they mean in every ComfyUI node: the inverse of the model's percent_to_sigma
         sampling = model.get_model_object("model_sampling")

@@ -6,7 +6,7 @@ import dataclasses
 import math
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +17,8 @@ __all__ = [
     "PRESETS",
     "get_preset",
     "load_preset_file",
+    "preset_file_in",
+    "read_bounded",
     "parse_stage_settings",
     "stage_settings_text",
     "Convention",
@@ -510,17 +512,47 @@ def is_preset_file(name: object) -> bool:
 MAX_PRESET_FILE = 64 * 1024
 
 
-def _read_bounded(path: Path) -> str:
-    """A preset file's text: a regular file (not a FIFO, a device or a folder, which could block or never end) of at
-    most :data:`MAX_PRESET_FILE` bytes, as UTF-8. ``ValueError`` names the file, never its content."""
+def read_bounded(path: str | os.PathLike[str], what: str, limit: int) -> str:
+    """The text of the file at ``path`` that a user or a client named: a regular file (not a FIFO, a device or a
+    folder, which could block or never end) of at most ``limit`` bytes, as UTF-8. ``ValueError`` starts with
+    ``what`` and the path and never quotes the content; ``OSError`` where the file cannot be opened."""
+    path = Path(path)
     info = path.stat()  # follows links: a link to /dev/zero is a device
     if not stat.S_ISREG(info.st_mode):
-        raise ValueError(f"preset file {path}: not a regular file")
+        raise ValueError(f"{what} {path}: not a regular file")
     with path.open("rb") as handle:
-        data = handle.read(MAX_PRESET_FILE + 1)
-    if len(data) > MAX_PRESET_FILE:
-        raise ValueError(f"preset file {path}: over {MAX_PRESET_FILE // 1024} KiB, too large to be a preset file")
-    return data.decode("utf-8")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{what} {path}: over {_size(limit)}, too large to be a {what}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{what} {path}: not UTF-8 text (byte {error.start})") from None
+
+
+def _size(limit: int) -> str:
+    return f"{limit // 2**20} MiB" if limit % 2**20 == 0 else f"{limit // 1024} KiB"
+
+
+def preset_file_in(name: str, folders: Sequence[str | os.PathLike[str]], label: str = "preset_file") -> Path:
+    """The preset file called ``name`` inside one of ``folders`` (the first that holds it), for hosts that serve
+    others: a server opens preset files only where its operator put them. ``name`` is relative (``tuned.toml``,
+    ``sd15/late.toml``) and ends in ``.toml``; an absolute path, ``~``, ``..`` or a link that leads out of the
+    folder is refused before anything is opened, and the error says only that no such preset file is there (never
+    whether a path outside exists). ``ValueError`` starts with ``label``."""
+    where = ", ".join(str(f) for f in folders) or "(no folder is set)"
+    text = os.fspath(name) if isinstance(name, (str, os.PathLike)) else None
+    if not text or not is_preset_file(text):
+        raise ValueError(f"{label} must name a preset file (.toml) in {where}, got {name!r}")
+    relative = Path(text)
+    if relative.is_absolute() or text.startswith("~") or ".." in relative.parts or relative.drive:
+        raise ValueError(f"{label}: {text!r} is not a name inside {where}; give the file's name in that folder")
+    for folder in folders:
+        root = Path(folder).resolve()
+        candidate = (root / relative).resolve()
+        if candidate.is_relative_to(root) and candidate.exists():
+            return root / relative
+    raise ValueError(f"{label}: no preset file {text!r} in {where}")
 
 
 def load_preset_file(path: str | os.PathLike[str]) -> Preset:
@@ -544,11 +576,11 @@ def load_preset_file(path: str | os.PathLike[str]) -> Preset:
     except ImportError:  # Python 3.10
         raise ValueError(f"preset file {path}: reading TOML needs Python >= 3.11 (tomllib)") from None
     try:
-        text = _read_bounded(path)
+        text = read_bounded(path, "preset file", MAX_PRESET_FILE)
         data = tomllib.loads(text)
     except OSError as error:
         raise ValueError(f"preset file {path}: cannot read it ({error.strerror or error})") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+    except tomllib.TOMLDecodeError as error:
         raise ValueError(f"preset file {path}: not valid TOML ({error})") from None
     except RecursionError:
         raise ValueError(f"preset file {path}: nested too deeply to be a preset file") from None
@@ -567,7 +599,7 @@ def load_preset_file(path: str | os.PathLike[str]) -> Preset:
         raise ValueError(f"preset file {path}: [freeu] {problem}; its keys are {', '.join(sorted(fields))}")
     for key in ("name", "model", "source"):
         if key in data and not isinstance(data[key], str):
-            raise ValueError(f"preset file {path}: {key} must be a string, got {data[key]!r}")
+            raise ValueError(f"preset file {path}: {key} must be a string, not {type(data[key]).__name__}")
     try:
         config = FreeUConfig(**settings)
     except (TypeError, ValueError) as error:

@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import logging
 import os
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Mapping
@@ -459,6 +460,7 @@ class FreeUHandle:
     def remove(self) -> bool:
         """Take these settings off the U-Net: ``True`` if they were installed (FreeU is off now), ``False`` if they
         were already replaced or removed. Either way the handle is released: no block restores it later."""
+        _refuse_inside_forward(self.unet, "freeu.remove")
         with _LIFECYCLE:
             self._released = True
             if not self.active:
@@ -510,20 +512,62 @@ def _diffusers_freeu_on(block: nn.Module) -> bool:
     return any(getattr(block, key, None) is not None for key in _DIFFUSERS_FREEU_KEYS)
 
 
-def _check_window_schedule(model: object, config: FreeUConfig) -> None:
-    """A step window on a pipeline whose scheduler feeds the U-Net EDM's ``log(sigma) / 4`` instead of a DDPM
-    timestep would mean nothing: refuse it (given only the U-Net, the first out-of-range timestep is refused)."""
+#: U-Net classes trained with EDM's preconditioning: whatever drives them passes ``log(sigma) / 4`` as the timestep.
+_EDM_UNETS = ("UNetSpatioTemporalConditionModel",)
+
+
+def _edm_timesteps(model: object, unet: nn.Module) -> str | None:
+    """What makes the U-Net receive EDM's ``log(sigma) / 4`` instead of a DDPM timestep, or ``None``: an EDM
+    scheduler (``EDM...``, or one with ``sigma_data``), a scheduler set to continuous timesteps
+    (``timestep_type="continuous"``, as Stable Video Diffusion's Euler scheduler), or a U-Net class trained that way
+    (Stable Video Diffusion's), which tells even without the pipeline."""
+    if type(unet).__name__ in _EDM_UNETS:
+        return f"{type(unet).__name__} (Stable Video Diffusion's U-Net, trained with EDM's preconditioning)"
     scheduler = getattr(model, "scheduler", None)
-    scheduler_config = getattr(scheduler, "config", None)
-    if not config.windowed or scheduler is None:
+    if scheduler is None:
+        return None
+    name = type(scheduler).__name__
+    settings = getattr(scheduler, "config", None)
+    settings = settings if isinstance(settings, Mapping) else {}
+    if name.startswith("EDM") or settings.get("sigma_data") is not None:
+        return name
+    if settings.get("timestep_type") == "continuous":
+        return f"{name} with timestep_type='continuous'"
+    return None
+
+
+def _check_window_schedule(model: object, unet: nn.Module, config: FreeUConfig) -> None:
+    """A step window where the U-Net receives EDM's ``log(sigma) / 4`` instead of a DDPM timestep would mean
+    nothing: refuse it before anything is installed (a U-Net given alone whose class does not tell refuses the first
+    timestep outside ``[0, num_train_timesteps]``)."""
+    if not config.windowed:
         return
-    sigma_data = scheduler_config.get("sigma_data") if isinstance(scheduler_config, dict) else None
-    edm = type(scheduler).__name__.startswith("EDM") or sigma_data is not None
-    if edm:
+    edm = _edm_timesteps(model, unet)
+    if edm is not None:
         raise ValueError(
             f"start/stop/ramp: a step window reads the trajectory position from the DDPM timestep the U-Net "
-            f"receives, but {type(scheduler).__name__} passes EDM's log(sigma) / 4: the window would mean nothing. "
-            "Leave start, stop and ramp out for this pipeline"
+            f"receives, but with {edm} it receives EDM's log(sigma) / 4: the window would mean nothing. "
+            "Leave start, stop and ramp out for this model"
+        )
+
+
+def _refuse_inside_forward(unet: nn.Module, what: str) -> None:
+    """``RuntimeError`` when this thread is inside the ``forward`` of ``unet`` or of one of its modules (a hook of a
+    block, or a wrapper, calling ``what``): the joins already passed would have run with the old settings and the
+    rest with the new ones. The U-Net's own forward hooks run after its forward returned, so they may change
+    settings (the guidance meter reruns the U-Net from one). Other threads' forwards are their own."""
+    frame = sys._getframe(1)
+    running = []
+    while frame is not None:
+        if frame.f_code.co_name == "forward" and "self" in frame.f_code.co_varnames:
+            running.append(id(frame.f_locals.get("self")))
+        frame = frame.f_back
+    if running and not {id(m) for m in unet.modules()}.isdisjoint(running):
+        raise RuntimeError(
+            f"{what} was called while this U-Net's forward is running (from a hook or a wrapper inside it): the "
+            "skip joins already passed would keep the old settings and the rest take the new ones. Call it between "
+            "forward passes (e.g. in a diffusers callback_on_step_end), or, in ComfyUI or Forge, install "
+            "freeu.output_block_patch through the host's own per-model patch"
         )
 
 
@@ -592,7 +636,8 @@ def apply(
     resolved = _resolve_config(model, config, preset, overrides, stages)
     unet, unet_layout = _layout(model, layout)
     _check_no_diffusers_freeu(unet)
-    _check_window_schedule(model, resolved)
+    _check_window_schedule(model, unet, resolved)
+    _refuse_inside_forward(unet, "freeu.apply")
     plans = _plans(unet_layout, resolved.convention, resolved.num_stages)
     found = {p.stage for p in plans}
     if found == {None}:

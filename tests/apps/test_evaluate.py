@@ -383,17 +383,29 @@ def test_two_processes_with_accelerate_give_the_records_of_one(demo_run, tiny_de
     assert "accelerate.commands.launch --multi_gpu --num_processes 2" in command and "2 process(es)" in command
 
 
-def test_torchscript_feature_files_load_and_give_the_network_features(tmp_path) -> None:
+def onnx_features(path: Path, width: int) -> Path:
+    """``TinyFeatures(width)`` as an ONNX model with a dynamic batch dimension (torch's TorchScript-based exporter,
+    which needs only the onnx package)."""
+    import warnings
+
+    pytest.importorskip("onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation notices
+        example = (torch.zeros(2, 3, 16, 16, dtype=torch.uint8),)
+        torch.onnx.export(TinyFeatures(width).eval(), example, str(path), dynamo=False, input_names=["images"],
+                          dynamic_axes={"images": {0: "n", 2: "h", 3: "w"}})  # fmt: skip
+    return path
+
+
+def test_onnx_feature_files_load_and_give_the_network_features(tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
     from freeu.apps.evaluate.features import load_feature_net
 
-    module = TinyFeatures(6).eval()
-    with pytest.warns(DeprecationWarning):  # torch.jit is deprecated, the common FID Inception files still use it
-        torch.jit.script(module).save(str(tmp_path / "f.pt"))
-        net = load_feature_net(f"torchscript:{tmp_path / 'f.pt'}")
+    net = load_feature_net(f"onnx:{onnx_features(tmp_path / 'f.onnx', 6)}")
     images = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert torch.allclose(net(images, batch_size=2), module(images).double(), atol=1e-6)
-    with pytest.raises(ValueError, match="must be auto, none, inception:PATH"):
+        assert torch.allclose(net(images, batch_size=2), TinyFeatures(6).eval()(images).double(), atol=1e-5)
+    with pytest.raises(ValueError, match="must be auto, none, inception:PATH or onnx:PATH"):
         load_feature_net("weights.pth")
 
 
@@ -454,10 +466,8 @@ def test_guided_pipeline_with_guidance_baseline_fid_kid_and_clip(tmp_path, capsy
     clip = _tiny_clip(tmp_path / "clip")
     # 40x48 pictures: the protocol's resize (cover, centre crop) brings them to 32x32
     reference = tiny_pipelines.random_pictures(tmp_path / "reference", 10, height=48, width=40, digits=2)
-    batch = torch.export.Dim("batch", min=1)
-    example = (torch.zeros(2, 3, 32, 32, dtype=torch.uint8),)
-    program = torch.export.export(TinyFeatures(8).eval(), example, dynamic_shapes=({0: batch},))
-    torch.export.save(program, tmp_path / "features.pt2")
+    pytest.importorskip("onnxruntime")
+    features = onnx_features(tmp_path / "features.onnx", 8)
     out = tmp_path / "r"
     argv = ["--model", str(sd), "--prompt", "a cat", "--prompt", "a dog", "--seeds", "1", "--first-seed", "1"]
     argv += ["--steps", "2", "--guidance", "3", "--guidance-baselines", "6", "--config", "auto"]
@@ -465,7 +475,7 @@ def test_guided_pipeline_with_guidance_baseline_fid_kid_and_clip(tmp_path, capsy
         "--reference",
         str(reference),
         "--fid-features",
-        f"export:{tmp_path / 'features.pt2'}",
+        f"onnx:{features}",
         "--clip",
         str(clip),
     ]
@@ -486,7 +496,7 @@ def test_guided_pipeline_with_guidance_baseline_fid_kid_and_clip(tmp_path, capsy
     strong = torch.from_numpy(np.asarray(image, dtype=np.int16)).permute(2, 0, 1)
     assert (load_png(out / records[5]["image"]).short() - strong).abs().max().item() <= 1
     assert (load_png(out / records[1]["image"]).short() - strong).abs().max().item() > 5
-    # FID/KID through the TorchScript feature network equal torchmetrics on the PNGs and the resized reference
+    # FID/KID through the ONNX feature network equal torchmetrics on the PNGs and the resized reference
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     from freeu.apps.evaluate.metrics import fit_size

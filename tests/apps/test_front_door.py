@@ -9,6 +9,7 @@ only ``freeu``); tests/hosts runs them in the real hosts.
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -53,12 +54,17 @@ def _load(path: Path, name: str, stubs: dict[str, types.ModuleType], monkeypatch
 
 
 @pytest.fixture
-def comfy_node(monkeypatch):
+def comfy_node(monkeypatch, tmp_path_factory):
     kind = types.SimpleNamespace(Input=_Input, Output=_Input)
     io = types.SimpleNamespace(ComfyNode=object, Schema=lambda **k: k, NodeOutput=lambda *a: a, Model=kind,
                                Combo=kind, Float=kind, Int=kind, String=kind)  # fmt: skip
+    folders: dict[str, Any] = {}
+    models = str(tmp_path_factory.mktemp("models"))
+    folder_paths = _module("folder_paths", folder_names_and_paths=folders, models_dir=models,
+                           get_folder_paths=lambda name: list(folders[name][0]),
+                           get_filename_list=lambda name: [])  # fmt: skip
     stubs = {"comfy_api": _module("comfy_api"), "comfy_api.latest": _module("comfy_api.latest", IO=io,
-             ComfyExtension=object)}  # fmt: skip
+             ComfyExtension=object), "folder_paths": folder_paths}  # fmt: skip
     return _load(ROOT / "integrations/comfyui/__init__.py", "freeu_comfy_pack", stubs, monkeypatch)
 
 
@@ -157,8 +163,13 @@ def via_page(unet, case):
 
 
 def via_comfyui(node_module, unet_config, case):
+    """The node's ``execute``; a preset file goes into the node's preset folder, as a ComfyUI user puts it there."""
     preset = case["preset"]
-    file = preset if preset is not None and preset.endswith(".toml") else ""
+    file = ""
+    if preset is not None and preset.endswith(".toml"):
+        folder = Path(node_module.folder_paths.get_folder_paths("freeu_presets")[0])
+        folder.mkdir(parents=True, exist_ok=True)
+        file = shutil.copy(preset, folder / "front-door.toml").name
     window = case["window"]
     inputs = dict(preset="custom" if preset is None or file else preset, b1=1.3, b2=1.4, s1=0.9, s2=0.2,
                   version=str(case.get("version", 2)), convention="official", threshold=1,

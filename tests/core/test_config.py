@@ -90,7 +90,7 @@ def test_a_preset_file_reads_every_setting_and_refuses_what_it_does_not_know(tmp
         "[freeu]\nb1 = 1\nb2 = 1\ns1 = 1\ns2 = 1\nb3 = 2\n": r"\[freeu\] unknown key\(s\) \['b3'\]",
         "[freeu]\nb1 = -1\nb2 = 1\ns1 = 1\ns2 = 1\n": r"\[freeu\] b1 must be a finite number >= 0, got -1",
         "[freeu]\nb1 = 1\nb2 = 1\ns1 = 1\ns2 = 1\nversion = 3\n": r"version must be one of \(1, 2\), got 3",
-        "name = 3\n[freeu]\nb1 = 1\nb2 = 1\ns1 = 1\ns2 = 1\n": "name must be a string, got 3",
+        "name = 3\n[freeu]\nb1 = 1\nb2 = 1\ns1 = 1\ns2 = 1\n": "name must be a string, not int",
         "name = 'x'\n": "needs a \\[freeu\\] table with b1, b2, s1, s2",
         "[freeu\nb1 = ": "not valid TOML",
     }

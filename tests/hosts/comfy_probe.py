@@ -116,21 +116,31 @@ except ValueError as error:
 # a preset file (as freeu tune writes it) in place of the preset: its factors, version and window
 import tempfile  # noqa: E402
 
+import folder_paths  # noqa: E402
+
 with tempfile.TemporaryDirectory() as folder:
-    tuned = Path(folder) / "tuned.toml"
+    presets = Path(folder_paths.get_folder_paths("freeu_presets")[0])  # models/freeu_presets, which the pack registers
+    presets.mkdir(parents=True, exist_ok=True)
+    tuned = presets / "tuned.toml"
     tuned.write_text('name = "tuned"\n[freeu]\nb1 = 1.2\nb2 = 1.35\ns1 = 0.7\ns2 = 0.6\nversion = 1\nstart = 0.25\n')
-    from_file = node(plain, preset="sd15", preset_file=str(tuned))
+    out["listed_preset_files"] = folder_paths.get_filename_list("freeu_presets")
+    from_file = node(plain, preset="sd15", preset_file="tuned.toml")
     sigma = 2.0  # inside the file's window at any schedule position: compare with the same setting applied directly
     with freeu.apply(plain.model.diffusion_model, freeu.FreeUConfig(1.2, 1.35, 0.7, 0.6, version=1)):
         direct = run(plain, sigma)
     out["preset_file_window"] = [p.freeu_config.start for p in patches(from_file)]
     out["preset_file_vs_apply"] = float((run(from_file, sigma) - direct).abs().max()) / scale
     out["preset_file_change"] = float((run(from_file, sigma) - reference).abs().max()) / scale
-    try:
-        node(plain, preset_file=str(Path(folder) / "missing.toml"))
-        out["missing_preset_file"] = "accepted"
-    except ValueError as error:
-        out["missing_preset_file"] = str(error)
+    outside = Path(folder) / "outside.toml"
+    outside.write_text(tuned.read_text())
+    out["refused_preset_files"] = {}
+    for name in ("missing.toml", str(outside), f"../{outside.name}", "../../../../" + str(outside)):
+        try:
+            node(plain, preset_file=name)
+            out["refused_preset_files"][name] = "accepted"
+        except ValueError as error:
+            out["refused_preset_files"][name] = str(error)
+    tuned.unlink()
 
 
 class NotAUNet:

@@ -65,4 +65,12 @@ def test_stages_and_controls_in_the_node_equal_freeu_apply_on_comfyuis_unet(meas
 def test_a_preset_file_replaces_the_preset_in_the_node(measured) -> None:
     assert measured["preset_file_window"] == [0.25]  # the file's window, not the node's default
     assert measured["preset_file_vs_apply"] <= 1e-5 and measured["preset_file_change"] > 1e-3
-    assert "missing.toml: cannot read it" in measured["missing_preset_file"]
+    assert measured["listed_preset_files"] == ["tuned.toml"]  # ComfyUI's own list of models/freeu_presets
+
+
+def test_the_node_opens_no_preset_file_outside_its_folder(measured) -> None:
+    refused = measured["refused_preset_files"]
+    assert refused["missing.toml"].startswith("preset_file: no preset file 'missing.toml' in ")
+    for name, error in refused.items():
+        assert error.startswith("preset_file"), (name, error)
+        assert name == "missing.toml" or "is not a name inside" in error, (name, error)

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -44,12 +45,30 @@ def _get(port: int, path: str) -> dict:
         return json.loads(response.read())
 
 
-def run_workflow(comfyui: Path, base: Path, model: Path, prompt: dict, with_pack: bool) -> dict[str, torch.Tensor]:
-    """Start ComfyUI on 127.0.0.1 with ``base`` as its folder, queue ``prompt``, return the saved latents by name."""
+def _post(port: int, prompt: dict) -> tuple[int, str]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/prompt", data=json.dumps({"prompt": prompt}).encode(),
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def run_workflow(
+    comfyui: Path, base: Path, model: Path, prompt: dict, with_pack: bool, refused: dict[str, dict] | None = None,
+    seen: dict | None = None,
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Start ComfyUI on 127.0.0.1 with ``base`` as its folder, queue ``prompt``, return the saved latents by name.
+    Each of ``refused`` is queued first and must be refused; ``seen`` gets their answers and the node list."""
     from safetensors.torch import load_file
 
-    for sub in ("custom_nodes", "models/diffusion_models", "frontend", "output"):
+    for sub in ("custom_nodes", "models/diffusion_models", "models/freeu_presets", "frontend", "output"):
         (base / sub).mkdir(parents=True, exist_ok=True)
+    tuned = "name = 'tuned'\n[freeu]\n" + "".join(f"{k} = {v}\n" for k, v in FREEU.items())
+    (base / "models" / "freeu_presets" / "tuned.toml").write_text(tuned)
     shutil.copytree(HERE / "comfy_test_pack", base / "custom_nodes" / "freeu_test_pack", dirs_exist_ok=True)
     if with_pack:
         shutil.copytree(PACK, base / "custom_nodes" / "freeu", dirs_exist_ok=True)
@@ -75,12 +94,12 @@ def run_workflow(comfyui: Path, base: Path, model: Path, prompt: dict, with_pack
                 assert time.monotonic() < deadline, "ComfyUI did not answer in 180 s"
                 time.sleep(1)
         assert ("FreeU_freeu" in nodes) == with_pack and "FreeU_V2" in nodes
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/prompt", data=json.dumps({"prompt": prompt}).encode(),
-            headers={"Content-Type": "application/json"},
-        )  # fmt: skip
-        with urllib.request.urlopen(request, timeout=30) as response:
-            prompt_id = json.loads(response.read())["prompt_id"]
+        if seen is not None:
+            seen["nodes"] = nodes
+            seen["refused"] = {name: _post(port, other) for name, other in (refused or {}).items()}
+        status_code, answer = _post(port, prompt)
+        assert status_code == 200, answer[-3000:]
+        prompt_id = json.loads(answer)["prompt_id"]
         deadline = time.monotonic() + 900
         while prompt_id not in (history := _get(port, f"/history/{prompt_id}")):
             assert server.poll() is None and time.monotonic() < deadline, (base / "server.log").read_text()[-3000:]
@@ -132,9 +151,21 @@ def test_the_node_in_a_running_comfyui(comfyui, model_file, tmp_path) -> None:
         "nostep": ("FreeU_freeu", {**OURS, "start_percent": 0.8, "end_percent": 0.9}),  # between sampled sigmas
         "builtinv2small": ("FreeU_V2", FREEU),
         "oursv2small": ("FreeU_freeu", OURS),
+        "fromfile": ("FreeU_freeu", {**OURS, "b1": 1.0, "b2": 1.0, "preset_file": "tuned.toml"}),
     }
+    # a workflow sent to a shared server cannot make the node open a path outside models/freeu_presets
+    secret = tmp_path / "secret.toml"
+    secret.write_text("hidden_key = 'hidden value'\n")
+    refused = {path: workflow(model_file.name, {"x": ("FreeU_freeu", {**OURS, "preset_file": path})})
+               for path in (str(secret), f"../../../{secret}", "~/secret.toml")}  # fmt: skip
+    seen: dict = {}
     latents = run_workflow(comfyui, tmp_path / "with", model_file, workflow(model_file.name, branches,
-                           {"builtinv2small", "oursv2small"}), with_pack=True)  # fmt: skip
+                           {"builtinv2small", "oursv2small"}), with_pack=True, refused=refused, seen=seen)  # fmt: skip
+    listed = json.dumps(seen["nodes"]["FreeU_freeu"]["input"]["optional"]["preset_file"])
+    assert '"none"' in listed and '"tuned.toml"' in listed, listed
+    for path, (code, answer) in seen["refused"].items():
+        assert code == 400 and "Value not in list" in answer and "hidden" not in answer, (path, answer)
+    assert torch.equal(latents["fromfile"], latents["oursv2"])  # the file's factors replace the node's
     scale = latents["off"].abs().max().item()
     assert (latents["oursv2"] - latents["builtinv2"]).abs().max().item() <= 1e-5 * scale
     assert (latents["oursv1"] - latents["builtinv1"]).abs().max().item() <= 1e-5 * scale

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from freeu import __version__
-from freeu.config import PRESETS, FreeUConfig, Preset, is_preset_file, stage_settings_text
+from freeu.config import PRESETS, FreeUConfig, Preset, is_preset_file, preset_file_in, stage_settings_text
 from freeu.settings import Settings, check_settings, resolve
 
 from .errors import require
@@ -108,7 +108,10 @@ class Studio:
     only the FreeU image. :meth:`cancel` stops a running generation at its next denoising step.
     """
 
-    def __init__(self, model: Model, out_dir: str | Path | None = None, preset: str | None = None) -> None:
+    def __init__(
+        self, model: Model, out_dir: str | Path | None = None, preset: str | None = None,
+        preset_dir: str | Path | None = None,
+    ) -> None:  # fmt: skip
         if model.video:
             raise ValueError(f"--model {model.name!r} is a video pipeline; freeu ui shows images (use freeu generate)")
         if model.kind == "pipeline" and not (model.takes_prompt and model.guided):
@@ -117,6 +120,8 @@ class Studio:
         if preset is not None:
             preset_controls(preset)  # a preset the page cannot show is refused now, not when the page opens
         self.default_preset = preset if preset is not None else default_preset(model)
+        #: The folder the page's preset box opens preset files from (the launch's ``--preset`` may be anywhere).
+        self.preset_dir = Path(preset_dir) if preset_dir is not None else Path.cwd()
         self.out_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="freeu-ui-"))
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.baseline_renders = 0
@@ -124,6 +129,13 @@ class Studio:
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         self._count = 0
+
+    def preset_controls(self, name: str) -> dict[str, Any]:
+        """:func:`preset_controls` for a name typed into the page: a published preset, the preset the page was
+        started with, or a preset file inside :attr:`preset_dir` (a page others can reach opens no other path)."""
+        if name in PRESETS or name == self.default_preset or not is_preset_file(name):
+            return preset_controls(name)
+        return preset_controls(str(preset_file_in(name, [self.preset_dir], "preset")))
 
     # ------------------------------------------------------------------------------------------- validation
 
@@ -330,7 +342,7 @@ def build_app(studio: Studio, steps: int = 25, guidance: float | None = None):
         if name == "custom" or not name:
             return [gr.update()] * len(CONTROLLED)
         try:
-            values = preset_controls(name)
+            values = studio.preset_controls(name)
         except ValueError as error:
             raise refused(error) from None
         return [values[k] for k in CONTROLLED]
@@ -357,7 +369,8 @@ def build_app(studio: Studio, steps: int = 25, guidance: float | None = None):
                     choices.append(studio.default_preset)
                 presets = gr.Dropdown(choices, value=studio.default_preset, label="Preset", elem_id="preset",
                                       allow_custom_value=True,
-                                      info="a published preset, or the path of a preset file (.toml)")  # fmt: skip
+                                      info=f"a published preset, or a preset file (.toml) in "
+                                      f"{studio.preset_dir}")  # fmt: skip
                 factors = {
                     name: gr.Slider(0, 3, value=initial[name], step=0.01, label=name, elem_id=name) for name in FACTORS
                 }
@@ -470,6 +483,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--steps", type=positive_int, default=25, help="initial denoising steps (default 25)")
     p.add_argument("--preset", default=None, help="the preset the page starts from: a published one or a preset "
                    "file (.toml, as freeu tune writes); default: the model's")  # fmt: skip
+    p.add_argument("--preset-dir", default=None, help="the folder whose preset files (.toml) the page's preset box "
+                   "may open, by name; no other path is opened (default: the current folder)")  # fmt: skip
     p.add_argument("--out", default=None, help="folder for the PNGs (default: a new temporary folder)")
     p.set_defaults(handler=run)
 
@@ -499,7 +514,10 @@ def run(args: argparse.Namespace) -> int:
         writable_folder("--out", args.out)
     if args.preset is not None:
         preset_controls(args.preset)  # refused before the model loads
-    studio = Studio(load_model(args.model, device=args.device, dtype=args.dtype), args.out, preset=args.preset)
+    if args.preset_dir is not None and not Path(args.preset_dir).is_dir():
+        raise ValueError(f"--preset-dir {args.preset_dir}: not a folder")
+    studio = Studio(load_model(args.model, device=args.device, dtype=args.dtype), args.out, preset=args.preset,
+                    preset_dir=args.preset_dir)  # fmt: skip
     try:
         app = build_app(studio, steps=args.steps)
         device = next(studio.model.unet.parameters()).device

@@ -162,7 +162,8 @@ def _metric_arguments(m: Any) -> None:
     m.add_argument(
         "--fid-features",
         default="auto",
-        help="auto, none, inception:PATH, export:PATH (torch.export) or torchscript:PATH: the FID/KID feature network",
+        help="auto, none, inception:PATH (torch-fidelity's weights) or onnx:PATH (any network, as ONNX): the FID/KID "
+        "feature network",
     )
     m.add_argument("--clip", default="auto", help="auto, none, or a local CLIP folder / cached hub id (CLIP score)")
     m.add_argument("--swd-levels", type=_positive_int, default=3, help="Laplacian levels (default 3)")

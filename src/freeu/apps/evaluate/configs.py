@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from freeu.config import MAX_STAGES, PRESETS, FreeUConfig, is_preset_file, parse_stage_settings
+from freeu.config import MAX_STAGES, PRESETS, FreeUConfig, is_preset_file, parse_stage_settings, read_bounded
 from freeu.settings import AUTO, Settings, check_settings, resolve
 
 from ..options import FACTORS, FREEU_FIELDS, parse_values
@@ -45,6 +45,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: The largest configuration file read, in bytes (one of a hundred grids is a few KiB).
+MAX_CONFIG_FILE = 2**20
 #: The name of the FreeU-off configuration that every other configuration is compared with.
 BASELINE = "off"
 STAGE_KEYS: tuple[str, ...] = tuple(f"stage{k}" for k in range(1, MAX_STAGES + 1))
@@ -223,7 +225,10 @@ def load_config_file(path: str | Path) -> tuple[list[EvalConfig], list[float | s
     late = { base = "sd15", start = 0.5 }
     """
     path = Path(path)
-    text = path.read_text()
+    try:
+        text = read_bounded(path, "configuration file", MAX_CONFIG_FILE)
+    except OSError as error:
+        raise ValueError(f"configuration file {path}: cannot read it ({error.strerror or error})") from None
     try:
         if path.suffix.lower() == ".toml":
             try:
@@ -236,6 +241,8 @@ def load_config_file(path: str | Path) -> tuple[list[EvalConfig], list[float | s
     except (ValueError, json.JSONDecodeError) as error:
         kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
         raise ValueError(f"{path}: cannot parse it as {kind}: {error}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to be a configuration file") from None
     if not isinstance(data, Mapping) or not isinstance(data.get("configs"), Mapping):
         raise ValueError(f"{path}: expected a table 'configs' mapping names to specs, got keys {list(data)}")
     unknown = sorted(set(data) - {"configs", "guidance_baselines"})

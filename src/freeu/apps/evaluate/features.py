@@ -7,10 +7,15 @@ Nothing here downloads. Each loader either returns a network built from local fi
   weights file ``weights-inception-2015-12-05-6726825d.pth`` in the torch hub cache (``$TORCH_HOME/hub/checkpoints``),
   through torchmetrics' ``NoTrainInceptionV3`` (needs ``torch-fidelity``); skipped when either is missing.
 - ``--fid-features inception:PATH``: the same network from that weights file.
-- ``--fid-features export:PATH``: a ``torch.export`` program (``torch.export.save``) mapping ``uint8 (N, 3, H, W)``
-  images to ``(N, D)`` features, exported with a dynamic batch dimension.
-- ``--fid-features torchscript:PATH``: the same as a TorchScript module (called with ``return_features=True`` when
-  its ``forward`` takes that argument, as the TorchScript Inception files of StyleGAN2-ADA and clean-fid do).
+- ``--fid-features onnx:PATH``: any feature network as an ONNX model, run by ONNX Runtime on the CPU: one input,
+  images ``(N, 3, H, W)`` as ``uint8`` (or ``float`` holding 0..255), with a dynamic batch dimension; its first output
+  ``(N, D)`` features.
+
+A file named here is only ever read by loaders that run no code from it: the Inception weights must load with
+``torch.load(weights_only=True)`` (tensors only) before torch-fidelity reads them, and an ONNX model is a graph of
+standard operators (no custom operator library is registered). TorchScript files and ``torch.export`` programs are
+refused: both are programs that run when loaded (their operators can read and write files, and a ``.pt2`` may hold
+pickles); convert such a network once, where it is trusted, with ``torch.onnx.export``.
 - ``--clip auto`` (default): ``openai/clip-vit-large-patch14`` if it is in the local Hugging Face cache;
   ``--clip FOLDER_OR_ID``: a transformers CLIP model and processor in that folder or in the cache.
 """
@@ -77,14 +82,22 @@ def _hub_weights() -> Path:
 
 FID_HOW = (
     "to enable FID and KID, put torch-fidelity's {name} into {hub} (copy it from a machine with network access) and "
-    "pip install torch-fidelity, or pass --fid-features inception:PATH, export:PATH or torchscript:PATH"
+    "pip install torch-fidelity, or pass --fid-features inception:PATH or onnx:PATH"
+)
+
+
+ONNX_HOW = (
+    "give an ONNX model of a feature network (one input: images (N, 3, H, W) as uint8, or float holding 0..255, "
+    "with a dynamic batch dimension; first output: (N, D) features), e.g. from torch.onnx.export, or "
+    "inception:PATH with torch-fidelity's Inception weights"
 )
 
 
 def load_feature_net(spec: str, device: str | torch.device = "cpu") -> FeatureNet | Skipped:
     """The FID/KID feature network of ``spec`` (see the module docstring), or why it is skipped.
 
-    ``ValueError`` for an explicit spec that cannot be used (missing file, unknown kind).
+    ``ValueError`` for an explicit spec that cannot be used (missing file, unknown kind, a file that is not such a
+    network, a kind that would run code from the file).
     """
     how = FID_HOW.format(name=INCEPTION_WEIGHTS, hub=_hub_weights().parent)
     if spec == "none":
@@ -99,21 +112,21 @@ def load_feature_net(spec: str, device: str | torch.device = "cpu") -> FeatureNe
             return Skipped(f"FID, KID: skipped, {path} is there but torch-fidelity is not installed; {how}")
         spec = f"inception:{path}"
     kind, sep, location = spec.partition(":")
-    if not sep or kind not in ("inception", "export", "torchscript"):
+    if sep and kind in ("export", "torchscript"):
         raise ValueError(
-            f"--fid-features must be auto, none, inception:PATH, export:PATH or torchscript:PATH, got {spec!r}"
+            f"--fid-features {spec}: {'TorchScript files' if kind == 'torchscript' else 'torch.export programs'} are "
+            "not loaded: they are programs that run when loaded (their operators can read and write files), and "
+            "freeu runs no code from a file named on the command line. Convert the network once, where you trust "
+            "it, with torch.onnx.export and pass onnx:PATH"
         )
+    if not sep or kind not in ("inception", "onnx"):
+        raise ValueError(f"--fid-features must be auto, none, inception:PATH or onnx:PATH, got {spec!r}")
     path = Path(location).expanduser()
     if not path.is_file():
         raise ValueError(f"--fid-features {spec}: no such file {path}")
-    if kind == "export":
-        module = torch.export.load(str(path)).module().to(device)
-        return FeatureNet(module, f"export-{_file_ident(path)}", f"torch.export features from {path}", {})
-    if kind == "torchscript":
-        module = torch.jit.load(str(path), map_location=device).eval()
-        schema = str(getattr(module.forward, "schema", ""))
-        kwargs = {"return_features": True} if "return_features" in schema else {}
-        return FeatureNet(module, f"torchscript-{_file_ident(path)}", f"TorchScript features from {path}", kwargs)
+    if kind == "onnx":
+        return _onnx_features(path, spec)
+    _check_weights(path, spec)
     try:
         from torchmetrics.image.fid import NoTrainInceptionV3
     except ImportError as error:
@@ -124,9 +137,68 @@ def load_feature_net(spec: str, device: str | torch.device = "cpu") -> FeatureNe
         )
     except (ImportError, ModuleNotFoundError) as error:
         raise ValueError(f"--fid-features {spec}: needs torch-fidelity: pip install torch-fidelity ({error})") from None
+    except Exception as error:  # torch-fidelity's own errors for weights of another network
+        raise ValueError(f"--fid-features {spec}: torch-fidelity could not build its Inception from {path} "
+                         f"({_first_line(error)}); give {INCEPTION_WEIGHTS}") from None  # fmt: skip
     return FeatureNet(
         module.to(device).eval(), f"inception-{_file_ident(path)}", f"Inception-v3 (FID network) from {path}", {}
     )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__
+
+
+def _check_weights(path: Path, spec: str) -> None:
+    """Refuse a weights file that is not tensors only: it is loaded with ``weights_only=True`` first (which runs no
+    code from the file), so whatever torch-fidelity's own loading does next, it reads a plain state dict."""
+    try:
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for what is not weights
+        raise ValueError(f"--fid-features {spec}: {path} is not a weights file that loads as tensors only "
+                         f"({_first_line(error)}); give torch-fidelity's {INCEPTION_WEIGHTS}") from None  # fmt: skip
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise ValueError(f"--fid-features {spec}: {path} holds no state dict of tensors; give torch-fidelity's "
+                         f"{INCEPTION_WEIGHTS}")  # fmt: skip
+
+
+class _OnnxFeatures(torch.nn.Module):
+    """An ONNX Runtime session as the module :class:`FeatureNet` calls: ``uint8 (N, 3, H, W)`` -> ``(N, D)``."""
+
+    def __init__(self, session: Any) -> None:
+        super().__init__()
+        self.session = session
+        first = session.get_inputs()[0]
+        self.input_name, self.as_float = first.name, first.type == "tensor(float)"
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        feed = images.cpu().float().numpy() if self.as_float else images.cpu().numpy()
+        return torch.from_numpy(self.session.run(None, {self.input_name: feed})[0])
+
+
+def _onnx_features(path: Path, spec: str) -> FeatureNet:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ValueError(f"--fid-features {spec}: needs onnxruntime: pip install 'freeu[onnx]'") from None
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only: a refusal is reported below, in one paragraph
+    try:
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own InvalidProtobuf, InvalidGraph, Fail, NoSuchFile
+        raise ValueError(f"--fid-features {spec}: {path} is not an ONNX model ONNX Runtime can run "
+                         f"({_first_line(error)}); {ONNX_HOW}") from None  # fmt: skip
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    shape = inputs[0].shape if len(inputs) == 1 else None
+    if (
+        shape is None or len(shape) != 4 or shape[1] not in (3, "3") or isinstance(shape[0], int)
+        or inputs[0].type not in ("tensor(uint8)", "tensor(float)") or not outputs or len(outputs[0].shape) != 2
+    ):  # fmt: skip
+        found = ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs) or "no input"
+        raise ValueError(f"--fid-features {spec}: {path} takes {found} and gives "
+                         f"{[o.shape for o in outputs]}; {ONNX_HOW}")  # fmt: skip
+    return FeatureNet(_OnnxFeatures(session), f"onnx-{_file_ident(path)}", f"ONNX features from {path}", {})
 
 
 def _cached(repo: str) -> bool:

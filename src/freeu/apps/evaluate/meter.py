@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..files import read_json
 from ..runtime import Model, Request
 from .configs import BASELINE, EvalConfig
 from .generation import Unit, slug
@@ -89,7 +90,7 @@ def measure_matched_guidance(
     if state.is_main_process:
         _measure_missing(path, measured, common, model, sampling, shown, request.progress)
     state.wait_for_everyone()
-    data = json.loads(path.read_text())
+    data = _record(path)
     matches = {c.name: GuidanceMatch.from_entry(data["configs"][c.name]) for c in measured}
     for name, match in matches.items():
         if not math.isfinite(match.equivalent) or match.baseline_guidance < 0:
@@ -100,6 +101,26 @@ def measure_matched_guidance(
                   f"), {match.orthogonal_share:.0%} of its change orthogonal; adds {match.baseline} at "
                   f"{match.baseline_guidance:g}")  # fmt: skip
     return matches
+
+
+def _record(path: Path) -> dict[str, Any]:
+    """``guidance.json`` as read back: a table with a ``configs`` table, or a ``ValueError`` saying what to do."""
+    data = read_json(path, "guidance record")
+    if not isinstance(data, dict) or not isinstance(data.get("configs"), dict):
+        raise ValueError(f"{path}: not a guidance record (a table with a 'configs' table); move it away to measure "
+                         "again")  # fmt: skip
+    return data
+
+
+def _valid_entry(entry: Any, key: str, name: str) -> bool:
+    """Whether a configuration's entry was measured with these settings and is whole (a damaged or hand-edited one
+    is measured again)."""
+    if not isinstance(entry, dict) or entry.get("key") != key or entry.get("baseline") != f"{BASELINE}@{name}":
+        return False
+    numbers = [entry.get(k) for k in ("scale", "equivalent", "orthogonal_share", "baseline_guidance")]
+    return isinstance(entry.get("freeu"), dict) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers
+    )
 
 
 def _key(common: Mapping[str, Any], config: EvalConfig) -> str:
@@ -116,10 +137,9 @@ def _measure_missing(
     from ..guidance import measure_guidance
 
     out = path.parent
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    data.setdefault("configs", {})
+    data = _record(path) if path.exists() or path.is_symlink() else {"configs": {}}
     data["units"] = [u.stem for u in shown]
-    todo = [c for c in measured if data["configs"].get(c.name, {}).get("key") != _key(common, c)]
+    todo = [c for c in measured if not _valid_entry(data["configs"].get(c.name), _key(common, c), c.name)]
     with progress_bar(len(todo) * len(shown) * sampling.steps, "guidance meter", progress) as bar:
         for config in todo:
             traces = []

@@ -32,6 +32,7 @@ from ..evaluate.configs import BASELINE, EvalConfig, expand_spec
 from ..evaluate.processes import process_state
 from ..evaluate.request import EvalRequest, StatisticsOptions
 from ..evaluate.results import EvalResult
+from ..files import read_json
 from ..runtime import Model
 from .report import TuneOutcome, nearest_preset, write_outputs
 from .search import Rung, SearchSpace, draw_candidates, parse_space, rung_cost, schedule_for_budget, successive_halving
@@ -123,13 +124,8 @@ def _plan(settings: TuneSettings) -> _Plan:
     out = options.writable_folder("--out", settings.out)
     fingerprint = settings.fingerprint(space.describe(), prompts, matched)
     record: dict[str, Any] = {}
-    if (out / STATE).is_file():
-        record = json.loads((out / STATE).read_text())
-        if record.get("fingerprint") != fingerprint:
-            changed = sorted(k for k in fingerprint if record.get("fingerprint", {}).get(k) != fingerprint[k])
-            raise ValueError(f"--out {settings.out}: it holds a tune of other settings (differs in "
-                             f"{', '.join(changed)}); rerun with those settings to resume it, or give another "
-                             "--out")  # fmt: skip
+    if (out / STATE).exists() or (out / STATE).is_symlink():
+        record = _record_on_disk(out / STATE, settings.out, fingerprint, schedule)
     if record:  # a resumed tune: its candidates as recorded (the draw is deterministic, the record is the truth)
         candidates = {name: dict(values) for name, values in record["candidates"].items()}
     else:
@@ -137,6 +133,49 @@ def _plan(settings: TuneSettings) -> _Plan:
         candidates = {f"c{i:02d}": values for i, values in enumerate(drawn)}
         record = {"fingerprint": fingerprint, "freeu_package": __version__, "candidates": candidates, "rungs": []}
     return _Plan(prompts, space, tuple(schedule), candidates, matched, record)
+
+
+def _record_on_disk(path: Path, out: str | Path, fingerprint: Mapping[str, Any], schedule: Sequence[Rung]) -> dict:
+    """The record of the tune in ``--out`` to resume, checked like any other input: a hand-edited or damaged
+    ``tune.json`` is refused naming what is wrong, before any sampling."""
+    record = read_json(path, "tune record")
+
+    def refuse(why: str) -> ValueError:
+        return ValueError(f"{path}: {why}, so it is not a tune this version can resume; move it away (or give another "
+                          "--out) to start the tune again")  # fmt: skip
+
+    if not isinstance(record, dict):
+        raise refuse(f"it holds a JSON {type(record).__name__}, not a tune record")
+    if record.get("fingerprint") != fingerprint:
+        on_record = record.get("fingerprint")
+        on_record = on_record if isinstance(on_record, dict) else {}
+        changed = sorted(k for k in fingerprint if on_record.get(k) != fingerprint[k])
+        raise ValueError(f"--out {out}: it holds a tune of other settings (differs in {', '.join(changed)}); rerun "
+                         "with those settings to resume it, or give another --out")  # fmt: skip
+    candidates, rungs = record.get("candidates"), record.get("rungs")
+    names = [f"c{i:02d}" for i in range(schedule[0].candidates)]
+    if not isinstance(candidates, dict) or list(candidates) != names:
+        raise refuse(f"'candidates' must map the names {names[0]}..{names[-1]} to settings")
+    for name, values in candidates.items():
+        try:
+            candidate_config(name, values)
+        except (TypeError, ValueError) as error:
+            raise refuse(f"candidate {name}: {error}") from None
+    if not isinstance(rungs, list) or len(rungs) > len(schedule):
+        raise refuse(f"'rungs' must be a list of at most {len(schedule)} finished rungs")
+    for i, (entry, rung) in enumerate(zip(rungs, schedule[: len(rungs)], strict=True)):
+        scores = entry.get("scores") if isinstance(entry, dict) else None
+        if (
+            not isinstance(scores, dict) or len(scores) != rung.candidates or not set(scores) <= set(names)
+            or entry.get("seeds") != rung.seeds or not all(_number(v) for v in (entry.get("off"), *scores.values()))
+        ):  # fmt: skip
+            raise refuse(f"rung {i + 1} must hold 'seeds' {rung.seeds}, a number 'off' and 'scores' for "
+                         f"{rung.candidates} candidates")  # fmt: skip
+    return record
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _base_request(settings: TuneSettings, prompts: Sequence[str]) -> EvalRequest:
