@@ -69,12 +69,13 @@ def comfy_node(monkeypatch, tmp_path_factory):
 
 
 @pytest.fixture
-def forge_script(monkeypatch):
+def forge_script(monkeypatch, tmp_path_factory):
     stubs = {
         "gradio": _module("gradio"),
         "modules": _module("modules"),
         "modules.scripts": _module("modules.scripts", Script=object, AlwaysVisible=object()),
         "modules.ui_components": _module("modules.ui_components", InputAccordion=object),
+        "modules.paths_internal": _module("modules.paths_internal", models_path=str(tmp_path_factory.mktemp("m"))),
     }
     return _load(ROOT / "integrations/forge/scripts/freeu_forge.py", "freeu_forge_script", stubs, monkeypatch)
 
@@ -167,9 +168,7 @@ def via_comfyui(node_module, unet_config, case):
     preset = case["preset"]
     file = ""
     if preset is not None and preset.endswith(".toml"):
-        folder = Path(node_module.folder_paths.get_folder_paths("freeu_presets")[0])
-        folder.mkdir(parents=True, exist_ok=True)
-        file = shutil.copy(preset, folder / "front-door.toml").name
+        file = _into_folder(node_module.folder_paths.get_folder_paths("freeu_presets")[0], preset)
     window = case["window"]
     inputs = dict(preset="custom" if preset is None or file else preset, b1=1.3, b2=1.4, s1=0.9, s2=0.2,
                   version=str(case.get("version", 2)), convention="official", threshold=1,
@@ -180,9 +179,18 @@ def via_comfyui(node_module, unet_config, case):
     return clone.patches[-1].freeu_config
 
 
+def _into_folder(folder: str, file: str) -> str:
+    """Copy a preset file into a host's preset folder, as its user puts it there; its name in that folder."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return shutil.copy(file, Path(folder) / "front-door.toml").name
+
+
 def via_forge(script, unet_config, case):
     window = case["window"]
-    named = dict(enabled=True, preset="custom" if case["preset"] is None else case["preset"],
+    preset = case["preset"]
+    if preset is not None and preset.endswith(".toml"):
+        preset = _into_folder(script.preset_folders()[0], preset)
+    named = dict(enabled=True, preset="custom" if preset is None else preset,
                  version=str(case.get("version", 2)), start=window.get("start", 0.0), end=window.get("stop", 1.0),
                  stages=case.get("stages") or "", **case.get("factors", {}))  # fmt: skip
     return script.resolve_settings(script.read_args([named]), unet_config)[1]
@@ -283,9 +291,13 @@ def test_auto_on_the_ldm_module_and_its_settings_dict_agree() -> None:
 
 def test_the_forge_script_accepts_a_preset_file(tmp_path, forge_script) -> None:
     file = _cases(tmp_path)["file"]["preset"]
-    settings = forge_script.read_args([{"enabled": True, "preset": file, "ramp": 0.05}])
+    named = _into_folder(forge_script.preset_folders()[0], file)
+    settings = forge_script.read_args([{"enabled": True, "preset": named, "ramp": 0.05}])
     name, config = forge_script.resolve_settings(settings, LDM_CONFIG)
-    assert name == file and config == freeu.get_preset(file).config.replace(ramp=0.05)
+    assert name == named and config == freeu.get_preset(file).config.replace(ramp=0.05)
+    outside = forge_script.read_args([{"enabled": True, "preset": file}])  # an absolute path: not opened
+    with pytest.raises(ValueError, match=r"FreeU \(freeu\): preset: .* is not a name inside .*freeu_presets"):
+        forge_script.resolve_settings(outside, LDM_CONFIG)
     with pytest.raises(ValueError, match=r"preset must be one of .* or a preset file \(\.toml\), got 'x\.txt'"):
         forge_script.read_args([{"enabled": True, "preset": "x.txt"}])
 

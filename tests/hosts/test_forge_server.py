@@ -159,11 +159,16 @@ def measured(server, tmp_path_factory) -> dict:
     run["refused_factor"] = api.txt2img(64, ours({"enabled": True, "b1": -1.0}))
     run["refused_name"] = api.txt2img(64, ours({"enabled": True, "b9": 1.0}))
     # OTHER's settings from a preset file, as freeu tune writes one; the stage text still from the script's box
-    preset = tmp_path_factory.mktemp("presets") / "other.toml"
+    api, log_path = server
+    folder = log_path.parent / "models" / "freeu_presets"  # models/freeu_presets of the server's --data-dir
+    folder.mkdir(parents=True, exist_ok=True)
+    preset = folder / "other.toml"
     preset.write_text('name = "other"\n[freeu]\nb1 = 1.2\nb2 = 1.3\ns1 = 0.8\ns2 = 0.5\nversion = 1\n'
                       'convention = "diffusers"\nthreshold = 2\nstart = 0.2\nstop = 0.9\nramp = 0.1\n')  # fmt: skip
-    run["preset_file"] = api.txt2img(128, ours({"enabled": True, "preset": str(preset), "stages": OTHER["stages"]}))
-    run["preset_file_path"] = str(preset)
+    run["preset_file"] = api.txt2img(128, ours({"enabled": True, "preset": "other.toml", "stages": OTHER["stages"]}))
+    outside = tmp_path_factory.mktemp("elsewhere") / "secret.toml"
+    outside.write_text(preset.read_text())
+    run["preset_outside"] = api.txt2img(64, ours({"enabled": True, "preset": str(outside)}))
     return run
 
 
@@ -224,4 +229,11 @@ def test_a_preset_file_gives_the_settings_it_holds(measured) -> None:
     image, infotext = measured["preset_file"]
     assert np.array_equal(image, measured["other"][0])  # the same settings as OTHER, from the file
     entries = freeu_entries(infotext)
-    assert entries["preset"].strip('"') == measured["preset_file_path"] and entries["threshold"] == "2"
+    assert entries["preset"].strip('"') == "other.toml" and entries["threshold"] == "2"
+
+
+def test_a_request_cannot_make_the_script_open_a_file_outside_its_preset_folder(measured) -> None:
+    infotext = measured["preset_outside"][1]
+    error = freeu_entries(infotext).get("error", "")
+    assert "is not a name inside" in error and "freeu_presets" in error, infotext
+    assert "FreeU b1:" not in infotext  # nothing claims FreeU ran

@@ -4,7 +4,9 @@ Install: copy or link the folder above ``scripts/`` into Forge's ``extensions/``
 into Forge's Python (``pip install`` the repository this folder comes from). An always-visible script (txt2img and
 img2img) with: enable, preset (every ``freeu`` preset, ``auto`` from the U-Net's layout, a preset file (``.toml``,
 as ``freeu tune`` writes), or ``custom``: the controls), b1, b2, s1, s2, version, convention, threshold and a step
-window (start, end, ramp) as fractions of the schedule.
+window (start, end, ramp) as fractions of the schedule. Preset files are opened only from Forge's
+``models/freeu_presets`` folder (``--models-dir`` and ``--data-dir`` move it), by name: a request sent to a shared
+server cannot make the script open any other path.
 
 Before each sampling pass the script clones the pass's U-Net patcher and registers one output-block patch on the
 clone, built by :func:`freeu.hosts.ldm_output_block_patch`; nothing is kept on the class, the module or the shared
@@ -21,6 +23,7 @@ parameters, or the API's ``infotext``).
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import gradio as gr
@@ -126,6 +129,17 @@ def _checked(settings: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
+#: Forge's models subfolder that holds preset files.
+PRESET_FOLDER = "freeu_presets"
+
+
+def preset_folders() -> list[str]:
+    """Where the script opens preset files: ``models/freeu_presets`` of this Forge."""
+    from modules import paths_internal
+
+    return [os.path.join(paths_internal.models_path, PRESET_FOLDER)]
+
+
 def settings_of(settings: dict[str, Any]) -> Settings:
     """The script's arguments as :class:`freeu.settings.Settings`: ``custom`` takes every control; a preset (a name,
     ``auto`` or a preset file) sets the factors, version and convention, and a control left at its default leaves
@@ -133,6 +147,8 @@ def settings_of(settings: dict[str, Any]) -> Settings:
     controls = {name: settings[name] for name in (*FACTORS, "threshold", "start", "ramp")}
     controls.update(version=int(settings["version"]), convention=settings["convention"], stop=settings["end"])
     preset = None if settings["preset"] == CUSTOM else settings["preset"]
+    if freeu.config.is_preset_file(preset):
+        preset = str(freeu.config.preset_file_in(preset, preset_folders(), "preset"))
     return controls_settings(preset, controls, settings["stages"])
 
 
@@ -144,6 +160,8 @@ def resolve_settings(settings: dict[str, Any], unet_config: dict[str, Any]) -> t
         resolved = resolve(settings_of(settings), unet_config, names=NAMES)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{TITLE}: {error}") from None
+    if freeu.config.is_preset_file(settings["preset"]):
+        return settings["preset"], resolved.config  # a preset file by the name it has in the preset folder
     return resolved.preset or CUSTOM, resolved.config
 
 
@@ -198,7 +216,7 @@ class FreeUScript(scripts.Script):
             preset = gr.Dropdown(
                 label="Preset", choices=PRESETS, value=ARGS["preset"], allow_custom_value=True,
                 info="auto: from the U-Net's layout; custom: the controls below; a name: that published setting; "
-                "or type the path of a preset file (.toml, as freeu tune writes)",
+                "or type the name of a preset file (.toml, as freeu tune writes) in models/freeu_presets",
             )  # fmt: skip
             with gr.Row():
                 b1 = factor("b1", "b1: backbone, stage 1")
