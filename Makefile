@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.demo-installed
+WEIGHTS := packages/demo-weights
 # test-only: the real Forge runs in an environment of its own (tests/forge_host.py), built from the requirements of
 # the Forge snapshot beside the repository when there is one
 FORGE_SNAPSHOT := $(lastword $(sort $(wildcard ../shared/vendor/forge-*.tar.gz)))
@@ -12,9 +14,15 @@ FORGE_ENV := $(if $(FORGE_SNAPSHOT),$(FORGE_STAMP))
 
 .PHONY: demo test test-fast lint bench clean
 
-$(STAMP): pyproject.toml requirements-dev.txt
+# the demo alone: torch (the CPU build on disk), the library with its demo extra and the weights distribution, at the
+# versions requirements-dev.txt pins; nothing the demo does not use
+$(DEMO_STAMP): pyproject.toml requirements-dev.txt $(WEIGHTS)/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c requirements-dev.txt torch -e '.[demo]' -e $(WEIGHTS)
+	touch $(DEMO_STAMP)
+
+$(STAMP): $(DEMO_STAMP) pyproject.toml requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	# test-only: the original LDM UNetModel; its pinned requirements are heavy and old, and einops suffices
 	$(PY) -m pip install --quiet --no-deps stable-diffusion-sdkit==2.1.5
@@ -22,7 +30,7 @@ $(STAMP): pyproject.toml requirements-dev.txt
 	# breaks transformers' imports on a CPU torch, so it goes into its own folder, on the path of the ComfyUI
 	# subprocesses only (tests/comfy_host.py)
 	$(PY) -m pip install --quiet --no-deps --target $(VENV)/comfyui-extras torchvision==0.28.0
-	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip install --quiet --no-deps -e . -e $(WEIGHTS)
 	touch $(STAMP)
 
 # Forge pins gradio 4, transformers 4.46, numpy 1.26 (not the test environment's). Its torch line is left out
@@ -41,7 +49,7 @@ $(FORGE_STAMP): $(FORGE_SNAPSHOT) pyproject.toml
 	$(FORGE_VENV)/bin/python -m pip install --quiet --no-deps -e .
 	touch $(FORGE_STAMP)
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(PY) -m freeu demo
 
 test: $(STAMP) $(FORGE_ENV)

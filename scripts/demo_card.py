@@ -1,6 +1,6 @@
 """The figures of the demo model's card: ``python scripts/demo_card.py --run runs/demo``.
 
-Writes into the weights folder (``src/freeu/apps/demo/weights`` by default):
+Writes into the weights folder (``packages/demo-weights/src/freeu_demo_weights/weights`` by default):
 
 - ``loss.png``: the training loss (every ``log_every`` steps) and the evaluation metric (every ``eval_every``) of the
   run, from its ``train_log.jsonl`` and ``eval_log.jsonl``;

@@ -1,7 +1,7 @@
 """The figures and numbers of the class-conditional demo model's card:
 ``python scripts/demo_classes_card.py --run runs/demo-classes``.
 
-Writes into the weights folder (``src/freeu/apps/demo/weights-classes`` by default):
+Writes into the weights folder (``packages/demo-weights/src/freeu_demo_weights/weights-classes`` by default):
 
 - ``loss.png``: the run's training loss and evaluation metric;
 - ``classes.png``: for every class, samples of the shipped weights (FreeU off, the default guidance) beside real

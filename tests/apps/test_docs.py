@@ -97,14 +97,21 @@ def test_license_file_is_the_apache_license_2():
     # the full text, not a notice: its terms from the first definition to the end
     assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text
     assert "END OF TERMS AND CONDITIONS" in text
-    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    assert re.search(r'^license = \{ text = "Apache-2.0" \}', pyproject, flags=re.MULTILINE)
+    for project in (ROOT, ROOT / "packages" / "demo-weights"):  # the library and the weights distribution
+        pyproject = (project / "pyproject.toml").read_text(encoding="utf-8")
+        assert re.search(r'^license = "Apache-2.0"\nlicense-files = \["LICENSE"\]$', pyproject, flags=re.MULTILINE)
+        assert (project / "LICENSE").read_text(encoding="utf-8") == text
 
 
 def test_citation_file_matches_the_package_version_and_license():
     citation = (ROOT / "CITATION.cff").read_text(encoding="utf-8")
-    version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(encoding="utf-8"), re.MULTILINE)
+    # the version is written once, in freeu/__init__.py, and pyproject.toml reads it from there
+    init = (ROOT / "src" / "freeu" / "__init__.py").read_text(encoding="utf-8")
+    version = re.search(r'^__version__ = "([^"]+)"$', init, re.MULTILINE)
     assert version is not None
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert 'dynamic = ["version"]' in pyproject and 'version = { attr = "freeu.__version__" }' in pyproject
+    assert not re.search(r"^version = \"", pyproject, flags=re.MULTILINE)  # no second copy
     assert re.search(rf'^version: "?{re.escape(version.group(1))}"?$', citation, flags=re.MULTILINE), version.group(1)
     assert re.search(r"^cff-version: 1\.2\.0$", citation, flags=re.MULTILINE)
     assert re.search(r"^license: Apache-2\.0$", citation, flags=re.MULTILINE)

@@ -13,6 +13,8 @@ import importlib
 import logging
 from collections.abc import Sequence
 
+from freeu import __version__
+
 from .errors import run_command
 
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]
@@ -25,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``freeu`` parser with every command's subparser."""
     parser = argparse.ArgumentParser(prog="freeu", description="FreeU for diffusion U-Nets.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
+    parser.add_argument("--version", action="version", version=f"freeu {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for module in COMMAND_MODULES:
         importlib.import_module(module, __package__).register(sub)

@@ -4,8 +4,10 @@ are, how to build or load them, and the FreeU settings its demo shows.
 It lives outside the command packages because every command and the runtime use it: :func:`freeu.apps.runtime.
 load_model` loads ``demo``, ``demo-classes`` and folders in the demo's format through :func:`load_exported`, the demo's
 training (:mod:`freeu.apps.demo.train`) builds and exports the U-Net, and ``freeu eval`` compares the demo's
-settings (:data:`DEFAULT_ROWS`). The weights themselves are package data of ``freeu.apps.demo``
-(``src/freeu/apps/demo/weights*/``), found here as paths: nothing imports that package to load them.
+settings (:data:`DEFAULT_ROWS`). The weights themselves are a distribution of their own, ``freeu-demo-weights``
+(``packages/demo-weights`` in the repository), so that the library's wheel stays small: its package
+``freeu_demo_weights`` is found here as a folder and never imported; where it is not installed, loading a demo model
+says how to install it (:data:`WEIGHTS_HOW`).
 
 The U-Net is a diffusers ``UNet2DModel`` for 32x32 RGB with three resolution levels (32, 16, 8) and widths
 32/64/128. The widths are chosen for FreeU: the official convention puts stage 1 at joins whose backbone is 4x the
@@ -20,6 +22,7 @@ epsilon prediction. Samplers (DDPM, DDIM) are built from the same dict, so train
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import logging
 from dataclasses import dataclass, field
@@ -35,6 +38,8 @@ __all__ = [
     "SCHEDULER_CONFIG",
     "UNET_CONFIG",
     "WEIGHTS_DIR",
+    "WEIGHTS_HOW",
+    "WEIGHTS_ROOT",
     "build_scheduler",
     "build_unet",
     "check_freeu_stages",
@@ -44,11 +49,26 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Where the exported (shipped) weights live: ``unet.safetensors`` and ``config.json`` (data files of the demo
-#: package, read as files).
-WEIGHTS_DIR = Path(__file__).resolve().parent / "demo" / "weights"
+#: What to do where the demo weights are not installed.
+WEIGHTS_HOW = (
+    "the demo models' weights are a distribution of their own: pip install freeu-demo-weights (from a clone of the "
+    "freeu repository: pip install ./packages/demo-weights)"
+)
+
+
+def _weights_package() -> Path | None:
+    """The folder of the installed ``freeu_demo_weights`` package, found without importing it; ``None`` if absent."""
+    spec = importlib.util.find_spec("freeu_demo_weights")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    return Path(locations[0]).resolve() if locations else None
+
+
+#: The installed weights distribution's package folder, or a stand-in path naming what is missing.
+WEIGHTS_ROOT = _weights_package() or Path("<freeu-demo-weights is not installed>")
+#: Where the exported (shipped) weights live: ``unet.safetensors`` and ``config.json``.
+WEIGHTS_DIR = WEIGHTS_ROOT / "weights"
 #: The class-conditional demo model's (``--model demo-classes``): the same U-Net with a class embedding.
-CLASSES_WEIGHTS_DIR = Path(__file__).resolve().parent / "demo" / "weights-classes"
+CLASSES_WEIGHTS_DIR = WEIGHTS_ROOT / "weights-classes"
 
 #: Keyword arguments of ``diffusers.UNet2DModel``. JSON-serialisable (lists, not tuples) so it is stored verbatim in
 #: checkpoints and in the exported ``config.json``.
@@ -145,6 +165,8 @@ def load_exported(directory: str | Path = WEIGHTS_DIR, dtype: torch.dtype = torc
     from safetensors.torch import load_file
 
     directory = Path(directory)
+    if directory in (WEIGHTS_DIR, CLASSES_WEIGHTS_DIR) and not WEIGHTS_ROOT.is_dir():
+        raise FileNotFoundError(WEIGHTS_HOW)
     weights, config_path = directory / "unet.safetensors", directory / "config.json"
     for path in (weights, config_path):
         if not path.is_file():
