@@ -12,7 +12,7 @@ FORGE_VENV := $(VENV)/forge
 FORGE_STAMP := $(FORGE_VENV)/.installed
 FORGE_ENV := $(if $(FORGE_SNAPSHOT),$(FORGE_STAMP))
 
-.PHONY: demo test test-fast lint bench clean
+.PHONY: demo test test-fast lint bench clean comfyui-pack
 
 # the demo alone: torch (the CPU build on disk), the library with its demo extra and the weights distribution, at the
 # versions requirements-dev.txt pins; nothing the demo does not use
@@ -62,6 +62,10 @@ test: $(STAMP) $(FORGE_ENV)
 # the fast part: everything but the torch.compile and multi-process tests (marked slow)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# the ComfyUI pack as ComfyUI Manager and the Comfy Registry receive it: dist/comfyui/freeu/ and its zip
+comfyui-pack:
+	$(PYTHON) tools/export_hosts.py comfyui dist/comfyui
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py $(BENCH_ARGS)

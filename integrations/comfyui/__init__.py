@@ -1,10 +1,10 @@
 """ComfyUI node pack "FreeU (freeu)": FreeU from the ``freeu`` library on ComfyUI's own per-model patch mechanism.
 
-Install: copy or link this folder into ``ComfyUI/custom_nodes/`` and install the ``freeu`` library into ComfyUI's
-Python (``pip install`` the repository this folder comes from). Preset files (``.toml``, as ``freeu tune`` writes)
-go into ``ComfyUI/models/freeu_presets/`` (or a ``freeu_presets`` entry of ``extra_model_paths.yaml``): the node
-lists the files there and opens no other path, so a workflow sent to a shared server cannot make it read anything
-else.
+Install: ComfyUI Manager or the Comfy Registry (they install ``requirements.txt``), or put this folder into
+``ComfyUI/custom_nodes/freeu`` and ``pip install -r requirements.txt`` with ComfyUI's Python. Preset files
+(``.toml``, as ``freeu tune`` writes) go into ``ComfyUI/models/freeu_presets/`` (or a ``freeu_presets`` entry of
+``extra_model_paths.yaml``): the node lists the files there and opens no other path, so a workflow sent to a shared
+server cannot make it read anything else.
 The node clones the MODEL and registers one ``output_block_patch`` on the clone (what ComfyUI's built-in FreeU nodes
 do), built by :func:`freeu.output_block_patch`: nothing is installed on the shared diffusion model, a branch without
 the node samples as if the node did not exist, and a second FreeU (freeu) node later in the chain replaces the
@@ -22,9 +22,16 @@ import folder_paths
 from comfy_api.latest import IO, ComfyExtension
 from typing_extensions import override
 
-import freeu
-from freeu import hosts
-from freeu.settings import AUTO, DEFAULTS, Settings, controls_settings, resolve
+try:
+    import freeu
+    from freeu import hosts
+    from freeu.settings import AUTO, DEFAULTS, Settings, controls_settings, resolve
+except ImportError as error:  # ComfyUI logs this and goes on without the node
+    _HERE = os.path.dirname(os.path.abspath(__file__))
+    raise ImportError(
+        f"FreeU (freeu) needs the freeu library in ComfyUI's Python ({error}). Install it with ComfyUI Manager, or run "
+        f"ComfyUI's Python with: -m pip install -r {os.path.join(_HERE, 'requirements.txt')}"
+    ) from error
 
 CUSTOM = "custom"
 #: ComfyUI's model-folder name for preset files: ``models/freeu_presets`` unless ``extra_model_paths.yaml`` adds more.

@@ -245,13 +245,13 @@ def test_forged_checkpoints_are_refused_without_running_their_code(tmp_path: Pat
 
 
 def test_every_torch_load_in_the_project_is_weights_only() -> None:
-    """No torch.load may unpickle arbitrary objects: each call in src/, scripts/ and benchmarks/ passes
+    """No torch.load may unpickle arbitrary objects: each call in src/, tools/ and benchmarks/ passes
     weights_only=True."""
     import ast
 
     root = Path(__file__).resolve().parents[2]
     calls = []
-    for folder in ("src", "scripts", "benchmarks"):
+    for folder in ("src", "tools", "benchmarks"):
         for path in (root / folder).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":

@@ -58,11 +58,14 @@ def _post(port: int, prompt: dict) -> tuple[int, str]:
 
 
 def run_workflow(
-    comfyui: Path, base: Path, model: Path, prompt: dict, with_pack: bool, refused: dict[str, dict] | None = None,
-    seen: dict | None = None,
+    comfyui: Path, base: Path, model: Path, prompt: dict | None, with_pack: bool,
+    refused: dict[str, dict] | None = None, seen: dict | None = None, python: str | Path = sys.executable,
+    copy_pack: bool = True,
 ) -> dict[str, torch.Tensor]:  # fmt: skip
-    """Start ComfyUI on 127.0.0.1 with ``base`` as its folder, queue ``prompt``, return the saved latents by name.
-    Each of ``refused`` is queued first and must be refused; ``seen`` gets their answers and the node list."""
+    """Start ComfyUI on 127.0.0.1 with ``base`` as its folder (run by ``python``), queue ``prompt``, return the saved
+    latents by name. Each of ``refused`` is queued first and must be refused; ``seen`` gets their answers, the node
+    list and the server's log. ``copy_pack=False``: the pack is already in ``base/custom_nodes`` (or must not load);
+    ``prompt=None``: only start, list the nodes and stop."""
     from safetensors.torch import load_file
 
     for sub in ("custom_nodes", "models/diffusion_models", "models/freeu_presets", "frontend", "output"):
@@ -70,7 +73,7 @@ def run_workflow(
     tuned = "name = 'tuned'\n[freeu]\n" + "".join(f"{k} = {v}\n" for k, v in FREEU.items())
     (base / "models" / "freeu_presets" / "tuned.toml").write_text(tuned)
     shutil.copytree(HERE / "comfy_test_pack", base / "custom_nodes" / "freeu_test_pack", dirs_exist_ok=True)
-    if with_pack:
+    if with_pack and copy_pack:
         shutil.copytree(PACK, base / "custom_nodes" / "freeu", dirs_exist_ok=True)
     link = base / "models" / "diffusion_models" / model.name
     if not link.exists():
@@ -78,7 +81,7 @@ def run_workflow(
     port = _free_port()
     log = (base / "server.log").open("w")
     server = subprocess.Popen(
-        [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory",
+        [str(python), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory",
          str(base), "--front-end-root", str(base / "frontend"), "--disable-auto-launch", "--database-url",
          "sqlite:///:memory:"],
         cwd=comfyui, stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(),
@@ -97,6 +100,8 @@ def run_workflow(
         if seen is not None:
             seen["nodes"] = nodes
             seen["refused"] = {name: _post(port, other) for name, other in (refused or {}).items()}
+        if prompt is None:
+            return {}
         status_code, answer = _post(port, prompt)
         assert status_code == 200, answer[-3000:]
         prompt_id = json.loads(answer)["prompt_id"]
@@ -110,6 +115,8 @@ def run_workflow(
         server.terminate()
         server.wait(timeout=60)
         log.close()
+        if seen is not None:
+            seen["log"] = (base / "server.log").read_text()
     return {p.name.split("_0")[0]: load_file(p)["latent_tensor"] for p in (base / "output" / "latents").glob("*")}
 
 
@@ -179,3 +186,107 @@ def test_the_node_in_a_running_comfyui(comfyui, model_file, tmp_path) -> None:
     without = run_workflow(comfyui, tmp_path / "without", model_file, workflow(model_file.name, {"off": None}),
                            with_pack=False)  # fmt: skip
     assert torch.equal(without["off"], latents["off"])  # a branch without the node = a workflow without the pack
+
+
+# -- installed the way ComfyUI Manager installs it -------------------------------------------------------------------
+
+
+def _python_without_freeu(folder: Path) -> Path:
+    """A Python that has ComfyUI's packages (this environment's, seen through a folder of links) but not freeu, as a
+    ComfyUI install has before the pack comes: a new virtual environment whose one ``.pth`` line is that folder."""
+    import site
+    import venv
+
+    site_packages = Path(next(p for p in site.getsitepackages() if p.endswith("site-packages")))
+    shadow = folder / "comfyui-site-packages"
+    shadow.mkdir(parents=True)
+    for entry in site_packages.iterdir():
+        name = entry.name.lower()
+        if name.startswith(("freeu", "__editable__", "_freeu", "__pycache__")) or name.endswith(".pth"):
+            continue  # freeu and its demo weights (editable installs here), and .pth files (not read from a .pth dir)
+        (shadow / entry.name).symlink_to(entry)
+    env = folder / "venv"
+    venv.EnvBuilder(with_pip=True).create(env)
+    (env_site,) = (env / "lib").glob("python3*/site-packages")
+    # ensurepip's setuptools is older than torch needs: the linked one stands instead
+    for old in [*env_site.glob("setuptools*"), env_site / "pkg_resources", env_site / "_distutils_hack"]:
+        if old.is_dir():
+            shutil.rmtree(old)
+    (env_site / "distutils-precedence.pth").unlink(missing_ok=True)
+    (env_site / "comfyui-packages.pth").write_text(f"{shadow}\n")
+    return env / "bin" / "python"
+
+
+def _ui_to_api(ui: dict, nodes: dict) -> dict:
+    """A workflow in ComfyUI's UI format as the API format it queues: widget values by the names of the widget inputs
+    (``control_after_generate`` is the frontend's own widget, not an input), links as ``[node, slot]``."""
+    links = {link[0]: link for link in ui["links"]}
+    prompt = {}
+    for node in ui["nodes"]:
+        info = nodes[node["type"]]["input"]
+        spec = {**info.get("required", {}), **info.get("optional", {})}
+        linked = {i["name"] for i in node["inputs"] if i.get("link") is not None}
+        widgets = [name for name in spec if name not in linked and _is_widget(spec[name])]
+        values = list(node["widgets_values"])
+        inputs = {}
+        for name in widgets:
+            inputs[name] = values.pop(0)
+            if isinstance(spec[name], list) and len(spec[name]) > 1 and spec[name][1].get("control_after_generate"):
+                values.pop(0)
+        assert values == [], (node["type"], values)
+        for i in node["inputs"]:
+            if i.get("link") is not None:
+                link = links[i["link"]]
+                assert link[3] == node["id"], link
+                inputs[i["name"]] = [str(link[1]), link[2]]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
+
+
+def _is_widget(spec: list) -> bool:
+    kind = spec[0]
+    return isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+
+
+def test_installed_as_comfyui_manager_does(comfyui, model_file, tmp_path) -> None:
+    """The pack as tools/export_hosts.py writes it, in custom_nodes/; without the library ComfyUI starts without the
+    node and its log says what to install; ``pip install -r requirements.txt`` with a folder of built wheels as the
+    only index brings the library; then the node is listed with its inputs, the example workflow's settings run, and
+    the example workflow (UI format) uses only nodes and widgets this ComfyUI has."""
+    pytest.importorskip("build")
+    base = tmp_path / "comfy"
+    wheels = tmp_path / "wheels"
+    done = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(wheels),
+                           str(PACK.parents[1])], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = subprocess.run([sys.executable, str(PACK.parents[1] / "tools" / "export_hosts.py"), "comfyui",
+                           str(base / "custom_nodes")], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    pack = base / "custom_nodes" / "freeu"
+    python = _python_without_freeu(tmp_path / "python")
+    probe = subprocess.run([str(python), "-c", "import freeu"], capture_output=True, text=True)
+    assert probe.returncode == 1 and "No module named 'freeu'" in probe.stderr  # ComfyUI's Python, before the pack
+    seen: dict = {}
+    run_workflow(comfyui, base, model_file, None, with_pack=False, seen=seen, python=python, copy_pack=False)
+    assert "FreeU (freeu) needs the freeu library in ComfyUI's Python" in seen["log"], seen["log"][-3000:]
+    assert f"-m pip install -r {pack / 'requirements.txt'}" in seen["log"]
+    done = subprocess.run([str(python), "-m", "pip", "install", "--no-index", "--find-links", str(wheels), "-r",
+                           str(pack / "requirements.txt")], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ui = json.loads((pack / "example_workflows" / "freeu_sd15.json").read_text())
+    example = next(n for n in ui["nodes"] if n["type"] == "FreeU_freeu")
+    branches = {"off": None, "on": ("FreeU_freeu", {})}  # the inputs are filled in from the example below
+    seen = {}
+    run_workflow(comfyui, base, model_file, None, with_pack=True, seen=seen, python=python, copy_pack=False)
+    nodes = seen["nodes"]
+    listed = nodes["FreeU_freeu"]["input"]
+    assert set(listed["required"]) >= {"model", "preset", "b1", "s2", "start_percent"}
+    assert set(listed["optional"]) == {"stages", "preset_file"}
+    api = _ui_to_api(ui, nodes)  # every node type and widget of the example exists in this ComfyUI
+    assert api[str(example["id"])]["inputs"]["preset"] == "sd15"
+    settings = {k: v for k, v in api[str(example["id"])]["inputs"].items() if k != "model"}
+    branches["on"] = ("FreeU_freeu", settings)
+    latents = run_workflow(comfyui, base, model_file, workflow(model_file.name, branches), with_pack=True,
+                           python=python, copy_pack=False)  # fmt: skip
+    scale = latents["off"].abs().max().item()
+    assert (latents["on"] - latents["off"]).abs().max().item() > 1e-4 * scale

@@ -171,7 +171,7 @@ def load_exported(directory: str | Path = WEIGHTS_DIR, dtype: torch.dtype = torc
     for path in (weights, config_path):
         if not path.is_file():
             raise FileNotFoundError(
-                f"{path} is missing: train and export the demo model first (python scripts/train_demo.py --out ...)"
+                f"{path} is missing: train and export the demo model first (python tools/train_demo.py --out ...)"
             )
     config = json.loads(config_path.read_text())
     unet = build_unet(config["unet"])

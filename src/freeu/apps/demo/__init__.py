@@ -6,7 +6,7 @@ a CPU with nothing downloaded. Modules:
 
 - :mod:`freeu.apps.demo.showcase`: ``freeu demo``, the grid, the spectra and the guidance comparison.
 - :mod:`freeu.apps.demo.train`: the resumable, early-stopped training loop and the weight export
-  (``python scripts/train_demo.py --out runs/demo``).
+  (``python tools/train_demo.py --out runs/demo``).
 - The shipped weights are the ``freeu-demo-weights`` distribution (``packages/demo-weights``), apart from the library.
 
 What the runtime and the other commands use too lives outside this package, so that none of them imports it:

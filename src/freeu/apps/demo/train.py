@@ -1,6 +1,6 @@
 """Train the demo U-Net on CPU: deterministic, resumable, early-stopped on a weight-free sample-quality metric.
 
-``python scripts/train_demo.py --out runs/demo`` trains :data:`freeu.apps.demo_model.UNET_CONFIG` with the DDPM noise
+``python tools/train_demo.py --out runs/demo`` trains :data:`freeu.apps.demo_model.UNET_CONFIG` with the DDPM noise
 schedule (epsilon prediction, MSE) on patches from :class:`freeu.apps.demo_data.PatchSampler`, with AdamW, a linear
 learning-rate warm-up and EMA weights (bf16 autocast on CPU by default; weights and optimiser stay float32).
 Everything random is drawn from generators seeded by ``(seed, step)``, so a run is a pure function of its config,
@@ -80,7 +80,7 @@ _FIXED_ON_RESUME = (
 _STREAM_NOISE = 1
 _STREAM_REFERENCE = 2
 _STREAM_FLOOR = 3
-#: The evaluation metric's stream (public: ``scripts/demo_card.py`` recomputes a run's evaluation with it).
+#: The evaluation metric's stream (public: ``tools/demo_card.py`` recomputes a run's evaluation with it).
 STREAM_METRIC = 4
 
 
@@ -724,7 +724,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point (``scripts/train_demo.py``)."""
+    """Command-line entry point (``tools/train_demo.py``)."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.export_only:

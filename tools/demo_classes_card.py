@@ -1,5 +1,5 @@
 """The figures and numbers of the class-conditional demo model's card:
-``python scripts/demo_classes_card.py --run runs/demo-classes``.
+``python tools/demo_classes_card.py --run runs/demo-classes``.
 
 Writes into the weights folder (``packages/demo-weights/src/freeu_demo_weights/weights-classes`` by default):
 

@@ -1,4 +1,4 @@
-"""The figures of the demo model's card: ``python scripts/demo_card.py --run runs/demo``.
+"""The figures of the demo model's card: ``python tools/demo_card.py --run runs/demo``.
 
 Writes into the weights folder (``packages/demo-weights/src/freeu_demo_weights/weights`` by default):
 

@@ -1,4 +1,4 @@
-"""Train (or resume) the offline FreeU demo U-Net: ``python scripts/train_demo.py --out runs/demo``.
+"""Train (or resume) the offline FreeU demo U-Net: ``python tools/train_demo.py --out runs/demo``.
 
 See ``freeu.apps.demo.train`` for what it does and the files it writes; ``--help`` for the options.
 """

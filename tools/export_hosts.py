@@ -1,0 +1,76 @@
+"""Write the host integrations the way their users receive them (standard library only).
+
+    python tools/export_hosts.py comfyui OUT   # OUT/freeu/: the ComfyUI pack as ComfyUI Manager and the Comfy
+                                               # Registry receive it (its root is the pack), and OUT/freeu-comfyui.zip
+
+The pack's version, the library version its ``requirements.txt`` pins and the Registry's ``pyproject.toml`` must all
+be ``freeu.__version__`` (read from ``src/freeu/__init__.py``, the one place it is written); the export refuses to
+write a pack where they disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COMFYUI = ROOT / "integrations" / "comfyui"
+#: The folder name the pack gets under ``custom_nodes/``: ComfyUI labels a node's source by it.
+PACK_NAME = "freeu"
+
+
+def library_version() -> str:
+    text = (ROOT / "src" / "freeu" / "__init__.py").read_text(encoding="utf-8")
+    found = re.search(r'^__version__ = "([^"]+)"$', text, flags=re.MULTILINE)
+    if found is None:
+        raise SystemExit("src/freeu/__init__.py has no __version__ line")
+    return found.group(1)
+
+
+def pack_versions(folder: Path) -> dict[str, str]:
+    """The versions the pack states: its Registry version, its dependency pin, its requirements.txt pin."""
+    pyproject = (folder / "pyproject.toml").read_text(encoding="utf-8")
+    requirements = (folder / "requirements.txt").read_text(encoding="utf-8")
+    found = {
+        "pyproject.toml version": re.search(r'^version = "([^"]+)"$', pyproject, flags=re.MULTILINE),
+        "pyproject.toml dependency": re.search(r'^dependencies = \["freeu==([^"]+)"\]$', pyproject, re.MULTILINE),
+        "requirements.txt": re.search(r"^freeu==(\S+)$", requirements, flags=re.MULTILINE),
+    }
+    return {name: match.group(1) if match else "missing" for name, match in found.items()}
+
+
+def export_comfyui(out: Path) -> Path:
+    version = library_version()
+    wrong = {name: v for name, v in pack_versions(COMFYUI).items() if v != version}
+    if wrong:
+        raise SystemExit(f"integrations/comfyui states {wrong}, but freeu is {version}: make them agree")
+    pack = out / PACK_NAME
+    if pack.exists():
+        shutil.rmtree(pack)
+    shutil.copytree(COMFYUI, pack, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copy(ROOT / "LICENSE", pack / "LICENSE")
+    archive = out / "freeu-comfyui.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
+        for path in sorted(pack.rglob("*")):
+            if path.is_file():
+                zipped.write(path, path.relative_to(pack).as_posix())  # the Registry's zip: the pack at its root
+    return pack
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("host", choices=["comfyui"], help="which integration to write")
+    parser.add_argument("out", type=Path, help="the folder to write it into (created if missing)")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    written = export_comfyui(args.out)
+    print(f"wrote {written}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
