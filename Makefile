@@ -12,7 +12,7 @@ FORGE_VENV := $(VENV)/forge
 FORGE_STAMP := $(FORGE_VENV)/.installed
 FORGE_ENV := $(if $(FORGE_SNAPSHOT),$(FORGE_STAMP))
 
-.PHONY: demo test test-fast lint bench clean comfyui-pack
+.PHONY: demo test test-fast lint bench clean comfyui-pack forge-extension
 
 # the demo alone: torch (the CPU build on disk), the library with its demo extra and the weights distribution, at the
 # versions requirements-dev.txt pins; nothing the demo does not use
@@ -66,6 +66,10 @@ test-fast: $(STAMP)
 # the ComfyUI pack as ComfyUI Manager and the Comfy Registry receive it: dist/comfyui/freeu/ and its zip
 comfyui-pack:
 	$(PYTHON) tools/export_hosts.py comfyui dist/comfyui
+
+# the Forge extension as its own git repository (for "Install from URL"): dist/forge/freeu
+forge-extension:
+	$(PYTHON) tools/export_hosts.py forge dist/forge
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py $(BENCH_ARGS)

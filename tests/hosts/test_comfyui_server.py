@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from comfy_host import PACK, subprocess_env
+from host_python import python_without_freeu
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).resolve().parent
@@ -191,32 +192,6 @@ def test_the_node_in_a_running_comfyui(comfyui, model_file, tmp_path) -> None:
 # -- installed the way ComfyUI Manager installs it -------------------------------------------------------------------
 
 
-def _python_without_freeu(folder: Path) -> Path:
-    """A Python that has ComfyUI's packages (this environment's, seen through a folder of links) but not freeu, as a
-    ComfyUI install has before the pack comes: a new virtual environment whose one ``.pth`` line is that folder."""
-    import site
-    import venv
-
-    site_packages = Path(next(p for p in site.getsitepackages() if p.endswith("site-packages")))
-    shadow = folder / "comfyui-site-packages"
-    shadow.mkdir(parents=True)
-    for entry in site_packages.iterdir():
-        name = entry.name.lower()
-        if name.startswith(("freeu", "__editable__", "_freeu", "__pycache__")) or name.endswith(".pth"):
-            continue  # freeu and its demo weights (editable installs here), and .pth files (not read from a .pth dir)
-        (shadow / entry.name).symlink_to(entry)
-    env = folder / "venv"
-    venv.EnvBuilder(with_pip=True).create(env)
-    (env_site,) = (env / "lib").glob("python3*/site-packages")
-    # ensurepip's setuptools is older than torch needs: the linked one stands instead
-    for old in [*env_site.glob("setuptools*"), env_site / "pkg_resources", env_site / "_distutils_hack"]:
-        if old.is_dir():
-            shutil.rmtree(old)
-    (env_site / "distutils-precedence.pth").unlink(missing_ok=True)
-    (env_site / "comfyui-packages.pth").write_text(f"{shadow}\n")
-    return env / "bin" / "python"
-
-
 def _ui_to_api(ui: dict, nodes: dict) -> dict:
     """A workflow in ComfyUI's UI format as the API format it queues: widget values by the names of the widget inputs
     (``control_after_generate`` is the frontend's own widget, not an input), links as ``[node, slot]``."""
@@ -263,7 +238,7 @@ def test_installed_as_comfyui_manager_does(comfyui, model_file, tmp_path) -> Non
                            str(base / "custom_nodes")], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     pack = base / "custom_nodes" / "freeu"
-    python = _python_without_freeu(tmp_path / "python")
+    python = python_without_freeu(sys.executable, tmp_path / "python")
     probe = subprocess.run([str(python), "-c", "import freeu"], capture_output=True, text=True)
     assert probe.returncode == 1 and "No module named 'freeu'" in probe.stderr  # ComfyUI's Python, before the pack
     seen: dict = {}

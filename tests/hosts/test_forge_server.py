@@ -6,6 +6,7 @@ as the reference. About two and a half minutes on 2 cores, marked slow."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -13,6 +14,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +24,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from forge_host import EXTENSION, subprocess_env
+from host_python import python_without_freeu
+
+import freeu
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).resolve().parent
@@ -109,13 +114,23 @@ def server(forge, tmp_path_factory):
     assert done.returncode == 0, done.stderr[-3000:]
     (data / "extensions").mkdir()
     (data / "extensions" / "freeu").symlink_to(EXTENSION, target_is_directory=True)
+    with running_forge(forge_dir, python, data, scratch, FLAGS) as (api, log_path, titles):
+        assert OURS.lower() in titles and BUILTIN.lower() in titles, sorted(titles)
+        yield api, log_path
+
+
+@contextlib.contextmanager
+def running_forge(forge_dir: Path, python: Path, data: Path, scratch: Path, flags: list[str], env: dict | None = None):
+    """Forge serving its API on 127.0.0.1 from ``data`` (``--data-dir``), run by ``python``: ``(api, log, script
+    titles)`` once it answers; stopped on exit."""
     port = _free_port()
     log_path = data / "server.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [str(python), str(HERE / "forge_launch.py"), str(forge_dir), *FLAGS, "--port", str(port),
+            [str(python), str(HERE / "forge_launch.py"), str(forge_dir), *flags, "--port", str(port),
              "--data-dir", str(data)],
-            stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(scratch), start_new_session=True,
+            stdout=log, stderr=subprocess.STDOUT, env={**subprocess_env(scratch), **(env or {})},
+            start_new_session=True,
         )  # fmt: skip
     try:
         api = Forge(port)
@@ -128,8 +143,7 @@ def server(forge, tmp_path_factory):
             except OSError:
                 assert time.monotonic() < deadline, "Forge did not answer in 300 s: " + log_path.read_text()[-3000:]
                 time.sleep(1)
-        assert OURS.lower() in titles and BUILTIN.lower() in titles, sorted(titles)
-        yield api, log_path
+        yield api, log_path, titles
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -237,3 +251,41 @@ def test_a_request_cannot_make_the_script_open_a_file_outside_its_preset_folder(
     error = freeu_entries(infotext).get("error", "")
     assert "is not a name inside" in error and "freeu_presets" in error, infotext
     assert "FreeU b1:" not in infotext  # nothing claims FreeU ran
+
+
+def test_installed_from_url_as_forge_does(forge, server, tmp_path) -> None:
+    """The extension as ``make forge-extension`` writes it (its own repository), ``git clone``d into ``extensions/``
+    as "Install from URL" does, into a Forge whose Python has no freeu: Forge's extension installers run its
+    ``install.py``, which installs freeu from a folder of built wheels (the only index), and the extension then
+    changes the image."""
+    pytest.importorskip("build")
+    forge_dir, forge_python = forge
+    root = EXTENSION.parents[1]
+    wheels, exported, data = tmp_path / "wheels", tmp_path / "exported", tmp_path / "data"
+    for argv in ([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(wheels), str(root)],
+                 [sys.executable, str(root / "tools" / "export_hosts.py"), "forge", str(exported)]):  # fmt: skip
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    (data / "extensions").mkdir(parents=True)
+    done = subprocess.run(["git", "clone", "--quiet", str(exported / "freeu"), str(data / "extensions" / "freeu")],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    checkpoints = data / "models" / "Stable-diffusion"
+    checkpoints.mkdir(parents=True)
+    _, server_log = server
+    (checkpoints / "sd15_random.safetensors").symlink_to(server_log.parent / "models" / "Stable-diffusion" /
+                                                         "sd15_random.safetensors")  # fmt: skip
+    python = python_without_freeu(forge_python, tmp_path / "python")
+    assert subprocess.run([str(python), "-c", "import freeu"], capture_output=True).returncode == 1
+    flags = [f for f in FLAGS if f != "--skip-install"]  # Forge's pip helper does nothing under --skip-install
+    env = {"FREEU_RUN_EXTENSION_INSTALLERS": "1", "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels)}
+    with running_forge(forge_dir, python, data, tmp_path / "hf-home", flags, env) as (api, log_path, titles):
+        assert OURS.lower() in titles, sorted(titles)
+        off = api.txt2img(64)
+        on = api.txt2img(64, ours({"enabled": True, "preset": "sd15"}))
+    log = log_path.read_text()
+    assert f"Installing freeu {freeu.__version__} for the FreeU (freeu) extension" in log, log[-3000:]
+    version = subprocess.run([str(python), "-c", "import freeu; print(freeu.__version__)"], capture_output=True,
+                             text=True).stdout.strip()  # fmt: skip
+    assert version == freeu.__version__ and "made for freeu" not in log
+    assert differs(on[0], off[0]) > 0 and "FreeU b1: 1.5" in on[1]

@@ -1,7 +1,8 @@
 """Forge extension "FreeU (freeu)": FreeU from the ``freeu`` library in Stable Diffusion WebUI Forge.
 
-Install: copy or link the folder above ``scripts/`` into Forge's ``extensions/`` and install the ``freeu`` library
-into Forge's Python (``pip install`` the repository this folder comes from). An always-visible script (txt2img and
+Install: Forge's "Install from URL" with the extension's own repository (``make forge-extension`` writes it), or that
+folder in Forge's ``extensions/``; Forge then runs ``install.py``, which installs the ``freeu`` library at the version
+this extension was made for into Forge's Python. An always-visible script (txt2img and
 img2img) with: enable, preset (every ``freeu`` preset, ``auto`` from the U-Net's layout, a preset file (``.toml``,
 as ``freeu tune`` writes), or ``custom``: the controls), b1, b2, s1, s2, version, convention, threshold and a step
 window (start, end, ramp) as fractions of the schedule. Preset files are opened only from Forge's
@@ -36,11 +37,19 @@ try:
     from freeu.settings import AUTO, DEFAULTS, Settings, controls_settings, resolve
 except ImportError as error:  # Forge prints this at start-up, naming the script
     raise ImportError(
-        "FreeU (freeu) needs the freeu library in Forge's Python: run `pip install /path/to/the/freeu/repository` "
-        "with the Python of Forge's environment (venv/bin/python), then restart Forge"
+        f"FreeU (freeu) needs the freeu library in Forge's Python ({error}): restart Forge without --skip-install (it "
+        "runs the extension's install.py), or install freeu with the Python of Forge's environment "
+        "(venv/bin/python -m pip install freeu on Linux and macOS, venv\\Scripts\\python -m pip install freeu on "
+        "Windows), then restart Forge"
     ) from error
 
 TITLE = "FreeU (freeu)"
+#: The freeu version this extension was made for (``install.py`` installs it).
+FREEU_VERSION = "0.1.0"
+if freeu.__version__ != FREEU_VERSION:  # a copied extension and a pip-installed library can drift apart
+    print(f"{TITLE}: this extension was made for freeu {FREEU_VERSION}, but Forge's Python has freeu "
+          f"{freeu.__version__}; restart Forge without --skip-install so that the extension's install.py installs "
+          f"freeu {FREEU_VERSION}, or update the extension")  # fmt: skip
 CUSTOM = "custom"
 PRESETS = [AUTO, CUSTOM, *sorted(freeu.PRESETS)]
 FACTORS = ("b1", "b2", "s1", "s2")
@@ -227,7 +236,8 @@ class FreeUScript(scripts.Script):
             with gr.Row():
                 version = gr.Radio(label="Version", choices=["2", "1"], value=ARGS["version"], interactive=editable)
                 convention = gr.Radio(
-                    label="Stages", choices=["official", "diffusers"], value=ARGS["convention"], interactive=editable,
+                    label="Stage convention", choices=["official", "diffusers"], value=ARGS["convention"],
+                    interactive=editable,
                     info="official: by backbone width (the authors, Forge); diffusers: by decoder level",
                 )  # fmt: skip
                 threshold = gr.Slider(label="Threshold", minimum=1, maximum=16, step=1, value=ARGS["threshold"])

@@ -1,6 +1,7 @@
-"""The ComfyUI pack as the Comfy Registry and ComfyUI Manager receive it, without a ComfyUI: the Registry's fields
+"""The host packs as their users receive them, without the hosts. The ComfyUI pack: the Registry's fields
 (its documented specification: https://docs.comfy.org/registry/specifications), the versions that must agree with
-the library's, the exported folder and zip, and the example workflow in the frontend's UI format."""
+the library's, the exported folder and zip, and the example workflow in the frontend's UI format. The Forge
+extension: the version its installer installs, and its export as a repository whose root is the extension."""
 
 from __future__ import annotations
 
@@ -81,3 +82,28 @@ def test_the_example_workflow_is_in_the_ui_format_and_shows_what_runs() -> None:
     for link_id, source, slot, target, target_slot, kind in ui["links"]:
         assert link_id in nodes[source]["outputs"][slot]["links"] and nodes[target]["inputs"][target_slot]["link"] == (
             link_id) and nodes[source]["outputs"][slot]["type"] == kind  # fmt: skip
+
+
+# -- the Forge extension ----------------------------------------------------------------------------------------------
+
+FORGE = ROOT / "integrations" / "forge"
+
+
+def test_the_forge_extension_installs_the_library_version_it_expects() -> None:
+    for name in ("install.py", "scripts/freeu_forge.py"):
+        text = (FORGE / name).read_text()
+        assert re.search(rf'^FREEU_VERSION = "{re.escape(freeu.__version__)}"$', text, flags=re.MULTILINE), name
+    installer = (FORGE / "install.py").read_text()
+    assert "launch.run_pip(" in installer and "freeu=={FREEU_VERSION}" in installer  # Forge's own pip helper
+    # the repository's root holds nothing Forge would load as an extension's scripts if it were cloned as one
+    assert not (ROOT / "scripts").exists() and not (ROOT / "install.py").exists()
+
+
+def test_the_forge_export_is_a_repository_whose_root_is_the_extension(tmp_path) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "export_hosts.py"), "forge", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(tmp_path / "freeu"), str(clone)], check=True)
+    files = sorted(p.relative_to(clone).as_posix() for p in clone.rglob("*") if p.is_file() and ".git" not in p.parts)
+    assert files == ["LICENSE", "README.md", "install.py", "scripts/freeu_forge.py"]
