@@ -32,7 +32,6 @@ from freeu.apps.runtime import Model, Request, Step, UNetModel, load_demo, predi
 
 pytest.importorskip("diffusers")
 
-DEMO_WEIGHTS = Path(__file__).resolve().parents[2] / "src" / "freeu" / "apps" / "demo" / "weights" / "unet.safetensors"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -405,9 +404,6 @@ def test_tiny_sd_pipeline_in_latent_and_pixel_space(sd_folder, tmp_path, capsys)
     assert "--size 36x36 must be a multiple of 16" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(
-    not DEMO_WEIGHTS.is_file(), reason=f"the demo model's weights are not exported yet ({DEMO_WEIGHTS})"
-)
 def test_demo_model_skip_carries_the_high_frequencies_and_b_raises_the_curve() -> None:
     """Measured on the bundled weights (EMA of step 5000); docs/analyze.md discusses it."""
     sampler = load_demo(device="cpu")
