@@ -36,6 +36,8 @@ except ImportError as error:  # ComfyUI logs this and goes on without the node
 CUSTOM = "custom"
 #: ComfyUI's model-folder name for preset files: ``models/freeu_presets`` unless ``extra_model_paths.yaml`` adds more.
 PRESET_FOLDER = "freeu_presets"
+#: The option ComfyUI's own nodes give rarely used inputs (the frontend can fold them away).
+ADVANCED = {"advanced": True}
 #: The ``preset_file`` choice that leaves ``preset`` in charge.
 NO_FILE = "none"
 #: The node's words for FreeU's fields where they differ (errors name the input the user sees).
@@ -133,7 +135,12 @@ class FreeUNode(IO.ComfyNode):
                     tooltip="stage by backbone width (authors, ComfyUI, A1111) or by decoder level (diffusers)",
                 ),
                 IO.Int.Input(
-                    "threshold", default=DEFAULTS["threshold"], min=1, max=64, tooltip="half-width of the damped square"
+                    "threshold",
+                    default=DEFAULTS["threshold"],
+                    min=1,
+                    max=64,
+                    tooltip="half-width of the damped square",
+                    extra_dict=ADVANCED,
                 ),
                 IO.Float.Input(
                     "start_percent",
@@ -158,6 +165,7 @@ class FreeUNode(IO.ComfyNode):
                     max=0.5,
                     step=0.001,
                     tooltip="linear fade at both ends of the window, as a fraction of the schedule",
+                    extra_dict=ADVANCED,
                 ),
                 IO.String.Input(
                     "stages",
@@ -167,6 +175,7 @@ class FreeUNode(IO.ComfyNode):
                     "'3:b=1.1,s=0.9; 1:high=1.1,window=0.25/0.5,cutoff=0.1': b, s, high (gain of the skip's other "
                     "frequencies), window (OFFSET/WIDTH of the scaled backbone channels), cutoff (the square as a "
                     "fraction of the map)",
+                    extra_dict=ADVANCED,
                 ),
                 IO.Combo.Input(
                     "preset_file",
@@ -177,6 +186,7 @@ class FreeUNode(IO.ComfyNode):
                     "when set, it replaces preset and its settings replace the factors, version and convention; "
                     "threshold and the window come from the file unless set here to other than their defaults (as "
                     "with every preset)",
+                    extra_dict=ADVANCED,
                 ),
             ],  # fmt: skip
             outputs=[IO.Model.Output()],

@@ -33,7 +33,6 @@ from freeu.apps.runtime import Model, Request, Step, UNetModel, load_demo, predi
 pytest.importorskip("diffusers")
 
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

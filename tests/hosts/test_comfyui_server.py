@@ -257,6 +257,13 @@ def test_installed_as_comfyui_manager_does(comfyui, model_file, tmp_path) -> Non
     listed = nodes["FreeU_freeu"]["input"]
     assert set(listed["required"]) >= {"model", "preset", "b1", "s2", "start_percent"}
     assert set(listed["optional"]) == {"stages", "preset_file"}
+    inputs = {**listed["required"], **listed["optional"]}
+    assert sorted(k for k, v in inputs.items() if len(v) > 1 and v[1].get("advanced")) == [
+        "preset_file",
+        "ramp",
+        "stages",
+        "threshold",
+    ]  # folded away as ComfyUI folds its own rarely used inputs
     api = _ui_to_api(ui, nodes)  # every node type and widget of the example exists in this ComfyUI
     assert api[str(example["id"])]["inputs"]["preset"] == "sd15"
     settings = {k: v for k, v in api[str(example["id"])]["inputs"].items() if k != "model"}
