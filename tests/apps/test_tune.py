@@ -169,6 +169,11 @@ def test_tune_searches_on_search_seeds_confirms_on_others_and_writes_the_winner(
     verdict = "beats FreeU off" if difference["high"] < 0 else "Nothing the search found beat FreeU off"
     assert verdict in report and verdict in printed
     assert f"| tuned ({record['winner']}) | {freeu.FreeUConfig(**winner).label()} |" in report
+    # an unguided tune: the report states the images made and each rung's best as a difference from FreeU off
+    assert f"{rung_cost(rungs)} images per prompt (FreeU off included)" in report
+    assert "| best Δ vs off |" in report and "| best score |" not in report
+    best = record["winner"]
+    assert f"| {best} | {last[best] - record['rungs'][-1]['off']:+.4g} |" in report
     assert (out / "search.png").stat().st_size > 5000 and (out / "confirm" / "samples.png").stat().st_size > 1000
 
 
