@@ -7,7 +7,15 @@ import pytest
 import torch
 
 import freeu
-from freeu.apps.guidance import GuidanceTrace, decompose, guided_change, measure_guidance
+from freeu.apps.guidance import (
+    GuidanceStep,
+    GuidanceTrace,
+    band_split,
+    decompose,
+    guided_change,
+    guided_change_by_band,
+    measure_guidance,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -69,6 +77,63 @@ def pipeline(request, tmp_path_factory):
     return request.param, load_model(str(build(tmp_path_factory.mktemp(request.param) / "pipe")))
 
 
+def _guided_pair(direction: torch.Tensor, uncond: torch.Tensor, change: torch.Tensor, scale: float, gen):
+    """Branch predictions with FreeU on whose guided prediction differs from FreeU off's by exactly ``change``."""
+    uncond_on = uncond + 0.5 * torch.randn(uncond.shape, generator=gen, dtype=torch.float64)
+    cond_on = (uncond + scale * direction + change - (1 - scale) * uncond_on) / scale
+    return uncond_on, cond_on
+
+
+def test_the_bands_split_each_map_exactly_into_orthogonal_low_and_high_frequencies() -> None:
+    x = torch.randn(2, 3, 16, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for cutoff, square in ((0.0, (1, 1)), (0.5, (4, 3))):
+        low, high = band_split(x, cutoff)
+        assert torch.allclose(low + high, x, atol=1e-12)
+        assert (low * high).sum(dim=(-2, -1)).abs().max().item() < 1e-10  # disjoint frequencies: orthogonal
+        # an independent oracle: the low band keeps exactly the centred (2 * rows + 1) x (2 * cols + 1) bins
+        spectrum = torch.fft.fftshift(torch.fft.fft2(x), dim=(-2, -1))
+        mask = torch.zeros(16, 12, dtype=torch.bool)
+        mask[8 - square[0] : 8 + square[0] + 1, 6 - square[1] : 6 + square[1] + 1] = True
+        expected = torch.fft.ifft2(torch.fft.ifftshift(spectrum * mask, dim=(-2, -1))).real
+        assert torch.allclose(low, expected, atol=1e-10), cutoff
+    with pytest.raises(ValueError, match="cutoff must be a number in \\[0, 1\\]"):
+        band_split(x, 1.5)
+
+
+@pytest.mark.parametrize("band", ["low", "high"])
+def test_stronger_guidance_in_one_band_reads_there_and_the_base_scale_in_the_other(band) -> None:
+    """FreeU's change is exactly ``k`` times the guidance direction's low (or high) frequencies: the meter reads
+    ``k`` extra guidance in that band and none in the other, and the whole-map figure is the energy-weighted mix."""
+    gen = torch.Generator().manual_seed(1)
+    shape, scale = (3, 4, 16, 16), 6.0
+    uncond = torch.randn(shape, generator=gen, dtype=torch.float64)
+    direction = torch.randn(shape, generator=gen, dtype=torch.float64)
+    direction = direction + 3 * band_split(direction, 0.25)[0]  # guidance with strong low frequencies, as in images
+    k = torch.tensor([0.8, -0.5, 2.0], dtype=torch.float64)
+    parts = dict(zip(("low", "high"), band_split(direction, 0.25), strict=True))
+    change = k[:, None, None, None] * parts[band]
+    bands = guided_change_by_band(uncond, uncond + direction, *_guided_pair(direction, uncond, change, scale, gen),
+                                  scale, cutoff=0.25)  # fmt: skip
+    other = "high" if band == "low" else "low"
+    assert torch.allclose(bands[band][0], k, atol=1e-10) and bands[band][1].abs().max().item() < 1e-20
+    assert bands[other][0].abs().max().item() < 1e-10  # the other band: FreeU off's own scale
+    whole, _, _ = guided_change(uncond, uncond + direction, *_guided_pair(direction, uncond, change, scale, gen),
+                                scale)  # fmt: skip
+    energy = parts[band].flatten(1).square().sum(1) / direction.flatten(1).square().sum(1)
+    assert torch.allclose(whole, k * energy, atol=1e-10)
+
+
+def test_the_weighted_aggregate_weights_steps_by_their_guidance_size() -> None:
+    steps = [GuidanceStep(0, 999, 1.0, 6.0, 0.5, 0.1, direction_norm=1.0, extra_low=2.0, extra_high=0.5),
+             GuidanceStep(1, 500, 3.0, 8.0, 0.5, 0.1, direction_norm=3.0, extra_low=4.0, extra_high=-0.5)]  # fmt: skip
+    trace = GuidanceTrace(5.0, steps)
+    assert trace.equivalent == 7.0 and trace.equivalent_weighted == 5.0 + (1 * 1 + 3 * 3) / 4
+    assert trace.band_equivalent("low") == 8.0 and trace.band_equivalent("high") == 5.0
+    assert trace.as_dict()["equivalent_weighted"] == 7.5 and "extra_low" in trace.csv().splitlines()[0]
+    with pytest.raises(ValueError, match="band must be one of"):
+        trace.band_equivalent("mid")
+
+
 def test_the_meter_on_a_pipeline_equals_the_step_recomputed_by_hand(pipeline) -> None:
     from freeu.apps.runtime import Request
 
@@ -101,6 +166,11 @@ def test_the_meter_on_a_pipeline_equals_the_step_recomputed_by_hand(pipeline) ->
     assert step.extra == pytest.approx(extra.mean().item(), rel=1e-5, abs=1e-6)
     assert step.orthogonal_share == pytest.approx(share.mean().item(), rel=1e-5, abs=1e-6)
     assert step.equivalent == pytest.approx(5.0 + step.extra)
+    bands = guided_change_by_band(*off.chunk(2), *on.chunk(2), 5.0)  # the default band: FreeU's own square
+    assert step.extra_low == pytest.approx(bands["low"][0].mean().item(), rel=1e-5, abs=1e-6)
+    assert step.extra_high == pytest.approx(bands["high"][0].mean().item(), rel=1e-5, abs=1e-6)
+    direction = (off.chunk(2)[1] - off.chunk(2)[0]).double().flatten(1).norm(dim=1).mean().item()
+    assert step.direction_norm == pytest.approx(direction, rel=1e-5)
     assert trace.equivalent == pytest.approx(5.0 + sum(s.extra for s in trace.steps) / 3)
     assert any(abs(s.extra) > 1e-3 for s in trace.steps) and all(0 < s.orthogonal_share <= 1 for s in trace.steps)
     # b = s = 1 changes nothing: no extra guidance, nothing orthogonal
@@ -128,7 +198,7 @@ def test_analyze_writes_the_meter_figure_and_its_numbers(pipeline, tmp_path, cap
     name, model = pipeline
     out = tmp_path / "analysis"
     argv = ["analyze", "--model", model.name, "--prompt", "a cat", "--only", "guidance", "--steps", "3", "--count",
-            "2", "--guidance", "6", "--out", str(out)]  # fmt: skip
+            "2", "--guidance", "6", "--band-cutoff", "0.25", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
     meter = json.loads((out / "analysis.json").read_text())["guidance"]
@@ -141,6 +211,17 @@ def test_analyze_writes_the_meter_figure_and_its_numbers(pipeline, tmp_path, cap
     assert meter["equivalent"] == pytest.approx(sum(s["equivalent"] for s in meter["steps"]) / 3)
     assert f"guidance: FreeU's change of the guided prediction equals guidance {meter['equivalent']:.3f}" in printed
     assert (out / "guidance.png").stat().st_size > 5000
+    # per band (the cutoff asked for) and with steps weighted by the guidance direction's size
+    assert meter["band_cutoff"] == 0.25
+    assert meter["equivalent_low"] == pytest.approx(6.0 + sum(float(r["extra_low"]) for r in rows) / 3, rel=1e-5)
+    assert meter["equivalent_high"] == pytest.approx(6.0 + sum(float(r["extra_high"]) for r in rows) / 3, rel=1e-5)
+    weights = [float(r["direction_norm"]) for r in rows]
+    weighted = 6.0 + sum(w * float(r["extra"]) for w, r in zip(weights, rows, strict=True)) / sum(weights)
+    assert meter["equivalent_weighted"] == pytest.approx(weighted, rel=1e-5)
+    assert f"{meter['equivalent_low']:.3f} in the low band (cutoff 0.25 of the map)" in printed
+    with pytest.raises(SystemExit) as refused:  # argparse's refusal, before anything loads
+        main([*argv[:-2], "--band-cutoff", "2", "--out", str(out)])
+    assert refused.value.code == 2 and "must be a fraction of the map's half-size in [0, 1]" in capsys.readouterr().err
     # the same seeds sampled again give the same numbers (the meter is deterministic on a CPU)
     request = Request(steps=3, prompt="a cat", guidance=6.0)
     again = measure_guidance(model, [0, 1], request, freeu.get_preset(name).config)

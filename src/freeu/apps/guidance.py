@@ -12,8 +12,17 @@ evaluates the U-Net on the same inputs with FreeU on and off, and splits FreeU's
   ``|orthogonal|^2 / |delta|^2`` (the parallel share is one minus it; 0 where FreeU changes nothing).
 
 A step's numbers are the means over the samples of the batch; a run's equivalent scale is the mean over its steps
-(every step counts the same, as every step moves the sample once), and so is its orthogonal share. ``docs/eval.md``
-relates this to GA-Eval's calibration.
+(every step counts the same, as every step moves the sample once), and so is its orthogonal share. A second
+aggregate weights each step by the size of its guidance direction ``|d_off|`` (a step where guidance is large
+counts more); both are reported, as they differ where FreeU's extra guidance changes over the trajectory.
+
+**Per frequency band.** Guidance's low frequencies drive colour and saturation and its high ones detail (FDG, arXiv
+2506.19713). :func:`band_split` splits a prediction's maps exactly into the symmetric square of low frequencies that
+a ``cutoff`` gives (a fraction of the map, as a stage's ``cutoff``; 0, the default, is the 3 x 3 lowest, where
+FreeU's ``s`` acts) and the rest; the two parts have disjoint frequencies, so they are orthogonal and add up to the
+whole. :func:`guided_change_by_band` decomposes FreeU's change in each band
+against the guidance direction in that band: ``extra_low`` is how much stronger FreeU makes guidance's low
+frequencies, ``extra_high`` its high ones. ``docs/eval.md`` relates this to GA-Eval's calibration.
 """
 
 from __future__ import annotations
@@ -28,11 +37,24 @@ from typing import Any
 import torch
 
 from freeu.config import FreeUConfig
+from freeu.fourier import cutoff_threshold
 from freeu.hooks import apply
 
 from .runtime import Model, Request
 
-__all__ = ["GuidanceStep", "GuidanceTrace", "decompose", "guided_change", "measure_guidance"]
+__all__ = [
+    "BANDS",
+    "GuidanceStep",
+    "GuidanceTrace",
+    "band_split",
+    "decompose",
+    "guided_change",
+    "guided_change_by_band",
+    "measure_guidance",
+]
+
+#: The bands :func:`guided_change_by_band` reports, in order.
+BANDS = ("low", "high")
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +91,38 @@ def guided_change(
     return extra, share, size
 
 
+def band_split(x: torch.Tensor, cutoff: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(low, high)`` of each ``H x W`` map of ``x`` (``(..., H, W)``), in float64 on the CPU: the frequencies
+    ``(k, m)`` with ``|k| <= rows`` and ``|m| <= cols`` (:func:`freeu.fourier.cutoff_threshold`'s half-widths of
+    ``cutoff``, a fraction of the map; 0 gives the 3 x 3 lowest, the square FreeU's ``s`` damps) and the rest.
+    ``low + high == x`` and the two are orthogonal: the square is symmetric, so each part is a real projection.
+    (FreeU's own filter, with the authors' mask, is not: its square runs from ``-t`` to ``t - 1``, and taking the real
+    part gives the frequencies at ``+t`` half their gain.)"""
+    if x.dim() < 2:
+        raise ValueError(f"band_split needs maps (..., H, W), got shape {tuple(x.shape)}")
+    whole = x.detach().to("cpu", torch.float64)
+    height, width = whole.shape[-2:]
+    rows, cols = cutoff_threshold(height, width, cutoff)
+    k = torch.fft.fftfreq(height, 1 / height).abs() <= rows
+    m = torch.fft.fftfreq(width, 1 / width).abs() <= cols
+    low = torch.fft.ifft2(torch.fft.fft2(whole) * (k[:, None] & m[None, :])).real
+    return low, whole - low
+
+
+def guided_change_by_band(
+    uncond_off: torch.Tensor, cond_off: torch.Tensor, uncond_on: torch.Tensor, cond_on: torch.Tensor, scale: float,
+    cutoff: float = 0.0,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+    """``{"low": (extra, orthogonal share), "high": (...)}`` per sample: :func:`guided_change`'s decomposition of
+    FreeU's change of the guided prediction, in each frequency band of :func:`band_split` against the guidance
+    direction in that band."""
+    off = uncond_off.double() + scale * (cond_off.double() - uncond_off.double())
+    on = uncond_on.double() + scale * (cond_on.double() - uncond_on.double())
+    change = band_split(on - off, cutoff)
+    direction = band_split(cond_off.double() - uncond_off.double(), cutoff)
+    return {band: decompose(change[i], direction[i]) for i, band in enumerate(BANDS)}
+
+
 @dataclass
 class GuidanceStep:
     """One denoising step: its index and timestep, and the means over the batch's samples."""
@@ -80,6 +134,11 @@ class GuidanceStep:
     orthogonal_share: float
     relative_change: float
     per_sample_extra: list[float] = field(default_factory=list)
+    #: the mean size ``|d_off|`` of the step's guidance direction (the weight of the weighted aggregate)
+    direction_norm: float = math.nan
+    #: the extra guidance in the low and the high band (:func:`guided_change_by_band`), means over the batch
+    extra_low: float = math.nan
+    extra_high: float = math.nan
 
 
 @dataclass
@@ -89,6 +148,8 @@ class GuidanceTrace:
     scale: float
     steps: list[GuidanceStep]
     config: dict[str, Any] | None = None
+    #: the cutoff of the low band (:func:`band_split`)
+    band_cutoff: float = 0.0
 
     @property
     def equivalent(self) -> float:
@@ -100,25 +161,46 @@ class GuidanceTrace:
         return sum(s.extra for s in self.steps) / len(self.steps) if self.steps else math.nan
 
     @property
+    def equivalent_weighted(self) -> float:
+        """The equivalent scale with each step weighted by the size of its guidance direction ``|d_off|``."""
+        weights = [s.direction_norm for s in self.steps]
+        if not self.steps or not all(math.isfinite(w) for w in weights) or sum(weights) <= 0:
+            return math.nan
+        return self.scale + sum(w * s.extra for w, s in zip(weights, self.steps, strict=True)) / sum(weights)
+
+    def band_equivalent(self, band: str) -> float:
+        """The equivalent scale of one frequency band (``"low"`` or ``"high"``), the mean over the steps."""
+        if band not in BANDS:
+            raise ValueError(f"band must be one of {BANDS}, got {band!r}")
+        values = [getattr(s, f"extra_{band}") for s in self.steps]
+        return self.scale + sum(values) / len(values) if values else math.nan
+
+    @property
     def orthogonal_share(self) -> float:
         return sum(s.orthogonal_share for s in self.steps) / len(self.steps) if self.steps else math.nan
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "scale": self.scale, "equivalent": self.equivalent, "extra": self.extra,
-            "orthogonal_share": self.orthogonal_share, "freeu": self.config,
+            "equivalent_weighted": self.equivalent_weighted, "orthogonal_share": self.orthogonal_share,
+            "band_cutoff": self.band_cutoff, "equivalent_low": self.band_equivalent("low"),
+            "equivalent_high": self.band_equivalent("high"), "freeu": self.config,
             "steps": [asdict(s) for s in self.steps],
         }  # fmt: skip
 
     def csv(self) -> str:
-        rows = ["step,timestep,extra,equivalent_scale,orthogonal_share,relative_change"]
+        columns = "step,timestep,extra,equivalent_scale,orthogonal_share,relative_change,direction_norm"
+        rows = [f"{columns},extra_low,extra_high"]
         rows += [f"{s.index},{s.timestep},{s.extra:.6g},{s.equivalent:.6g},{s.orthogonal_share:.6g},"
-                 f"{s.relative_change:.6g}" for s in self.steps]  # fmt: skip
+                 f"{s.relative_change:.6g},{s.direction_norm:.6g},{s.extra_low:.6g},{s.extra_high:.6g}"
+                 for s in self.steps]  # fmt: skip
         return "\n".join(rows) + "\n"
 
 
 @contextlib.contextmanager
-def _metered(unet: torch.nn.Module, scale: float, record: Callable[[GuidanceStep], None]) -> Iterator[None]:
+def _metered(
+    unet: torch.nn.Module, scale: float, record: Callable[[GuidanceStep], None], band_cutoff: float = 0.0
+) -> Iterator[None]:
     """While open, every call of ``unet`` on a classifier-free-guidance batch (the unconditional half first, as
     diffusers' pipelines build it) is repeated with FreeU off on the same inputs, and the step is recorded."""
     state = {"inside": False, "index": 0}
@@ -140,10 +222,13 @@ def _metered(unet: torch.nn.Module, scale: float, record: Callable[[GuidanceStep
         uncond_on, cond_on = on.chunk(2)
         uncond_off, cond_off = off.chunk(2)
         extra, share, size = guided_change(uncond_off, cond_off, uncond_on, cond_on, scale)
+        bands = guided_change_by_band(uncond_off, cond_off, uncond_on, cond_on, scale, band_cutoff)
+        norm = (cond_off.double() - uncond_off.double()).flatten(1).norm(dim=1).mean().item()
         timestep = args[1] if len(args) > 1 else kwargs.get("timestep", kwargs.get("timesteps"))
         t = int(torch.as_tensor(timestep).flatten()[0]) if timestep is not None else -1
         record(GuidanceStep(state["index"], t, extra.mean().item(), scale + extra.mean().item(), share.mean().item(),
-                            size.mean().item(), extra.tolist()))  # fmt: skip
+                            size.mean().item(), extra.tolist(), norm, bands["low"][0].mean().item(),
+                            bands["high"][0].mean().item()))  # fmt: skip
         state["index"] += 1
 
     handle = unet.register_forward_hook(hook, with_kwargs=True)
@@ -159,11 +244,13 @@ def measure_guidance(
     request: Request,
     config: FreeUConfig,
     on_step: Callable[[int], None] | None = None,
+    band_cutoff: float = 0.0,
 ) -> GuidanceTrace:
     """Sample ``seeds`` with FreeU (``config``) on and measure every step (:mod:`freeu.apps.guidance`).
 
     ``model`` must be a guided pipeline sampled with a guidance scale above 1 (diffusers runs no guidance at or below
-    1). The U-Net runs twice per step; the samples are those of FreeU on.
+    1). The U-Net runs twice per step; the samples are those of FreeU on. ``band_cutoff``: the low band's square
+    as a fraction of the map (:func:`band_split`; 0 is FreeU's own square), for the per-band numbers.
     """
     if not model.guided:
         raise ValueError(f"the guidance meter needs a model sampled with classifier-free guidance; {model.name} "
@@ -180,6 +267,7 @@ def measure_guidance(
         if on_step is not None:
             on_step(1)
 
-    with _metered(model.unet, scale, record):
+    cutoff_threshold(2, 2, band_cutoff)  # a cutoff out of [0, 1] is refused before sampling
+    with _metered(model.unet, scale, record, band_cutoff):
         model.sample(list(seeds), request, freeu=config, output="tensor")
-    return GuidanceTrace(scale, steps, config.to_dict())
+    return GuidanceTrace(scale, steps, config.to_dict(), band_cutoff)

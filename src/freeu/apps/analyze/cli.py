@@ -94,6 +94,12 @@ def summary(results: dict[str, Any]) -> list[str]:
             f"{meter['scale']:g} ({meter['extra']:+.3f}) along the guidance direction; "
             f"{meter['orthogonal_share']:.0%} of it (squared norm, mean over steps) is orthogonal to that direction"
         )
+        if "equivalent_low" in meter:
+            lines.append(
+                f"guidance by step weight and band: {meter['equivalent_weighted']:.3f} with steps weighted by the "
+                f"guidance direction's size; {meter['equivalent_low']:.3f} in the low band (cutoff "
+                f"{meter['band_cutoff']:g} of the map), {meter['equivalent_high']:.3f} in the high band"
+            )
     feats = results.get("features")
     if feats is not None:
         for stage, numbers in feats["stages"].items():
@@ -116,6 +122,16 @@ def _cutoff(text: str) -> float:
         value = float("nan")
     if not 0.0 < value < math.sqrt(2.0):
         raise argparse.ArgumentTypeError(f"must be a fraction of the Nyquist frequency in (0, 1.414), got {text!r}")
+    return value
+
+
+def _band_cutoff(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction of the map's half-size in [0, 1], got {text!r}")
     return value
 
 
@@ -156,6 +172,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="latent, pixel or both (default: both where a VAE exists, else pixel)")  # fmt: skip
     a.add_argument("--cutoff", type=_cutoff, default=0.25,
                    help="low/high split radius, a fraction of Nyquist (default 0.25)")  # fmt: skip
+    a.add_argument("--band-cutoff", type=_band_cutoff, default=0.0,
+                   help="guidance: the low band's square of frequencies as a fraction of the map's half-size on each "
+                   "axis (default 0: the 3 x 3 lowest, where FreeU's s acts)")  # fmt: skip
     a.add_argument("--noisy", action="store_true", help="trajectory: also analyse the noisy sample x_t")
     a.add_argument("--columns", type=positive_int, default=8, help="steps shown in the trajectory strip (default 8)")
     a.add_argument("--b-values", type=factor_values, default=[1.0, 1.2, 1.4, 1.6],
@@ -248,7 +267,8 @@ def _measure(args: argparse.Namespace, model: Model, seeds: list[int], request: 
             from ..guidance import measure_guidance
 
             bar.set_description("guidance meter")
-            trace = measure_guidance(model, seeds, request, config, on_step=lambda n: bar.update(2 * n))
+            trace = measure_guidance(model, seeds, request, config, on_step=lambda n: bar.update(2 * n),
+                                     band_cutoff=args.band_cutoff)  # fmt: skip
             results["guidance"] = trace.as_dict()
             (Path(args.out) / "guidance.csv").write_text(trace.csv())
     return results
