@@ -18,7 +18,7 @@ from ..evaluate.cli import confidence_level, eval_size_arg, guidance_baselines_a
 from ..evaluate.request import MetricOptions, StatisticsOptions
 from ..runtime import DEMO, MODEL_HELP
 from .runner import EvalFailed, run_tune
-from .search import DEFAULT_SPACE, KEYS
+from .search import DEFAULT_SPACE, KEYS, schedule_for_budget
 from .settings import METRICS, TuneSettings
 
 __all__ = ["METRICS", "add_arguments", "build_parser", "main", "register", "run", "settings_from_args"]
@@ -51,6 +51,11 @@ def _protocol_arguments(g: Any) -> None:
     g.add_argument("--batch-size", type=options.positive_int, default=64, help="images per batch (default 64)")
 
 
+def _first_rung(per_candidate: int) -> int:
+    """The candidates the default budget gives (704 images, 64 seeds, eta 2, 16 seeds at least)."""
+    return schedule_for_budget(704, 64, 2, 16, per_candidate)[0].candidates
+
+
 def _search_arguments(s: Any) -> None:
     s.add_argument("--seeds", type=options.positive_int, default=64, help="search seeds per prompt: the last rung "
                    "scores its candidates on all of them (default 64)")  # fmt: skip
@@ -59,8 +64,9 @@ def _search_arguments(s: Any) -> None:
         "--budget",
         type=options.positive_int,
         default=704,
-        help="images the search may make, FreeU off "
-        "included, per prompt; it sets the number of candidates (default 704: 32 candidates at 64 seeds)",
+        help="images the search may make, FreeU off included, per prompt; it sets the number of candidates (default "
+        f"704: {_first_rung(1)} candidates at 64 seeds, {_first_rung(2)} where each is scored against FreeU off at its "
+        "own matched guidance)",
     )
     s.add_argument("--eta", type=int, choices=[2, 3, 4], default=2, help="each rung keeps 1/eta of its candidates "
                    "and the next has eta times the seeds (default 2)")  # fmt: skip
