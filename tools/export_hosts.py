@@ -47,16 +47,23 @@ def pack_versions(folder: Path) -> dict[str, str]:
     return {name: match.group(1) if match else "missing" for name, match in found.items()}
 
 
-def export_comfyui(out: Path) -> Path:
+def _copy(source: Path, versions: dict[str, str], out: Path) -> tuple[Path, str]:
+    """``source`` copied to ``out/freeu`` (replacing an earlier export) with the license, and the library version,
+    once every version ``source`` states (``versions``) is the library's; ``SystemExit`` naming those that differ."""
     version = library_version()
-    wrong = {name: v for name, v in pack_versions(COMFYUI).items() if v != version}
+    wrong = {name: v for name, v in versions.items() if v != version}
     if wrong:
-        raise SystemExit(f"integrations/comfyui states {wrong}, but freeu is {version}: make them agree")
-    pack = out / PACK_NAME
-    if pack.exists():
-        shutil.rmtree(pack)
-    shutil.copytree(COMFYUI, pack, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    shutil.copy(ROOT / "LICENSE", pack / "LICENSE")
+        raise SystemExit(f"{source.relative_to(ROOT)} states {wrong}, but freeu is {version}: make them agree")
+    folder = out / PACK_NAME
+    if folder.exists():
+        shutil.rmtree(folder)
+    shutil.copytree(source, folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copy(ROOT / "LICENSE", folder / "LICENSE")
+    return folder, version
+
+
+def export_comfyui(out: Path) -> Path:
+    pack, _ = _copy(COMFYUI, pack_versions(COMFYUI), out)
     archive = out / "freeu-comfyui.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
         for path in sorted(pack.rglob("*")):
@@ -77,15 +84,7 @@ def forge_versions(folder: Path) -> dict[str, str]:
 def export_forge(out: Path) -> Path:
     """The extension as its own git repository (one commit): ``git clone`` of it, which is what "Install from URL"
     does, gives ``install.py``, ``scripts/``, the README and the license at the root of ``extensions/NAME``."""
-    version = library_version()
-    wrong = {name: v for name, v in forge_versions(FORGE).items() if v != version}
-    if wrong:
-        raise SystemExit(f"integrations/forge states {wrong}, but freeu is {version}: make them agree")
-    repo = out / PACK_NAME
-    if repo.exists():
-        shutil.rmtree(repo)
-    shutil.copytree(FORGE, repo, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    shutil.copy(ROOT / "LICENSE", repo / "LICENSE")
+    repo, version = _copy(FORGE, forge_versions(FORGE), out)
     git = ["git", "-C", str(repo), "-c", "user.name=freeu", "-c", "user.email=freeu@localhost"]
     for command in (["init", "--quiet", "--initial-branch=main"], ["add", "--all"],
                     ["commit", "--quiet", "-m", f"FreeU (freeu) Forge extension for freeu {version}"]):  # fmt: skip

@@ -184,7 +184,7 @@ def test_the_ui_command_refuses_a_preset_folder_that_is_not_one(tmp_path, capsys
 # -- files a command reads back -------------------------------------------------------------------------------------
 
 
-def _no_sampling(monkeypatch) -> None:
+def _no_sampling(monkeypatch) -> type[Exception]:
     from freeu.apps import runtime
 
     class Sampled(Exception):
