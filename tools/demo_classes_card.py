@@ -7,9 +7,12 @@ Writes into the weights folder (``packages/demo-weights/src/freeu_demo_weights/w
 - ``classes.png``: for every class, samples of the shipped weights (FreeU off, the default guidance) beside real
   crops of the class's source picture;
 - ``card.json``: the distance to held-out patches of this model and of the unconditional demo model on the same
-  seeds (the training evaluation's metric), and the FreeU table: each setting's equivalent guidance (the guidance
-  meter) and its metric differences from FreeU off at that guidance, set-level and per image, with paired bootstrap
-  intervals (a ``freeu eval --guidance-baselines auto`` run, kept in ``--eval-out``).
+  seeds (the training evaluation's metric), and the FreeU tables: each setting's equivalent guidance (the guidance
+  meter: mean over steps, weighted by step, per band, per class) and its metric differences from FreeU off at that
+  guidance (matched per class and with one scale for all), and FreeU (the SD 1.5 factors) against FreeU off, against
+  FreeU off matched three ways, and with its extra guidance taken back (every band, low band), set-level and per
+  image, with paired bootstrap intervals and Holm-adjusted p-values over every difference of the card (three
+  ``freeu eval --guidance-baselines auto`` runs into one folder, ``--eval-out``, which share their images).
 
 ``--table-only`` remakes the FreeU table alone (it needs the weights, not the training run).
 """
@@ -55,44 +58,118 @@ def class_sheet(model, path: Path, steps: int, per_class: int = 6, real: int = 4
     picture.save(path)
 
 
-def freeu_table(weights: Path, out: Path, seeds: int, first: int, steps: int, classes: int) -> dict | None:
-    """The FreeU table: ``freeu eval`` of the demo's settings with FreeU off at each one's equivalent guidance
-    (``--guidance-baselines auto``, measured on one seed of every class); each setting against its matched baseline,
-    set-level and per image, with the eval's paired bootstrap intervals. ``None`` when the eval fails."""
+#: The card's comparisons of FreeU (the SD 1.5 factors) with FreeU off, each ``(label, run, configuration,
+#: baseline)``: the runs are ``freeu eval`` runs into one folder (``prompt``, ``global`` and ``steps`` matching).
+COMPARISONS = [
+    ("FreeU vs FreeU off", "prompt", "FreeU", "off"),
+    ("FreeU vs FreeU off at one matched scale for all classes", "global", "FreeU", "off@FreeU"),
+    ("FreeU vs FreeU off at each class's matched scale", "prompt", "FreeU", "off@FreeU"),
+    ("FreeU vs FreeU off following each class's guidance curve", "steps", "FreeU", "off@FreeU"),
+    ("FreeU, extra guidance taken back (every band), vs FreeU off", "prompt", "FreeU-compensated", "off"),
+    ("FreeU, extra guidance taken back (low band), vs FreeU off", "prompt", "FreeU-compensated-low", "off"),
+]
+METRICS = ("swd", "rapsd")
+
+
+def _spec(row) -> str:  # noqa: ANN001
+    s = row.settings
+    return f"b1={s['b1']} b2={s['b2']} s1={s['s1']} s2={s['s2']} version={s['version']}"
+
+
+def _eval(out: Path, common: list[str], mode: str, configs: list[str]) -> dict | None:
+    """One ``freeu eval`` run into ``out`` with ``--guidance-match mode``: its ``metrics.json`` (``None`` if it
+    failed). Runs into one folder share every image they have in common."""
     from freeu.apps.cli import main as freeu
 
-    argv = ["eval", "--model", str(weights), "--seeds", str(seeds), "--first-seed", str(first),
-            "--steps", str(steps), "--guidance-baselines", "auto", "--guidance-units", str(classes),
-            "--fid-features", "none", "--out", str(out), "--no-progress"]  # fmt: skip
-    for row in ROWS:
-        s = row.settings
-        argv += ["--config", f"{row.label.replace(' ', '-')}:b1={s['b1']} b2={s['b2']} s1={s['s1']} s2={s['s2']} "
-                 f"version={s['version']}"]  # fmt: skip
+    argv = [*common, "--guidance-match", mode]
+    for config in configs:
+        argv += ["--config", config]
     if freeu(argv) != 0:
         return None
-    metrics = {c["name"]: c for c in json.loads((out / "metrics.json").read_text())["configs"]}
-    meter = json.loads((out / "guidance.json").read_text())["configs"]
-    rows = []
-    for row in ROWS:
-        name = row.label.replace(" ", "-")
-        versus = metrics[name]["versus_matched_guidance"]
-        entry = {"label": row.label, "freeu": row.settings, "equivalent_guidance": meter[name]["equivalent"],
-                 "orthogonal_share": meter[name]["orthogonal_share"],
-                 "baseline_guidance": meter[name]["baseline_guidance"]}  # fmt: skip
-        for metric in ("swd", "rapsd"):
-            entry[f"set_{metric}"] = metrics[name]["set_level"][metric]["value"]
-            entry[f"set_{metric}_matched"] = metrics[versus["baseline"]]["set_level"][metric]["value"]
-            entry[f"set_{metric}_vs_matched"] = versus["set_level_difference"][metric]
-            entry[f"set_{metric}_vs_off"] = metrics[name]["set_level"][metric]["difference_vs_off"]
-            entry[f"{metric}_vs_matched"] = versus["per_image_paired"][metric]["mean"] | {
+    (out / f"metrics-{mode}.json").write_bytes((out / "metrics.json").read_bytes())
+    (out / f"report-{mode}.md").write_bytes((out / "report.md").read_bytes())
+    return json.loads((out / "metrics.json").read_text()) | {"argv": argv}
+
+
+def _difference(metrics: dict, name: str, baseline: str) -> dict:
+    """Set-level and per-image differences ``name - baseline`` with their intervals and p-values."""
+    configs = {c["name"]: c for c in metrics["configs"]}
+    entry = configs[name]
+    out = {}
+    for metric in METRICS:
+        if baseline == "off":
+            out[f"set_{metric}"] = entry["set_level"][metric]["difference_vs_off"]
+            out[metric] = entry["per_image_paired_vs_off"][metric]["mean"] | {
+                "better_share": entry["per_image_paired_vs_off"][metric]["better_share"]}  # fmt: skip
+        else:
+            versus = entry["versus_matched_guidance"]
+            assert versus["baseline"] == baseline, (versus["baseline"], baseline)
+            out[f"set_{metric}"] = versus["set_level_difference"][metric]
+            out[metric] = versus["per_image_paired"][metric]["mean"] | {
                 "better_share": versus["per_image_paired"][metric]["better_share"]}  # fmt: skip
-            entry[f"{metric}_vs_off"] = metrics[name]["per_image_paired_vs_off"][metric]["mean"]
-        rows.append(entry)
+        out[f"set_{metric}_value"] = entry["set_level"][metric]["value"]
+        out[f"set_{metric}_baseline"] = configs[baseline]["set_level"][metric]["value"]
+    return out
+
+
+def _holm(table: list[dict], keys: list[str]) -> int:
+    """Holm-adjusted p-values (``p_holm``) of every difference ``keys`` of the rows, in place; their number."""
+    from freeu.apps.evaluate.stats import holm
+
+    cells = [row[k] for row in table for k in keys]
+    for cell, adjusted in zip(cells, holm([c.get("p_value", float("nan")) for c in cells]), strict=True):
+        cell["p_holm"] = adjusted
+    return len(cells)
+
+
+def freeu_table(weights: Path, out: Path, seeds: int, first: int, steps: int, classes: int) -> dict | None:
+    """The FreeU tables: ``freeu eval`` of the demo's settings with FreeU off at each one's equivalent guidance
+    (``--guidance-baselines auto``, measured on one seed of every class), matched per class, with one scale for all
+    classes and per class and step, and FreeU with its extra guidance taken back; every difference with the eval's
+    paired bootstrap interval and a Holm-adjusted p-value over all the differences of the card. ``None`` when an
+    eval fails."""
+    common = ["eval", "--model", str(weights), "--seeds", str(seeds), "--first-seed", str(first),
+              "--steps", str(steps), "--guidance-baselines", "auto", "--guidance-units", str(classes),
+              "--fid-features", "none", "--out", str(out), "--no-progress"]  # fmt: skip
+    rows = {row.label.replace(" ", "-"): row for row in ROWS}
+    settings = [f"{name}:{_spec(row)}" for name, row in rows.items()]
+    freeu_spec = _spec(rows["FreeU"])
+    runs = {
+        "prompt": _eval(out, common, "prompt", [*settings, f"FreeU-compensated:{freeu_spec} compensate=global",
+                                                 f"FreeU-compensated-low:{freeu_spec} compensate=low"]),
+        "global": _eval(out, common, "global", settings),
+        "steps": _eval(out, common, "steps", [f"FreeU:{freeu_spec}"]),
+    }  # fmt: skip
+    if any(r is None for r in runs.values()):
+        return None
+    meter = runs["prompt"]["header"]["guidance_meter"]
+    settings_rows = []
+    for name, row in rows.items():
+        reading = meter[name]
+        entry = {"label": row.label, "freeu": row.settings, "equivalent_guidance": reading["equivalent"],
+                 "equivalent_weighted": reading["equivalent_weighted"], "equivalent_low": reading["equivalent_low"],
+                 "equivalent_high": reading["equivalent_high"], "orthogonal_share": reading["orthogonal_share"],
+                 "per_class": {e["prompt"]: e["equivalent"] for e in reading["per_prompt"]},
+                 "global_guidance": runs["global"]["header"]["guidance_meter"][name]["baseline_guidance"],
+                 "vs_matched_per_class": _difference(runs["prompt"], name, f"off@{name}"),
+                 "vs_matched_global": _difference(runs["global"], name, f"off@{name}"),
+                 "vs_off": _difference(runs["prompt"], name, "off")}  # fmt: skip
+        settings_rows.append(entry)
+    comparisons = [{"label": label, **_difference(runs[run], name, baseline)}
+                   for label, run, name, baseline in COMPARISONS]  # fmt: skip
+    keys = [*(f"set_{m}" for m in METRICS), *METRICS]
+    count = _holm(comparisons + [r["vs_matched_per_class"] for r in settings_rows]
+                  + [r["vs_matched_global"] for r in settings_rows], keys)  # fmt: skip
     return {
         "units": f"{seeds} seeds ({first}-{first + seeds - 1}) x {classes} classes",
-        "command": "freeu " + " ".join(argv),
-        "off": {m: metrics["off"]["set_level"][m]["value"] for m in ("swd", "rapsd")},
-        "rows": rows,
+        "commands": {mode: "freeu " + " ".join(run["argv"]) for mode, run in runs.items()},
+        "off": {
+            m: next(c for c in runs["prompt"]["configs"] if c["name"] == "off")["set_level"][m]["value"]
+            for m in METRICS
+        },  # fmt: skip
+        "rows": settings_rows,
+        "comparisons": comparisons,
+        "holm_family": count,
     }
 
 

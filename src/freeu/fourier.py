@@ -29,7 +29,7 @@ from typing import Literal
 
 import torch
 
-__all__ = ["cutoff_threshold", "fourier_filter", "filtered_frequencies"]
+__all__ = ["cutoff_threshold", "fourier_filter", "filtered_frequencies", "low_band"]
 
 FilterMethod = Literal["auto", "projection", "fft"]
 _METHODS = ("auto", "projection", "fft")
@@ -62,19 +62,31 @@ def cutoff_threshold(height: int, width: int, cutoff: float) -> tuple[int, int]:
     return max(1, math.floor(height // 2 * cutoff)), max(1, math.floor(width // 2 * cutoff))
 
 
+def _symmetric_bins(height: int, width: int, threshold: tuple[int, int]) -> list[tuple[int, int]]:
+    """The bins ``(k mod H, m mod W)`` with ``|k| <= rows`` and ``|m| <= cols``, each once: a square that holds every
+    bin's mirror."""
+    rows, cols = threshold
+    ks = sorted({k % height for k in range(-min(rows, height), min(rows, height) + 1)})
+    ms = sorted({m % width for m in range(-min(cols, width), min(cols, width) + 1)})
+    return [(k, m) for k in ks for m in ms]
+
+
 @functools.lru_cache(maxsize=128)
 def _mode_basis(
-    height: int, width: int, threshold: tuple[int, int], device: torch.device, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
+    height: int, width: int, threshold: tuple[int, int], device: torch.device, dtype: torch.dtype,
+    symmetric: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Real modes spanning the masked bins: ``(project, reconstruct)``, each ``(modes, height * width)``.
 
     ``x_flat @ project.T @ reconstruct`` equals ``Re(ifft2(ifftshift(indicator * fftshift(fft2(x)))))`` for real ``x``.
     A bin ``(k, m)`` contributes ``(x . c) c + (x . s) s`` over ``H W``, with ``c, s`` the cosine and sine of
     ``2 pi (k n / H + m w / W)``; a bin and its mirror ``(-k, -m)`` contribute the same, so they share one pair of modes
-    with double weight, and a self-mirrored bin (DC, Nyquist) has no sine part.
+    with double weight, and a self-mirrored bin (DC, Nyquist) has no sine part. ``symmetric``: the bins of
+    :func:`_symmetric_bins` instead of the reference's half-open square (:func:`low_band`).
     """
     weights: dict[tuple[int, int], int] = {}
-    for k, m in filtered_frequencies(height, width, threshold):
+    bins = _symmetric_bins(height, width, threshold) if symmetric else filtered_frequencies(height, width, threshold)
+    for k, m in bins:
         key = (k % height, m % width)
         mirror = ((-k) % height, (-m) % width)
         canonical = min(key, mirror)
@@ -107,6 +119,30 @@ def _basis(
     if torch.compiler.is_compiling():
         return _mode_basis.__wrapped__(height, width, threshold, device, dtype)
     return _mode_basis(height, width, threshold, device, dtype)
+
+
+def low_band(x: torch.Tensor, threshold: int | tuple[int, int] = 1) -> torch.Tensor:
+    """The low-frequency part of each ``H x W`` map of ``x`` (``(..., H, W)``): the frequencies ``(k, m)`` with
+    ``|k| <= rows`` and ``|m| <= cols`` (``threshold``, one half-width or ``(rows, cols)``; 1 is the 3 x 3 lowest),
+    in ``x``'s dtype (accumulated in float32, float64 for float64). The square holds every frequency's mirror, so
+    this is a real orthogonal projection: ``low_band(x)`` and ``x - low_band(x)`` are orthogonal and add up to ``x``
+    (FreeU's own square, ``-t .. t - 1``, is not symmetric: see the module docstring). No FFT: the same real modes as
+    the filter, so it runs in any dtype on any device. Guidance per frequency band (:mod:`freeu.apps.guidance`)
+    splits with it."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
+        raise ValueError(f"low_band: x must be a floating point tensor (..., H, W), got {type(x).__name__} "
+                         f"{tuple(getattr(x, 'shape', ()))}")  # fmt: skip
+    rows, cols = _check_threshold(threshold)
+    height, width = x.shape[-2:]
+    if x.numel() == 0:
+        return x.clone()
+    acc = _accumulation_dtype(x.dtype)
+    if torch.compiler.is_compiling():
+        project, reconstruct = _mode_basis.__wrapped__(height, width, (rows, cols), x.device, acc, True)
+    else:
+        project, reconstruct = _mode_basis(height, width, (rows, cols), x.device, acc, True)
+    flat = x.reshape(-1, height * width).to(acc)
+    return ((flat @ project.T) @ reconstruct).view(x.shape).to(x.dtype)
 
 
 @functools.lru_cache(maxsize=256)

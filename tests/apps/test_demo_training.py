@@ -332,7 +332,10 @@ def test_a_class_conditional_run_learns_labels_with_dropout_and_samples_with_gui
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert sorted({r["prompt"] for r in records}) == sorted(data.TRAIN_IMAGES)
     assert {r["guidance"] for r in records if r["config"] in ("off", "sd15")} == {3.0}
-    matched = json.loads((out / "guidance.json").read_text())["configs"]["sd15"]["baseline_guidance"]
+    # 2 meter units for the model's classes: one scale for every class (the per-prompt mode needs a unit of each)
+    meter = json.loads((out / "metrics.json").read_text())["header"]["guidance_meter"]["sd15"]
+    matched = meter["baseline_guidance"]
+    assert meter["mode"] == "global"
     assert {r["guidance"] for r in records if r["config"] == "off@sd15"} == {matched}
     # the guided part of freeu demo: FreeU off, FreeU, and FreeU off at FreeU's equivalent guidance
     from freeu.apps.demo.showcase import DemoOptions, guided_summary, run_guided_demo

@@ -156,6 +156,26 @@ def test_bootstrap_interval_of_a_mean_matches_normal_theory_and_covers() -> None
     assert 0.90 <= covered / trials <= 0.985
 
 
+def test_holm_adjusts_a_known_example_and_p_values_agree_with_their_intervals() -> None:
+    from freeu.apps.evaluate.stats import holm, two_sided_p
+
+    # m = 4: sorted 0.005, 0.01, 0.03, 0.04 -> 4 x 0.005, 3 x 0.01, 2 x 0.03, max(that, 1 x 0.04), in input order
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, math.nan, 0.6]) == pytest.approx([1.0, math.nan, 1.0], nan_ok=True)  # NaN does not count
+    assert two_sided_p(torch.tensor([1.0, 2.0, 3.0])) == pytest.approx(2 / 4)  # none at or below 0: 2 (0 + 1) / 4
+    assert two_sided_p(torch.tensor([-1.0, 1.0, -2.0, 2.0])) == 1.0
+    # a difference whose 95% interval excludes 0 has p below 0.05, and one whose interval holds 0 has not
+    gen = torch.Generator().manual_seed(7)
+    rows = resample(100, 2000, seed=8)
+    for shift, significant in ((0.5, True), (0.0, False)):
+        values = shift + torch.randn(100, generator=gen, dtype=torch.float64)
+        diff = paired_mean_difference(values, torch.zeros(100, dtype=torch.float64), rows).mean
+        assert diff.excludes_zero() is significant and (diff.p_value < 0.05) is significant
+        point = torch.cat([values.mean().reshape(1), counts(rows, 100) @ values / 100])
+        _, set_diff = set_metric_estimates(point, torch.zeros_like(point))
+        assert set_diff.excludes_zero() is significant and (set_diff.p_value < 0.05) is significant
+
+
 def test_pairing_removes_the_noise_that_seeds_share() -> None:
     """Two configurations whose per-seed values share a large seed effect and differ by exactly 0.1 plus small
     noise: the paired interval of the difference is narrow around 0.1; each configuration's own interval is wide."""
@@ -453,6 +473,41 @@ def _tiny_clip(folder: Path) -> Path:
     model.save_pretrained(folder)
     transformers.CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
     return folder
+
+
+def test_the_clip_score_equals_torchmetrics_clipscore(tmp_path) -> None:
+    """Our per-image CLIP cosine, as torchmetrics reports it (``100 * max(cosine, 0)``), equals torchmetrics'
+    ``CLIPScore`` on the same tiny CLIP model. torchmetrics 1.9 reads ``get_image_features`` as a tensor, which
+    transformers 5 wraps in an output object, so it gets a model that returns the pooled tensor (ours reads both)."""
+    transformers = pytest.importorskip("transformers")
+    clip_score = pytest.importorskip("torchmetrics.multimodal.clip_score")
+    from freeu.apps.evaluate.features import load_clip
+
+    folder = _tiny_clip(tmp_path / "clip")
+    model = transformers.CLIPModel.from_pretrained(folder)
+    with torch.no_grad():
+        model.text_projection.weight.neg_()  # this random model's cosines are negative: flipped, the clamp keeps them
+    model.save_pretrained(folder)
+
+    class Pooled(transformers.CLIPModel):
+        def get_image_features(self, *args, **kwargs):
+            out = super().get_image_features(*args, **kwargs)
+            return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+        def get_text_features(self, *args, **kwargs):
+            out = super().get_text_features(*args, **kwargs)
+            return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    theirs = clip_score.CLIPScore(model_name_or_path=lambda: (
+        Pooled.from_pretrained(folder).eval(), transformers.CLIPProcessor.from_pretrained(folder)))  # fmt: skip
+    ours = load_clip(str(folder))
+    images = torch.randint(0, 256, (5, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    prompts = ["a cat", "a dog", "red", "blue sky", "green"]
+    cosines = ours(images, prompts)
+    assert (cosines > 0.05).all()
+    for i, prompt in enumerate(prompts):
+        theirs.reset()
+        assert 100 * cosines[i].item() == pytest.approx(theirs(images[i : i + 1], [prompt]).item(), abs=1e-4)
 
 
 def test_guided_pipeline_with_guidance_baseline_fid_kid_and_clip(tmp_path, capsys) -> None:

@@ -250,7 +250,8 @@ def test_eval_adds_freeu_off_at_each_configurations_equivalent_guidance(pipeline
     out = tmp_path / "eval"
     argv = ["eval", "--model", model.name, "--prompt", "a cat", "--prompt", "a dog", "--seeds", "2", "--steps", "3",
             "--guidance", "5", "--config", "auto", "--config", "mild:b1=1.1 b2=1.2 s1=0.9 s2=0.9",
-            "--guidance-baselines", "auto,7", "--guidance-units", "3", "--reference", str(reference),
+            "--guidance-baselines", "auto,7", "--guidance-units", "3", "--guidance-match", "global",
+            "--reference", str(reference),
             "--fid-features", "none", "--clip", "none", "--swd-patches", "8", "--swd-projections", "16",
             "--bootstrap", "50", "--set-bootstrap", "5", "--no-progress", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
@@ -267,9 +268,10 @@ def test_eval_adds_freeu_off_at_each_configurations_equivalent_guidance(pipeline
         runs = entry["runs"]
         assert [len(r["steps"][0]["per_sample_extra"]) for r in runs] == [2, 1]
         assert entry["equivalent"] == pytest.approx((2 * runs[0]["equivalent"] + runs[1]["equivalent"]) / 3)
-        assert entry["baseline_guidance"] == round(entry["equivalent"], 2)
+        reading = summary["header"]["guidance_meter"][config]
+        assert reading["baseline_guidance"] == round(entry["equivalent"], 2) and reading["mode"] == "global"
         row = next(c for c in summary["configs"] if c["name"] == f"off@{config}")
-        assert row["guidance"] == entry["baseline_guidance"] and row["freeu"] is None
+        assert row["guidance"] == reading["baseline_guidance"] and row["freeu"] is None
         assert f"guidance meter: {config} acts like guidance {entry['equivalent']:.3f}" in printed
         assert (out / "guidance" / f"{config}.csv").read_text().startswith("run,step,timestep,extra,equivalent_scale")
         assert (out / "guidance" / f"{config}.png").stat().st_size > 5000

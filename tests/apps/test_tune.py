@@ -356,18 +356,26 @@ def test_tune_on_a_guided_text_to_image_pipeline(tmp_path, capsys) -> None:
     assert record["preset"] == "sd15" and "against FreeU off and sd15" in printed
     confirm = _records(out / "confirm")
     meter = json.loads((out / "confirm" / "guidance.json").read_text())["configs"]
-    matched = {f"off@{n}": meter[n]["baseline_guidance"] for n in ("tuned", "sd15")}
+    # the meter saw both prompts (one unit of each, by default), so each prompt is matched with its own scale
+    matched = {f"off@{n}": _per_prompt(meter[n]) for n in ("tuned", "sd15")}
     assert {(r["config"], r["guidance"]) for r in confirm} == {("off", 3.0), ("tuned", 3.0), ("sd15", 3.0),
-                                                               ("off@cfg6", 6.0), *matched.items()}  # fmt: skip
+                                                               ("off@cfg6", 6.0), ("off@tuned", 3.0),
+                                                               ("off@sd15", 3.0)}  # fmt: skip
+    for r in confirm:
+        if r["config"] in matched:
+            assert r["guidance_schedule"]["scale"] == [matched[r["config"]][r["prompt"]]]
+        else:
+            assert r["guidance_schedule"] is None
     assert {(r["prompt"], r["seed"]) for r in confirm} == {(p, s) for p in ("a cat", "a dog") for s in (2, 3)}
     report = (out / "report.md").read_text()
     assert "| off@cfg6 | FreeU off, guidance 6 |" in report and "the model's preset" in report
+    low, high = min(matched["off@tuned"].values()), max(matched["off@tuned"].values())
     assert (
-        f"Against FreeU off at the tuned setting's equivalent guidance (off@tuned, guidance {matched['off@tuned']:g}"
-        in report
+        f"Against FreeU off at the tuned setting's equivalent guidance (off@tuned, each prompt's own guidance, "
+        f"{low:g} to {high:g}" in report
     )
-    assert tomllib.loads((out / "preset.toml").read_text())["tune"]["confirmation"]["matched_guidance"] == matched[
-        "off@tuned"]  # fmt: skip
+    assert tomllib.loads((out / "preset.toml").read_text())["tune"]["confirmation"]["matched_guidance"] == {
+        p: [v] for p, v in matched["off@tuned"].items()}  # fmt: skip
     # the first rung's images of one prompt and seed: every candidate, sampled in one batch with per-sample factors
     first = [r for r in _generated(out) if r["config"] in record["candidates"] and r["prompt"] == "a dog"
              and r["seed"] == 0]  # fmt: skip
@@ -380,7 +388,8 @@ def test_tune_on_a_guided_text_to_image_pipeline(tmp_path, capsys) -> None:
     for name, score in last["scores"].items():
         value, baseline = (metrics[n]["set_level"]["swd"]["value"]["value"] for n in (name, f"off@{name}"))
         assert score == pytest.approx(value - baseline) and last["matched"][name] == pytest.approx(baseline)
-        assert metrics[f"off@{name}"]["guidance"] == meter_search[name]["baseline_guidance"]
+        schedules = {e["prompt"]: e["scale"] for e in metrics[f"off@{name}"]["guidance_schedules"]}
+        assert schedules == {p: [v] for p, v in _per_prompt(meter_search[name]).items()}
     pick = first[-1]
     pipe = load_pipeline(str(sd))
     pipe.set_progress_bar_config(disable=True)
@@ -389,6 +398,11 @@ def test_tune_on_a_guided_text_to_image_pipeline(tmp_path, capsys) -> None:
                                           width=32)[0]  # fmt: skip
     stored = load_png(out / "search" / pick["image"]).short()
     assert (stored - torch.from_numpy(np.asarray(alone, dtype=np.int16)).permute(2, 0, 1)).abs().max().item() <= 1
+
+
+def _per_prompt(entry: dict) -> dict:
+    """A guidance.json entry's equivalent scale of each prompt, rounded as a per-prompt matched baseline is."""
+    return {p: round(run["equivalent"], 2) for p, run in zip(entry["prompts"], entry["runs"], strict=True)}
 
 
 def test_the_verdict_needs_the_whole_interval_on_the_better_side() -> None:

@@ -246,11 +246,18 @@ def test_a_damaged_guidance_record_is_refused_or_measured_again(tmp_path) -> Non
     path.write_text("[1, 2]")
     with pytest.raises(ValueError, match="not a guidance record"):
         meter._record(path)
-    entry = {"key": "k", "baseline": "off@a", "freeu": {}, "scale": 3, "equivalent": 4.2, "orthogonal_share": 0.1,
-             "baseline_guidance": 4.2}  # fmt: skip
-    assert meter._valid_entry(entry, "k", "a")
-    for damaged in ({**entry, "equivalent": "4"}, {**entry, "baseline": "off@b"}, {**entry, "key": "j"}, [entry]):
-        assert not meter._valid_entry(damaged, "k", "a")
+    step = {"equivalent": 4.2, "extra_low": 1.0}
+    run = {"scale": 3, "equivalent": 4.2, "equivalent_low": 4.0, "band_cutoff": 0.0, "steps": [step, step]}
+    entry = {"key": "k", "freeu": {}, "scale": 3, "equivalent": 4.2, "orthogonal_share": 0.1, "prompts": ["a"],
+             "counts": [1], "runs": [run]}  # fmt: skip
+    assert meter._valid_entry(entry, "k")
+    damages = (
+        {**entry, "equivalent": "4"}, {**entry, "key": "j"}, [entry], {**entry, "counts": [0]},
+        {**entry, "prompts": ["a", "b"]}, {**entry, "runs": [{**run, "steps": [{}]}]}, {**entry, "runs": []},
+        {**entry, "runs": [run, {**run, "scale": 5}], "prompts": ["a", "b"], "counts": [1, 1]},
+    )  # fmt: skip
+    for damaged in damages:
+        assert not meter._valid_entry(damaged, "k")
 
 
 def test_a_configuration_file_is_read_bounded(tmp_path, capsys) -> None:

@@ -37,13 +37,16 @@ from typing import Any
 import torch
 
 from freeu.config import FreeUConfig
-from freeu.fourier import cutoff_threshold
+from freeu.fourier import cutoff_threshold, low_band
 from freeu.hooks import apply
 
 from .runtime import Model, Request
+from .schedule import GuidanceSchedule
 
 __all__ = [
     "BANDS",
+    "MATCH_MODES",
+    "GuidanceReading",
     "GuidanceStep",
     "GuidanceTrace",
     "band_split",
@@ -101,11 +104,7 @@ def band_split(x: torch.Tensor, cutoff: float = 0.0) -> tuple[torch.Tensor, torc
     if x.dim() < 2:
         raise ValueError(f"band_split needs maps (..., H, W), got shape {tuple(x.shape)}")
     whole = x.detach().to("cpu", torch.float64)
-    height, width = whole.shape[-2:]
-    rows, cols = cutoff_threshold(height, width, cutoff)
-    k = torch.fft.fftfreq(height, 1 / height).abs() <= rows
-    m = torch.fft.fftfreq(width, 1 / width).abs() <= cols
-    low = torch.fft.ifft2(torch.fft.fft2(whole) * (k[:, None] & m[None, :])).real
+    low = low_band(whole, cutoff_threshold(whole.shape[-2], whole.shape[-1], cutoff))
     return low, whole - low
 
 
@@ -195,6 +194,68 @@ class GuidanceTrace:
                  f"{s.relative_change:.6g},{s.direction_norm:.6g},{s.extra_low:.6g},{s.extra_high:.6g}"
                  for s in self.steps]  # fmt: skip
         return "\n".join(rows) + "\n"
+
+
+#: How a matched baseline or a compensation follows the meter: one scale over every prompt (``global``), one scale
+#: per prompt (``prompt``), or per prompt and step (``steps``, FreeU's guidance curve).
+MATCH_MODES = ("global", "prompt", "steps")
+
+
+@dataclass(frozen=True)
+class GuidanceReading:
+    """What the meter read over one or more runs (means weighted by their units): the base ``scale``, the equivalent
+    scale of every frequency and of the low band (the means over steps), and the same per step (``steps``,
+    ``steps_low``); ``cutoff`` is the low band's. A matched baseline (:meth:`matched`) and compensated FreeU
+    (:meth:`compensation`) are schedules made from it (:mod:`freeu.apps.schedule`)."""
+
+    scale: float
+    equivalent: float
+    equivalent_low: float
+    steps: tuple[float, ...]
+    steps_low: tuple[float, ...]
+    cutoff: float = 0.0
+
+    @classmethod
+    def of(cls, runs: Sequence[tuple[int, Any]]) -> GuidanceReading:
+        """The reading of ``(units, run)`` pairs, a run being a :class:`GuidanceTrace` or its :meth:`~GuidanceTrace.
+        as_dict`; every run must have the same scale, steps and cutoff."""
+        traces = [(n, run.as_dict() if isinstance(run, GuidanceTrace) else run) for n, run in runs]
+        if not traces:
+            raise ValueError("a guidance reading needs at least one run")
+        first = traces[0][1]
+        lengths = {len(t["steps"]) for _, t in traces}
+        if len(lengths) != 1 or any(t["scale"] != first["scale"] or t["band_cutoff"] != first["band_cutoff"]
+                                    for _, t in traces):  # fmt: skip
+            raise ValueError("the runs of a guidance reading must share their scale, steps and band cutoff")
+        total = sum(n for n, _ in traces)
+
+        def mean(values: Callable[[dict[str, Any]], float]) -> float:
+            return sum(n * values(t) for n, t in traces) / total
+
+        steps = tuple(mean(lambda t, i=i: t["steps"][i]["equivalent"]) for i in range(lengths.pop()))
+        steps_low = tuple(mean(lambda t, i=i: t["scale"] + t["steps"][i]["extra_low"]) for i in range(len(steps)))
+        return cls(float(first["scale"]), mean(lambda t: t["equivalent"]), mean(lambda t: t["equivalent_low"]),
+                   steps, steps_low, float(first["band_cutoff"]))  # fmt: skip
+
+    def matched(self, per_step: bool = False) -> GuidanceSchedule:
+        """FreeU off's guidance that matches the reading: the equivalent scale (2 digits), or per step (4 digits)."""
+        if per_step:
+            return GuidanceSchedule(tuple(round(v, 4) for v in self.steps))
+        return GuidanceSchedule((round(self.equivalent, 2),))
+
+    def compensation(self, band: str, per_step: bool = False) -> GuidanceSchedule:
+        """The guidance under which FreeU's extra guidance is taken back: the base scale minus the extra guidance
+        (``scale - (equivalent - scale)``), on every frequency (``band="global"``) or on the low band only
+        (``"low"``: the low band at ``scale - (equivalent_low - scale)``, the rest at the base scale); one value,
+        or one per step (4 digits)."""
+        if band not in ("global", "low"):
+            raise ValueError(f"band must be 'global' or 'low', got {band!r}")
+        values = (self.steps if band == "global" else self.steps_low) if per_step else (
+            self.equivalent if band == "global" else self.equivalent_low,)  # fmt: skip
+        taken = tuple(round(2 * self.scale - v, 4) for v in values)
+        if band == "global":
+            return GuidanceSchedule(taken)
+        return GuidanceSchedule((self.scale,), low=taken, cutoff=self.cutoff)
 
 
 @contextlib.contextmanager

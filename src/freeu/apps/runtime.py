@@ -37,6 +37,7 @@ from freeu.models import class_names, find_unet
 from freeu.settings import VIDEO_UNETS, detect_preset
 
 from .errors import ModelLoadError
+from .schedule import GuidanceSchedule, scheduled_guidance
 
 __all__ = [
     "DEMO",
@@ -125,7 +126,9 @@ class Request:
     """What to sample, besides the seeds: ``None`` means "not given" (the model's own size, no prompt).
 
     ``guidance`` is the classifier-free guidance scale of guided pipelines; ``frames`` the clip length of video
-    pipelines. :meth:`Model.check` refuses what the model cannot take and fills in its size.
+    pipelines. ``schedule``: guidance per step or per frequency band (:mod:`freeu.apps.schedule`), which the
+    sampler, still run at ``guidance`` (above 1), is made to follow. :meth:`Model.check` refuses what the model
+    cannot take and fills in its size.
     """
 
     steps: int = 25
@@ -134,6 +137,7 @@ class Request:
     guidance: float | None = None
     size: Size | None = None
     frames: int | None = None
+    schedule: GuidanceSchedule | None = None
 
 
 class Step:
@@ -263,6 +267,7 @@ class Model:
         gives PIL images (a list of frames per sample for video pipelines); ``"tensor"`` the final samples in the
         model's native space (pixels in ``[-1, 1]`` or latents). ``batch_size`` caps the samples per model call.
         """
+        schedule = request.schedule
         request = self.check(request)
         seeds = [int(s) for s in seeds]
         if not seeds:
@@ -272,9 +277,15 @@ class Model:
         else:
             context = apply(self.target, freeu if freeu is not None else FreeUConfig(1, 1, 1, 1), observer=observer)
         unet = getattr(self, "unet", None)  # a model that replays recorded samples has none
+        scheduled: Any = contextlib.nullcontext()
+        if schedule is not None:
+            if not self.guided or not isinstance(unet, torch.nn.Module):
+                raise ValueError(f"a guidance schedule needs a model sampled with classifier-free guidance; "
+                                 f"{self.name} takes no guidance scale")  # fmt: skip
+            scheduled = scheduled_guidance(unet, float(request.guidance or 0.0), schedule)
         finite = unet.register_forward_hook(_refuse_non_finite) if isinstance(unet, torch.nn.Module) else None
         try:
-            with context:
+            with context, scheduled:
                 return self._sample(seeds, request, on_step, output, batch_size or len(seeds))
         finally:
             if finite is not None:

@@ -94,8 +94,10 @@ def _setup(request: EvalRequest) -> _Setup:
         raise ValueError(f"{what} is unconditional: --prompt, --prompts and --negative-prompt need a text pipeline")
     if conditional and not prompts:
         raise ValueError("a text-to-image pipeline needs prompts: --prompt TEXT (repeatable) or --prompts FILE")
-    if not conditional and demo and (any(c.guidance is not None for c in configs) or request.matched_guidance):
-        raise ValueError("the demo model is unconditional: no guidance scales (--guidance-baselines, guidance=)")
+    if not conditional and demo and (any(c.guidance is not None or c.compensate is not None for c in configs)
+                                     or request.matched_guidance):  # fmt: skip
+        raise ValueError("the demo model is unconditional: no guidance scales (--guidance-baselines, guidance=, "
+                         "compensate=)")  # fmt: skip
     seeds = range(request.first_seed, request.first_seed + count)
     return _Setup(demo, conditional, tuple(prompts), seeds, tuple(configs))
 
@@ -116,8 +118,13 @@ def _sampling(request: EvalRequest, setup: _Setup, model: Model, notes: Notes) -
         preset, evidence = model.preset()
         notes(f"auto: preset {preset!r} ({evidence})")
         configs = [resolve_auto(c, preset) for c in configs]
-    if not model.guided and (any(c.guidance is not None for c in configs) or request.matched_guidance):
-        raise ValueError(f"{request.model} takes no guidance scale: --guidance-baselines and guidance= do not apply")
+    if not model.guided and (any(c.guidance is not None or c.compensate is not None for c in configs)
+                             or request.matched_guidance):  # fmt: skip
+        raise ValueError(f"{request.model} takes no guidance scale: --guidance-baselines, guidance= and compensate= "
+                         "do not apply")  # fmt: skip
+    if any(c.compensate is not None for c in configs) and not (sampling.guidance or 0) > 1:
+        raise ValueError(f"compensate= needs a guidance scale above 1 (the guidance meter's), got --guidance "
+                         f"{sampling.guidance:g}")  # fmt: skip
     return sampling, configs
 
 
@@ -240,10 +247,12 @@ def evaluate(request: EvalRequest, model: Model | None = None, notes: Notes | No
     sampling, configs = _sampling(request, setup, model, say)
     units = make_units(setup.seeds, setup.prompts if model.takes_prompt else None)
     meter: dict[str, GuidanceMatch] = {}
-    if request.matched_guidance:
+    if request.matched_guidance or any(c.compensate is not None for c in configs):
         options.writable_folder("--out", request.out)
         meter = measure_matched_guidance(request, model, sampling, configs, units, state, say)
-        configs = with_baseline([*configs, *(match.baseline_config() for match in meter.values())])
+        configs = [meter[c.name].compensated(c) if c.compensate is not None else c for c in configs]
+        baselines = [match.baseline_config() for match in meter.values() if match.baseline is not None]
+        configs = with_baseline([*configs, *baselines])
         if len(configs) > request.max_configs:
             raise ValueError(f"{len(configs)} configurations with the matched guidance baselines, more than "
                              f"--max-configs {request.max_configs}: raise --max-configs")  # fmt: skip
@@ -404,7 +413,7 @@ def _score(run: _Run, data: Measurements, distances: Any) -> list[ConfigResult]:
     resampling = Resampling(rows[: stats.bootstrap], rows[: stats.set_bootstrap], stats.confidence,
                             stats.swd_replicates)  # fmt: skip
     scorers = Scorers(run.analyzer.swd, run.analyzer.spectrum, distances)
-    matched = {name: match.baseline for name, match in run.meter.items()}
+    matched = {name: match.baseline for name, match in run.meter.items() if match.baseline is not None}
     with progress_bar(len(configs), "scoring", run.request.progress) as bar:
 
         def started(name: str) -> None:

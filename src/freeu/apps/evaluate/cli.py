@@ -18,7 +18,15 @@ from ..runtime import DEFAULT_MODEL, MODEL_HELP
 from .api import EvalIncomplete, evaluate
 from .configs import EvalConfig, load_config_file, parse_config_arg
 from .processes import process_command
-from .request import DEFAULT_CLASS_SEEDS, DEFAULT_SEEDS, DTYPES, EvalRequest, MetricOptions, StatisticsOptions
+from .request import (
+    DEFAULT_CLASS_SEEDS,
+    DEFAULT_SEEDS,
+    DTYPES,
+    GUIDANCE_MATCHES,
+    EvalRequest,
+    MetricOptions,
+    StatisticsOptions,
+)
 
 __all__ = [
     "AUTO",
@@ -140,7 +148,15 @@ def _config_arguments(c: Any) -> None:
     )
     c.add_argument(
         "--guidance-units", type=_positive_int, default=4,
-        help="units the guidance meter samples per configuration for --guidance-baselines auto (default 4)",
+        help="units the guidance meter samples per configuration for --guidance-baselines auto and compensate= "
+        "(default 4; the first seed of every prompt first)",
+    )  # fmt: skip
+    c.add_argument(
+        "--guidance-match", choices=GUIDANCE_MATCHES, default="auto",
+        help="how --guidance-baselines auto and compensate= follow the meter: 'prompt', each prompt's own "
+        "equivalent scale (as GA-Eval matches); 'global', one scale for every prompt; 'steps', each prompt's "
+        "guidance curve step by step; 'auto' (default): 'prompt' where the meter's units hold every prompt, else "
+        "'global'",
     )  # fmt: skip
 
 
@@ -259,7 +275,8 @@ def request_from_args(args: argparse.Namespace, argv: Sequence[str] | None = Non
         model=args.model, configs=tuple(configs), prompts=tuple(prompts), seeds=args.seeds,
         first_seed=args.first_seed, steps=args.steps, negative_prompt=args.negative_prompt, guidance=args.guidance,
         size=args.size, dtype=args.dtype, device=args.device, batch_size=args.batch_size, guidance_baselines=scales,
-        matched_guidance=matched, guidance_units=args.guidance_units, max_configs=args.max_configs, metrics=metrics,
+        matched_guidance=matched, guidance_units=args.guidance_units, guidance_match=args.guidance_match,
+        max_configs=args.max_configs, metrics=metrics,
         statistics=statistics, out=Path(args.out), grid_units=args.grid_units, progress=not args.no_progress,
         command=process_command(argv),
     )  # fmt: skip

@@ -9,7 +9,9 @@ A configuration is written as a short spec, on the command line (``--config NAME
 - only ``key=value`` pairs: ``b1=1.1 b2=1.2 s1=0.9 s2=0.9`` (then all four factors are needed).
 
 Keys: ``b1 b2 s1 s2`` (factors), ``version convention threshold start stop ramp`` (the :class:`freeu.FreeUConfig`
-fields), ``guidance`` (that configuration's classifier-free guidance scale) and ``stage1`` .. ``stage8`` (one
+fields), ``guidance`` (that configuration's classifier-free guidance scale), ``compensate`` (``global`` or ``low``:
+FreeU with the extra guidance that the guidance meter measures taken back, on every frequency or on the low band
+only) and ``stage1`` .. ``stage8`` (one
 stage's settings beyond the factors, one value, e.g. ``stage3=b=1.1,s=0.8`` or ``stage1=high=1.1,cutoff=0.1``;
 the grammar of ``--stage`` without the stage number). A value may be a list ``1.0,1.2,1.4``
 or a range ``1.0:1.6:0.2`` (stop included): the spec then expands into the Cartesian product of its lists, each
@@ -31,6 +33,7 @@ from freeu.config import MAX_STAGES, PRESETS, FreeUConfig, is_preset_file, parse
 from freeu.settings import AUTO, Settings, check_settings, resolve
 
 from ..options import FACTORS, FREEU_FIELDS, parse_values
+from ..schedule import GuidanceSchedule
 
 __all__ = [
     "BASELINE",
@@ -50,7 +53,9 @@ MAX_CONFIG_FILE = 2**20
 #: The name of the FreeU-off configuration that every other configuration is compared with.
 BASELINE = "off"
 STAGE_KEYS: tuple[str, ...] = tuple(f"stage{k}" for k in range(1, MAX_STAGES + 1))
-KEYS: tuple[str, ...] = (*FACTORS, *FREEU_FIELDS, "guidance", *STAGE_KEYS)
+KEYS: tuple[str, ...] = (*FACTORS, *FREEU_FIELDS, "guidance", "compensate", *STAGE_KEYS)
+#: ``compensate=``: the guidance FreeU adds taken back on every frequency, or on the low band only.
+COMPENSATIONS = ("global", "low")
 _INT_KEYS = ("version", "threshold")
 #: A configuration's words for the settings where they differ from the library's: its keys otherwise.
 NAMES = {"stages": "stage settings"}
@@ -61,7 +66,10 @@ class EvalConfig:
     """One evaluated configuration: a name, FreeU's settings (``None``: off), and an optional guidance scale.
 
     ``preset`` is the preset it came from (for the report), ``"auto"`` until :func:`resolve_auto` picks one.
-    ``guidance`` ``None`` means the run's ``--guidance``.
+    ``guidance`` ``None`` means the run's ``--guidance``. ``compensate`` (``"global"`` or ``"low"``): FreeU with the
+    extra guidance the guidance meter measures taken back, on every frequency or on the low band only.
+    ``schedules``: guidance per step or per band for each prompt (``None``: every prompt), which the run sets from
+    the meter's readings (matched baselines, compensation), never the user.
     """
 
     name: str
@@ -69,10 +77,17 @@ class EvalConfig:
     guidance: float | None = None
     preset: str | None = None
     overrides: tuple[tuple[str, Any], ...] = ()
+    compensate: str | None = None
+    schedules: tuple[tuple[str | None, GuidanceSchedule], ...] = ()
 
     @property
     def is_off(self) -> bool:
-        return self.freeu is None and self.preset is None
+        return self.freeu is None and self.preset is None and not self.schedules
+
+    def schedule_for(self, prompt: str | None) -> GuidanceSchedule | None:
+        """The guidance schedule of one prompt's units (``None``: the plain scale)."""
+        table = dict(self.schedules)
+        return table.get(prompt, table.get(None))
 
     def settings(self) -> dict[str, Any] | None:
         """The FreeU fields as written into records and PNGs (``None``: FreeU off)."""
@@ -87,6 +102,11 @@ class EvalConfig:
             parts.append(self.freeu.label())
         if self.guidance is not None:
             parts.append(f"guidance {self.guidance:g}")
+        if self.compensate is not None:
+            parts.append(f"extra guidance taken back ({'low band' if self.compensate == 'low' else 'every band'})")
+        if self.schedules and self.compensate is None:
+            shown = {s.describe() for _, s in self.schedules}
+            parts.append(shown.pop() if len(shown) == 1 else f"guidance per prompt ({len(self.schedules)} prompts)")
         return ", ".join(parts)
 
 
@@ -99,6 +119,12 @@ def _parse_value(name: str, key: str, text: str) -> list[Any]:
         return [text]  # one value: a stage's settings are not swept
     if key == "convention":
         values = [v.strip() for v in text.split(",") if v.strip()]
+    elif key == "compensate":
+        values = [v.strip() for v in text.split(",") if v.strip()]
+        wrong = [v for v in values if v not in COMPENSATIONS]
+        if wrong:
+            raise ValueError(f"configuration {name!r}: compensate must be one of {', '.join(COMPENSATIONS)}, got "
+                             f"{wrong[0]!r}")  # fmt: skip
     else:
         try:
             values = parse_values(key, text)
@@ -150,7 +176,7 @@ def _tokens(name: str, spec: str | Mapping[str, Any]) -> tuple[str | None, list[
 
 
 def _number(name: str, key: str, value: Any) -> Any:
-    return value if key in ("convention", *_INT_KEYS, *STAGE_KEYS) else float(value)
+    return value if key in ("convention", "compensate", *_INT_KEYS, *STAGE_KEYS) else float(value)
 
 
 def _settings(base: str | None, chosen: Mapping[str, Any]) -> Settings:
@@ -165,17 +191,22 @@ def _build(name: str, base: str | None, chosen: dict[str, Any]) -> EvalConfig:
     guidance = chosen.pop("guidance", None)
     if guidance is not None and not guidance >= 0:
         raise ValueError(f"configuration {name!r}: guidance must be >= 0, got {guidance}")
+    compensate = chosen.pop("compensate", None)
+    if compensate is not None and guidance is not None:
+        raise ValueError(f"configuration {name!r}: compensate= sets the guidance from the guidance meter; leave "
+                         "guidance= out")  # fmt: skip
     overrides = tuple(sorted(chosen.items()))
     try:
         if base == BASELINE:
-            if chosen:
-                raise ValueError(f"configuration {name!r}: 'off' takes no FreeU keys, got {sorted(chosen)}")
+            if chosen or compensate is not None:
+                keys = sorted([*chosen, *(["compensate"] if compensate else [])])
+                raise ValueError(f"configuration {name!r}: 'off' takes no FreeU keys, got {keys}")
             return EvalConfig(name, None, guidance)
         if base == AUTO:
             check_settings(_settings(AUTO, chosen), NAMES)  # the pairs checked now; the preset when the model loads
-            return EvalConfig(name, None, guidance, preset=AUTO, overrides=overrides)
+            return EvalConfig(name, None, guidance, preset=AUTO, overrides=overrides, compensate=compensate)
         resolved = resolve(_settings(base, chosen), names=NAMES)
-        return EvalConfig(name, resolved.config, guidance, preset=base)
+        return EvalConfig(name, resolved.config, guidance, preset=base, compensate=compensate)
     except (TypeError, ValueError) as error:
         text = str(error)
         if base is None and text.startswith("give preset"):
@@ -278,11 +309,13 @@ def resolve_auto(config: EvalConfig, preset: str) -> EvalConfig:
     if config.preset != AUTO:
         return config
     chosen = resolve(_settings(preset, dict(config.overrides)), names=NAMES).config
-    return EvalConfig(config.name, chosen, config.guidance, preset=preset, overrides=config.overrides)
+    return EvalConfig(config.name, chosen, config.guidance, preset=preset, overrides=config.overrides,
+                      compensate=config.compensate)  # fmt: skip
 
 
 def as_dict(config: EvalConfig) -> dict[str, Any]:
     out = asdict(config)
     out["freeu"] = config.settings()
     out["overrides"] = dict(config.overrides)
+    out["schedules"] = [{"prompt": prompt, **schedule.as_dict()} for prompt, schedule in config.schedules]
     return out

@@ -89,6 +89,9 @@ def slug(name: str) -> str:
 def image_key(base: dict[str, Any], config: EvalConfig, unit: Unit, guidance: float | None) -> str:
     """A hash of everything that determines one image."""
     fields = {**base, "freeu": config.settings(), "guidance": guidance, "seed": unit.seed, "prompt": unit.prompt}
+    schedule = config.schedule_for(unit.prompt)
+    if schedule is not None:  # only where there is one: the keys of images made before schedules existed stay
+        fields["schedule"] = schedule.as_dict()
     return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -134,12 +137,13 @@ def sample_units(
     groups: dict[tuple[Any, ...], list[tuple[EvalConfig, Unit]]] = {}
     for config, unit in pairs:
         guidance = request.guidance if config.guidance is None else config.guidance
-        key = (_pack_key(config), guidance if model.guided else None, unit.prompt if model.takes_prompt else None)
+        prompt = unit.prompt if model.takes_prompt else None
+        key = (_pack_key(config), guidance if model.guided else None, prompt, config.schedule_for(unit.prompt))
         groups.setdefault(key, []).append((config, unit))
-    for (_, guidance, prompt), members in groups.items():
+    for (_, guidance, prompt, schedule), members in groups.items():
         for start in range(0, len(members), batch_size):
             chunk = members[start : start + batch_size]
-            run = replace(request, prompt=prompt, guidance=guidance)
+            run = replace(request, prompt=prompt, guidance=guidance, schedule=schedule)
             count = len(chunk)
             images = model.sample([u.seed for _, u in chunk], run, freeu=_batch_settings([c for c, _ in chunk]),
                                   on_step=lambda _, n=count: on_step(n), batch_size=batch_size)  # fmt: skip
@@ -230,6 +234,11 @@ class ShardSummary:
     reused: int = 0
 
 
+def _schedule_record(config: EvalConfig, unit: Unit) -> dict[str, Any] | None:
+    schedule = config.schedule_for(unit.prompt)
+    return None if schedule is None else schedule.as_dict()
+
+
 def effective_guidance(model: Model, request: Request, config: EvalConfig) -> float | None:
     """The guidance scale a configuration samples with (``None`` for unguided models)."""
     if not model.guided:
@@ -299,6 +308,7 @@ def generate_shard(
                 "key": key, "config": config.name, "unit": unit.index, "seed": unit.seed,
                 "prompt_index": unit.prompt_index, "prompt": unit.prompt,
                 "guidance": effective_guidance(model, request, config), "freeu": config.settings(),
+                "guidance_schedule": _schedule_record(config, unit),
                 "preset": config.preset, "image": store.image_path(config, unit, key), "model": base["model"],
                 "sampler": base["sampler"], "steps": base["steps"], "height": base["height"], "width": base["width"],
                 "dtype": base["dtype"], "device": base["device"], "negative_prompt": base["negative_prompt"],

@@ -4,6 +4,7 @@ differences with their intervals), ``samples.png`` (a grid of the same units und
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import torch
 from .configs import BASELINE
 from .meter import GuidanceMatch
 from .results import METRICS, PER_IMAGE, ConfigResult, EvalResult
-from .stats import Estimate
+from .stats import Estimate, holm
 
 __all__ = ["markdown", "plot_metrics", "sample_grid"]
 
@@ -24,9 +25,33 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def _diff(estimate: Any, digits: int = 3) -> str:
-    mark = " *" if estimate.excludes_zero() else ""
-    return f"{estimate.value:+.{digits}g} [{estimate.low:+.{digits}g}, {estimate.high:+.{digits}g}]{mark}"
+class _Marks:
+    """Formats a difference with its interval and marks: ``*`` where the interval excludes 0, ``†`` where the
+    difference stays significant after Holm's correction over every difference of the report (``adjusted``: the
+    Holm-adjusted p-value of each estimate, by identity)."""
+
+    def __init__(self, estimates: Sequence[Estimate]) -> None:
+        self.count = sum(1 for e in estimates if not math.isnan(e.p_value))
+        adjusted = holm([e.p_value for e in estimates])
+        self.adjusted = {id(e): p for e, p in zip(estimates, adjusted, strict=True)}
+
+    def __call__(self, estimate: Any, digits: int = 3) -> str:
+        mark = " *" if estimate.excludes_zero() else ""
+        adjusted = self.adjusted.get(id(estimate), math.nan)
+        if adjusted < 1 - estimate.level:
+            mark += "†"
+        return f"{estimate.value:+.{digits}g} [{estimate.low:+.{digits}g}, {estimate.high:+.{digits}g}]{mark}"
+
+
+def _differences(results: Sequence[ConfigResult]) -> list[Estimate]:
+    """Every difference the report shows: from FreeU off and from the matched baselines, set-level and per image."""
+    out: list[Estimate] = []
+    for r in results:
+        if r.config.name != BASELINE:
+            out += [diff for _, diff in r.sets.values()]
+            out += [d.mean for d in r.paired.values()]
+        out += list(r.sets_vs_matched.values()) + [d.mean for d in r.paired_vs_matched.values()]
+    return out
 
 
 def markdown(result: EvalResult) -> str:
@@ -34,6 +59,7 @@ def markdown(result: EvalResult) -> str:
     matched guidance (where measured), skipped metrics, files."""
     results, header = result.configs, result.header
     n = results[0].n
+    marks = _Marks(_differences(results))
     lines = [
         "# freeu eval report",
         "",
@@ -43,15 +69,18 @@ def markdown(result: EvalResult) -> str:
         f"- evaluation size: {header.eval_size[1]}x{header.eval_size[0]} (generated and reference images alike)",
         f"- intervals: {round(header.level * 100)}% paired bootstrap over units: set-level metrics "
         f"{header.set_replicates} replicates, basic intervals (SWD replicates: {header.swd_replicates}); per-image "
-        f"means {header.replicates} replicates, percentile intervals; `*`: the interval of a difference excludes 0",
+        f"means {header.replicates} replicates, percentile intervals; `*`: the interval of a difference excludes 0 "
+        f"(not corrected for multiple comparisons); `†`: the difference stays significant at "
+        f"{1 - header.level:g} after Holm's correction over all {marks.count} differences of this report "
+        "(bootstrap p-values)",
         f"- processes: {header.world}; command: see command.txt",
         "",
     ]
     sets = [m for m in METRICS if m in results[0].sets]
     paired = [m for m, (_, d) in PER_IMAGE.items() if d is not None and m in results[0].means]
-    lines += _set_table(results, sets) + _paired_table(results, paired)
+    lines += _set_table(results, sets, marks) + _paired_table(results, paired, marks)
     lines += _meter_section(result.guidance_meter, header.guidance_units)
-    lines += _matched_table(results, sets, paired)
+    lines += _matched_table(results, sets, paired, marks)
     if result.skipped:
         lines += ["## Not computed", ""] + [f"- {s}" for s in result.skipped] + [""]
     lines += [
@@ -70,7 +99,7 @@ def _row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def _set_table(results: Sequence[ConfigResult], sets: Sequence[str]) -> list[str]:
+def _set_table(results: Sequence[ConfigResult], sets: Sequence[str], _diff: _Marks) -> list[str]:
     """Set-level metrics against the reference, with their differences from FreeU off."""
     if not sets:
         return []
@@ -88,7 +117,7 @@ def _set_table(results: Sequence[ConfigResult], sets: Sequence[str]) -> list[str
     return [*lines, ""]
 
 
-def _paired_table(results: Sequence[ConfigResult], paired: Sequence[str]) -> list[str]:
+def _paired_table(results: Sequence[ConfigResult], paired: Sequence[str], _diff: _Marks) -> list[str]:
     """Per-image paired differences from FreeU off, and the means of the quantities that have no better side."""
     plain = [m for m, (_, d) in PER_IMAGE.items() if d is None and m in results[0].means]
     lines = [
@@ -115,31 +144,59 @@ def _paired_table(results: Sequence[ConfigResult], paired: Sequence[str]) -> lis
     return [*lines, ""]
 
 
+_MATCH_WORDS = {
+    "global": "FreeU off at one scale for every prompt: the equivalent guidance, rounded to 2 digits",
+    "prompt": "FreeU off at each prompt's own equivalent guidance (2 digits), as GA-Eval matches",
+    "steps": "FreeU off following each prompt's guidance curve, step by step (a guidance schedule)",
+}
+
+
 def _meter_section(meter: Mapping[str, GuidanceMatch], units: int | None) -> list[str]:
-    """The guidance meter's readings (``--guidance-baselines auto``)."""
+    """The guidance meter's readings (``--guidance-baselines auto``, ``compensate=``)."""
     if not meter:
         return []
+    mode = next(iter(meter.values())).mode
     lines = [
         "## Guidance meter",
         "",
-        f"Each FreeU configuration sampled on {units} units (the first seed of every prompt, "
+        f"Each measured FreeU configuration sampled on {units} units (the first seed of every prompt, "
         "then the second, ...) with FreeU on; at every "
         "step the U-Net also ran with FreeU off on the same inputs, and FreeU's change of the guided prediction "
         "was split along the guidance direction (eps_c - eps_u of FreeU off) and orthogonal to it "
-        "(docs/eval.md). The equivalent scale is the run's guidance plus the mean extra along the direction; "
-        "FreeU off at that scale (rounded to 2 digits) is in the tables above.",
+        "(docs/eval.md). The equivalent scale is the run's guidance plus the extra along the direction: the "
+        "unweighted mean over steps, and weighted by the size of each step's guidance direction; the low band is "
+        "the 3 x 3 lowest frequencies of each latent map, the high band the rest. Matched baselines: "
+        f"{_MATCH_WORDS[mode]} (--guidance-match {mode}). Compensated configurations sample with the extra "
+        "guidance taken back by the same rule.",
         "",
-        "| config | guidance | equivalent guidance | orthogonal share | matched baseline |",
-        "|---|---|---|---|---|",
+        "| config | guidance | equivalent (mean over steps) | weighted by step | low band | high band | "
+        "orthogonal share | matched baseline |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, entry in meter.items():
-        matched = f"{_cell(entry.baseline)} at {entry.baseline_guidance:g}"
-        lines.append(f"| {_cell(name)} | {entry.scale:g} | {entry.equivalent:.3f} | "
-                     f"{entry.orthogonal_share:.0%} | {matched} |")  # fmt: skip
+        if entry.baseline is None:
+            matched = f"none: compensated ({'low band' if entry.compensate == 'low' else 'every band'})"
+        elif mode == "global":
+            matched = f"{_cell(entry.baseline)} at {entry.baseline_guidance:g}"
+        else:
+            matched = f"{_cell(entry.baseline)} ({'per prompt' if mode == 'prompt' else 'per prompt and step'})"
+        lines.append(f"| {_cell(name)} | {entry.scale:g} | {entry.equivalent:.3f} | {entry.equivalent_weighted:.3f} | "
+                     f"{entry.equivalent_low:.3f} | {entry.equivalent_high:.3f} | {entry.orthogonal_share:.0%} | "
+                     f"{matched} |")  # fmt: skip
+    prompts = [p for p, _ in next(iter(meter.values())).readings]
+    if len(prompts) > 1:
+        lines += ["", "Equivalent guidance per prompt (mean over steps; the low band's in brackets):", ""]
+        lines += [_row(["prompt", *(_cell(n) for n in meter)]), "|" + "---|" * (len(meter) + 1)]
+        for i, prompt in enumerate(prompts):
+            readings = [m.readings[i][1] for m in meter.values()]
+            cells = [f"{r.equivalent:.3f} ({r.equivalent_low:.3f})" for r in readings]
+            lines.append(_row([_cell(str(prompt)), *cells]))
     return [*lines, "", "Per-step numbers: `guidance.json`, `guidance/*.csv`; figures: `guidance/*.png`.", ""]
 
 
-def _matched_table(results: Sequence[ConfigResult], sets: Sequence[str], paired: Sequence[str]) -> list[str]:
+def _matched_table(
+    results: Sequence[ConfigResult], sets: Sequence[str], paired: Sequence[str], _diff: _Marks
+) -> list[str]:
     """Each FreeU configuration against FreeU off at its matched guidance."""
     versus = [r for r in results if r.matched is not None]
     if not versus:

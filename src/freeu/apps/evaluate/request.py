@@ -36,6 +36,8 @@ DEFAULT_SEEDS, DEFAULT_CLASS_SEEDS = 256, 16
 DTYPES = ("float32", "float16", "bfloat16")
 #: How the set-level SWD's bootstrap replicates are computed (see :meth:`LaplacianSWD.set_values`).
 SWD_REPLICATES = ("linear", "exact")
+#: ``--guidance-match``: how a matched baseline (and a compensation) follows the guidance meter.
+GUIDANCE_MATCHES = ("auto", "prompt", "global", "steps")
 
 
 def _integer(name: str, value: object, minimum: int) -> None:
@@ -138,7 +140,9 @@ class EvalRequest:
       ``size`` (pipelines), ``dtype``, ``device`` (``None``: this process's accelerator), ``batch_size``;
     - ``guidance_baselines``: FreeU off at these stronger guidance scales; ``matched_guidance``: FreeU off at each
       FreeU configuration's equivalent guidance, measured by the guidance meter on ``guidance_units`` units
-      (``--guidance-baselines auto``); ``max_configs``: the most configurations, baselines included;
+      (``--guidance-baselines auto``), matched as ``guidance_match`` says (``auto``: ``prompt`` where the meter's
+      units hold every prompt, else ``global``; ``steps``: each prompt's guidance curve); configurations with
+      ``compensate`` are measured too; ``max_configs``: the most configurations, baselines included;
     - ``metrics``, ``statistics``: :class:`MetricOptions`, :class:`StatisticsOptions`;
     - ``out``: the report folder; a run into a folder that holds an earlier run's images and analyses reuses them
       (resume); ``grid_units``: units shown in ``samples.png``; ``progress``: progress bars;
@@ -161,6 +165,7 @@ class EvalRequest:
     guidance_baselines: tuple[float, ...] = ()
     matched_guidance: bool = False
     guidance_units: int = 4
+    guidance_match: str = "auto"
     max_configs: int = MAX_CELLS
     metrics: MetricOptions = field(default_factory=MetricOptions)
     statistics: StatisticsOptions = field(default_factory=StatisticsOptions)
@@ -185,6 +190,7 @@ class EvalRequest:
         _text("device", self.device)
         _text("command", self.command)
         _choice("dtype", self.dtype, DTYPES)
+        _choice("guidance_match", self.guidance_match, GUIDANCE_MATCHES)
         object.__setattr__(self, "size", _size("size", self.size))
         object.__setattr__(self, "out", Path(self.out))
         if not isinstance(self.metrics, MetricOptions):
@@ -231,7 +237,7 @@ class EvalRequest:
         baselines = [repr(v) for v in self.guidance_baselines] + (["auto"] if self.matched_guidance else [])
         if baselines:
             out += ["--guidance-baselines", ",".join(baselines)]
-        for name in ("guidance_units", "max_configs", "grid_units"):
+        for name in ("guidance_units", "guidance_match", "max_configs", "grid_units"):
             if getattr(self, name) != getattr(defaults, name):
                 out += _flag(name, getattr(self, name))
         for options in (self.metrics, self.statistics):
@@ -282,6 +288,8 @@ def config_spec(config: EvalConfig) -> str:
         parts += _stage_keys(settings, base)
     if config.guidance is not None:
         parts.append(f"guidance={config.guidance!r}")
+    if config.compensate is not None:
+        parts.append(f"compensate={config.compensate}")
     return " ".join(parts)
 
 

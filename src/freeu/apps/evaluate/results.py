@@ -79,6 +79,8 @@ class ConfigResult:
             "freeu": self.config.settings(),
             "preset": self.config.preset,
             "guidance": self.config.guidance,
+            "compensate": self.config.compensate,
+            "guidance_schedules": [{"prompt": p, **schedule.as_dict()} for p, schedule in self.config.schedules],
             "n": self.n,
             "set_level": {
                 k: {"value": v.as_dict(), "difference_vs_off": d.as_dict()} for k, (v, d) in self.sets.items()

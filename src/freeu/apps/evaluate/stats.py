@@ -19,7 +19,9 @@ __all__ = [
     "Estimate",
     "PairedDifference",
     "counts",
+    "holm",
     "paired_mean_difference",
+    "two_sided_p",
     "percentile_interval",
     "resample",
     "set_metric_estimates",
@@ -30,12 +32,15 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Estimate:
-    """A point estimate with a bootstrap interval (``low``, ``high``) at ``level``; NaN bounds without replicates."""
+    """A point estimate with a bootstrap interval (``low``, ``high``) at ``level``; NaN bounds without replicates.
+    ``p_value``: for a difference, the bootstrap's two-sided p-value of "no difference" (:func:`two_sided_p`, from
+    the replicates that make the interval; NaN where none was computed)."""
 
     value: float
     low: float
     high: float
     level: float = 0.95
+    p_value: float = math.nan
 
     def format(self, digits: int = 4) -> str:
         if math.isnan(self.low):
@@ -46,7 +51,36 @@ class Estimate:
         return self.low > 0 or self.high < 0
 
     def as_dict(self) -> dict[str, float]:
-        return {"value": self.value, "low": self.low, "high": self.high, "level": self.level}
+        out = {"value": self.value, "low": self.low, "high": self.high, "level": self.level}
+        if not math.isnan(self.p_value):
+            out["p_value"] = self.p_value
+        return out
+
+
+def two_sided_p(replicates: torch.Tensor) -> float:
+    """The two-sided bootstrap p-value of 0 from a difference's replicates (already reflected for a basic interval):
+    ``2 min(#{r <= 0} + 1, #{r >= 0} + 1) / (B + 1)``, at most 1. An interval at level ``1 - a`` built from the same
+    replicates excludes 0 about when this is below ``a``; the smallest value ``B`` replicates can give is
+    ``2 / (B + 1)``."""
+    values = replicates.double().flatten()
+    values = values[~values.isnan()]
+    if values.numel() == 0:
+        return math.nan
+    below, above = int((values <= 0).sum()), int((values >= 0).sum())
+    return min(1.0, 2 * (min(below, above) + 1) / (values.numel() + 1))
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of ``p_values`` (in their order): the ``k``-th smallest becomes
+    ``max over j <= k of min(1, (m - j + 1) p_(j))``. Rejecting where the adjusted value is below ``a`` keeps the
+    chance of any false rejection among the ``m`` at most ``a``. NaN stays NaN and does not count in ``m``."""
+    known = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    out = [math.nan] * len(p_values)
+    running, m = 0.0, len(known)
+    for rank, (p, i) in enumerate(known):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
 
 
 def resample(n: int, replicates: int, seed: int = 0) -> torch.Tensor:
@@ -106,7 +140,7 @@ def paired_mean_difference(
     low, high = percentile_interval(reps, level)
     sign = 1.0 if higher_is_better else -1.0
     better = ((sign * diff > 0).double() + 0.5 * (diff == 0).double()).mean().item()
-    return PairedDifference(Estimate(diff.mean().item(), low, high, level), better, n)
+    return PairedDifference(Estimate(diff.mean().item(), low, high, level, two_sided_p(reps)), better, n)
 
 
 def basic_interval(point: float, replicates: torch.Tensor, level: float = 0.95) -> tuple[float, float]:
@@ -128,7 +162,8 @@ def set_metric_estimates(
         raise ValueError(f"values and baseline must be 1-D of one length, got {values.shape} and {baseline.shape}")
     values, baseline = values.double(), baseline.double()
     point, diff = values[0].item(), (values[0] - baseline[0]).item()
+    replicates = values[1:] - baseline[1:]
     return (
         Estimate(point, *basic_interval(point, values[1:], level), level),
-        Estimate(diff, *basic_interval(diff, values[1:] - baseline[1:], level), level),
+        Estimate(diff, *basic_interval(diff, replicates, level), level, two_sided_p(2 * diff - replicates)),
     )

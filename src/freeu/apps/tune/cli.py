@@ -89,8 +89,9 @@ def _search_arguments(s: Any) -> None:
     )
     s.add_argument("--no-matched-guidance", action="store_true", help="guided pipelines: score each candidate "
                    "against FreeU off, not against FreeU off at the candidate's own equivalent guidance")  # fmt: skip
-    s.add_argument("--guidance-units", type=options.positive_int, default=2, help="units the guidance meter samples "
-                   "per candidate (guided pipelines; default 2)")  # fmt: skip
+    s.add_argument("--guidance-units", type=options.positive_int, default=None, help="units the guidance meter "
+                   "samples per candidate (guided pipelines; default: one per prompt, so that every prompt is "
+                   "measured and matched with its own scale)")  # fmt: skip
 
 
 def _confirmation_arguments(c: Any) -> None:

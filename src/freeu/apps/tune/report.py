@@ -190,10 +190,17 @@ def _versus_matched(outcome: TuneOutcome, v: _Verdict, record: dict[str, Any]) -
     matched = f"{BASELINE}@tuned"
     if matched not in v.numbers.entries:
         return []
-    guidance = v.numbers.entries[matched].config.guidance
+    config = v.numbers.entries[matched].config
+    guidance: Any = config.guidance
+    if guidance is None:  # matched per prompt: each prompt's own scale
+        guidance = {p: list(schedule.scale) for p, schedule in config.schedules}
+        scales = [x for values in guidance.values() for x in values]
+        shown = f"each prompt's own guidance, {min(scales):g} to {max(scales):g}"
+    else:
+        shown = f"guidance {guidance:g}"
     versus = per_image_pair(outcome.confirmation, s.metric, "tuned", matched, s.statistics, higher=not lower)
     gap = v.numbers.value("tuned").value - v.numbers.value(matched).value
-    text = (f"Against FreeU off at the tuned setting's equivalent guidance ({matched}, guidance {guidance:g}, "
+    text = (f"Against FreeU off at the tuned setting's equivalent guidance ({matched}, {shown}, "
             f"from the guidance meter): {s.metric} {gap:+.4g} as a set")  # fmt: skip
     if versus is not None:
         more = versus.mean.high < 0 if lower else versus.mean.low > 0
@@ -273,7 +280,7 @@ def _verdict_lines(outcome: TuneOutcome, v: _Verdict) -> list[str]:
     ]
     for name, entry in n.entries.items():
         if name.startswith(f"{BASELINE}@"):
-            lines.append(f"| {name} | FreeU off, guidance {entry.config.guidance:g} | {n.value(name).format(4)} | "
+            lines.append(f"| {name} | {entry.config.describe()} | {n.value(name).format(4)} | "
                          f"{_signed(n.versus_off(name))} |")  # fmt: skip
     lines += ["", f"The comparison preset is {preset}: {outcome.preset_note}."]
     if v.pair is not None:

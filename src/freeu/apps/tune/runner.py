@@ -184,6 +184,7 @@ def _base_request(settings: TuneSettings, prompts: Sequence[str]) -> EvalRequest
         model=settings.model, prompts=tuple(prompts), steps=settings.steps, negative_prompt=settings.negative_prompt,
         guidance=settings.guidance, size=settings.size, dtype=settings.dtype, device=settings.device,
         batch_size=settings.batch_size, metrics=settings.metrics, progress=settings.progress,
+        guidance_units=settings.guidance_units or max(1, len(prompts)),  # default: every prompt's first seed
     )  # fmt: skip
 
 
@@ -251,7 +252,7 @@ class _RungEvaluation:
             metrics=metrics, matched_guidance=plan.matched,
         )  # fmt: skip
         if plan.matched:
-            self.changes["guidance_units"] = settings.guidance_units
+            self.changes["guidance_units"] = settings.guidance_units or max(1, len(plan.prompts))  # every prompt
 
     def __call__(self, index: int, alive: Sequence[str], seeds: int) -> dict[str, float]:
         plan, metric, matched = self.plan, self.settings.metric, self.plan.matched

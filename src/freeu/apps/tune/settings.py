@@ -72,7 +72,7 @@ class TuneSettings:
     search_seed: int = 0
     metric: str = "swd"
     matched_guidance: bool = True
-    guidance_units: int = 2
+    guidance_units: int | None = None
     confirm_seeds: int = 256
     confirm_first_seed: int | None = None
     guidance_baselines: tuple[float, ...] = ()
@@ -91,8 +91,10 @@ class TuneSettings:
                 raise ValueError(f"{name} must be a sequence, got {value!r}")
             object.__setattr__(self, name, tuple(value))
         for name, minimum in (("steps", 1), ("batch_size", 1), ("seeds", 1), ("first_seed", 0), ("budget", 1),
-                              ("min_seeds", 1), ("guidance_units", 1), ("confirm_seeds", 1)):  # fmt: skip
+                              ("min_seeds", 1), ("confirm_seeds", 1)):  # fmt: skip
             _at_least(name, getattr(self, name), minimum)
+        if self.guidance_units is not None:
+            _at_least("guidance_units", self.guidance_units, 1)
         if self.confirm_first_seed is not None:
             _at_least("confirm_first_seed", self.confirm_first_seed, 0)
         choices: tuple[tuple[str, Sequence[Any]], ...] = (
