@@ -345,7 +345,8 @@ def test_a_class_conditional_run_learns_labels_with_dropout_and_samples_with_gui
     assert record is not None and record["guidance"] == 3.0
     per_class = [record["per_class"][c]["equivalent"] for c in ("brick", "grass")]
     assert record["equivalent_guidance"] == pytest.approx(sum(per_class) / 2)
-    assert record["matched_guidance"] == round(record["equivalent_guidance"], 2)
+    assert record["matched_guidance"] == {c: round(record["per_class"][c]["equivalent"], 2) for c in ("brick", "grass")}
+    assert record["equivalent_low"] > 0 and record["equivalent_weighted"] > 0
     again = measure_guidance(model, [0], Request(steps=2, prompt="grass", guidance=3.0),
                              freeu.FreeUConfig(1.5, 1.6, 0.9, 0.2))  # fmt: skip
     assert record["per_class"]["grass"]["equivalent"] == pytest.approx(again.equivalent, rel=1e-6)

@@ -347,8 +347,9 @@ def run_guided_demo(
     """How much of FreeU is stronger guidance, on a class-conditional demo model (``model``, else the one
     ``options`` names, default the bundled one): for the same classes and seeds (default :data:`GUIDED_CLASSES`,
     seeds 0 and 1), FreeU off at the model's guidance, FreeU on, and FreeU off at FreeU's equivalent guidance (the
-    guidance meter on these samples). Writes ``demo-guidance.png`` and ``demo-guidance.json``; ``None`` where the
-    weights are not installed."""
+    guidance meter on these samples; each class at its own, as ``freeu eval --guidance-match prompt`` matches). The
+    record states the equivalent scale as the mean over steps and weighted by step, and per frequency band. Writes
+    ``demo-guidance.png`` and ``demo-guidance.json``; ``None`` where the weights are not installed."""
     if model is None:
         folder = Path(options.weights) if options.weights is not None else CLASSES_WEIGHTS_DIR
         if not (folder / "unet.safetensors").is_file():
@@ -370,12 +371,14 @@ def run_guided_demo(
     traces, images = _guided_samples(model, seeds, classes, config, options, cache)
     equivalent = _mean_equivalent(traces)
     share = sum(t.orthogonal_share for t in traces) / len(traces)
-    matched = round(equivalent, 2)
+    matched = {c: round(t.equivalent, 2) for c, t in zip(classes, traces, strict=True)}
     figures = {k: _figures(v, images["off"], None) for k, v in images.items()}
+    shown = f"{min(matched.values()):g}" if len(set(matched.values())) == 1 else (
+        f"{min(matched.values()):g} to {max(matched.values()):g}")  # fmt: skip
     labels = {
         "off": f"FreeU off\nguidance {scale:g}",
         "on": f"FreeU\n{config.label().split(' (')[0]}\nguidance {scale:g}",
-        "matched": f"FreeU off\nguidance {matched:g}\n(FreeU's equivalent)",
+        "matched": f"FreeU off at each\nclass's equivalent\nguidance ({shown})",
     }
     picture = grid(
         [[to_pil(image) for image in images[k]] for k in labels],
@@ -390,8 +393,13 @@ def run_guided_demo(
     record: dict[str, Any] = {
         "model": model.description, "classes": list(classes), "seeds": [int(s) for s in seeds],
         "sampler": f"DDIM {options.steps} steps, eta 0", "guidance": scale, "freeu": config.to_dict(),
-        "equivalent_guidance": equivalent, "orthogonal_share": share, "matched_guidance": matched,
-        "per_class": {c: {"equivalent": t.equivalent, "orthogonal_share": t.orthogonal_share}
+        "equivalent_guidance": equivalent,
+        "equivalent_weighted": sum(t.equivalent_weighted for t in traces) / len(traces),
+        "equivalent_low": sum(t.band_equivalent("low") for t in traces) / len(traces),
+        "equivalent_high": sum(t.band_equivalent("high") for t in traces) / len(traces),
+        "orthogonal_share": share, "matched_guidance": matched,
+        "per_class": {c: {"equivalent": t.equivalent, "equivalent_weighted": t.equivalent_weighted,
+                          "equivalent_low": t.band_equivalent("low"), "orthogonal_share": t.orthogonal_share}
                       for c, t in zip(classes, traces, strict=True)},
         "change_vs_off_grey_levels": {k: f["change_vs_off_grey_levels"] for k, f in figures.items()},
         "change_freeu_vs_matched_grey_levels": float(((images["on"] - images["matched"]) * 255).round().abs().mean()),
@@ -412,8 +420,8 @@ def _mean_equivalent(traces: Sequence[GuidanceTrace]) -> float:
 def _guided_samples(model: UNetModel, seeds: Sequence[int], classes: Sequence[str], config: freeu.FreeUConfig,
                     options: DemoOptions, cache: SampleCache | None) -> tuple[list[GuidanceTrace], Rows]:  # fmt: skip
     """Per class, the guidance meter's trace of ``config`` and the samples with FreeU off and on at the model's
-    guidance; then FreeU off at FreeU's equivalent guidance (rounded to 0.01). Returns the traces and the three rows
-    (``"off"``, ``"on"``, ``"matched"``), classes one after the other."""
+    guidance; then FreeU off at each class's equivalent guidance (rounded to 0.01). Returns the traces and the three
+    rows (``"off"``, ``"on"``, ``"matched"``), classes one after the other."""
     from tqdm.auto import tqdm
 
     from ..guidance import measure_guidance
@@ -428,9 +436,8 @@ def _guided_samples(model: UNetModel, seeds: Sequence[int], classes: Sequence[st
             traces.append(trace)
             for key, freeu_setting in (("off", None), ("on", config)):
                 rows[key].append(_sample(model, seeds, request, freeu_setting, bar.update, cache))
-        matched = round(_mean_equivalent(traces), 2)
-        for name in classes:
-            request = Request(steps=options.steps, prompt=name, guidance=matched)
+        for name, trace in zip(classes, traces, strict=True):
+            request = Request(steps=options.steps, prompt=name, guidance=round(trace.equivalent, 2))
             rows["matched"].append(_sample(model, seeds, request, None, bar.update, cache))
     return traces, {k: torch.cat(v) for k, v in rows.items()}
 
@@ -438,10 +445,13 @@ def _guided_samples(model: UNetModel, seeds: Sequence[int], classes: Sequence[st
 def guided_summary(record: dict[str, Any]) -> str:
     lines = [
         f"guided (class-conditional demo model, classes {', '.join(record['classes'])}): FreeU acts like guidance "
-        f"{record['equivalent_guidance']:.2f} instead of {record['guidance']:g}; {record['orthogonal_share']:.0%} of "
-        "its change is orthogonal to the guidance direction",
+        f"{record['equivalent_guidance']:.2f} instead of {record['guidance']:g} (the mean over steps; "
+        f"{record['equivalent_weighted']:.2f} weighted by step; low band {record['equivalent_low']:.2f}, high band "
+        f"{record['equivalent_high']:.2f}); {record['orthogonal_share']:.0%} of its change is orthogonal to the "
+        "guidance direction",
+        "  per class: " + ", ".join(f"{c} {v:g}" for c, v in record["matched_guidance"].items()),
         f"  change from FreeU off: FreeU {record['change_vs_off_grey_levels']['on']:.1f} grey levels, FreeU off at "
-        f"guidance {record['matched_guidance']:g} {record['change_vs_off_grey_levels']['matched']:.1f}; FreeU vs "
+        f"each class's equivalent {record['change_vs_off_grey_levels']['matched']:.1f}; FreeU vs "
         f"that: {record['change_freeu_vs_matched_grey_levels']:.1f}",
     ]
     return "\n".join(lines + [f"wrote {path}" for path in record["files"].values()])
