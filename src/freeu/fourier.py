@@ -111,14 +111,66 @@ def _mode_basis(
     return project.to(device=device, dtype=dtype), reconstruct.to(device=device, dtype=dtype)
 
 
-def _basis(
-    height: int, width: int, threshold: int | tuple[int, int], device: torch.device, dtype: torch.dtype
+def _symbolic(height: int, width: int) -> bool:
+    """Whether a map's sizes are symbolic (torch.export or torch.compile with dynamic shapes)."""
+    return isinstance(height, torch.SymInt) or isinstance(width, torch.SymInt)
+
+
+def _size_free_modes(threshold: tuple[int, int], symmetric: bool) -> list[tuple[int, int, int, bool]]:
+    """The real modes of a square on maps larger than twice its half-widths on each axis, where they do not depend
+    on the size: ``(k, m, weight, has_sine)`` per pair of mirrored signed frequencies (the bins ``-t .. t - 1``, or
+    ``-t .. t`` when ``symmetric``; a pair's weight is how many of its two bins the square holds)."""
+    rows, cols = threshold
+    top = 1 if symmetric else 0
+    bins = {(k, m) for k in range(-rows, rows + top) for m in range(-cols, cols + top)}
+    modes = []
+    for k, m in sorted(bins):
+        mirror = (-k, -m)
+        if mirror in bins and mirror < (k, m):
+            continue  # counted with its mirror
+        own = mirror == (k, m)
+        modes.append((k, m, 1 if own else 1 + (mirror in bins), not own))
+    return modes
+
+
+def _symbolic_basis(
+    height: int, width: int, threshold: tuple[int, int], device: torch.device, dtype: torch.dtype, symmetric: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The cached basis in eager mode; under torch.compile the builder is traced (shapes only: it constant-folds)."""
+    """:func:`_mode_basis` for symbolic sizes (an exported graph whose maps vary in size): the same modes, built with
+    tensor operations from the sizes, for maps larger than twice the half-widths (checked, so that an exporter records
+    it as a constraint; the bins then do not depend on the size)."""
+    rows, cols = threshold
+    torch._check(height > 2 * rows)
+    torch._check(width > 2 * cols)
+    r = torch.arange(height, device=device, dtype=torch.int64)
+    c = torch.arange(width, device=device, dtype=torch.int64)
+    modes, scales = [], []
+    for k, m, weight, has_sine in _size_free_modes(threshold, symmetric):
+        # |k r / H| < t: no reduction modulo a period needed (an exporter has no remainder by a symbolic size)
+        phase = (k * r).double()[:, None] / height + (m * c).double()[None, :] / width
+        angle = (2.0 * math.pi) * phase.flatten()
+        modes.append(torch.cos(angle))
+        scales.append(float(weight))
+        if has_sine:
+            modes.append(torch.sin(angle))
+            scales.append(float(weight))
+    project = torch.stack(modes)
+    reconstruct = project * (torch.tensor(scales, dtype=torch.float64, device=device)[:, None] / (height * width))
+    return project.to(dtype), reconstruct.to(dtype)
+
+
+def _basis(
+    height: int, width: int, threshold: int | tuple[int, int], device: torch.device, dtype: torch.dtype,
+    symmetric: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The cached basis in eager mode; under torch.compile the builder is traced (shapes only: it constant-folds),
+    and for symbolic sizes built from them in the graph."""
     threshold = _pair(threshold)  # one cache entry for t and (t, t)
+    if _symbolic(height, width):
+        return _symbolic_basis(height, width, threshold, device, dtype, symmetric)
     if torch.compiler.is_compiling():
-        return _mode_basis.__wrapped__(height, width, threshold, device, dtype)
-    return _mode_basis(height, width, threshold, device, dtype)
+        return _mode_basis.__wrapped__(height, width, threshold, device, dtype, symmetric)
+    return _mode_basis(height, width, threshold, device, dtype, symmetric)
 
 
 def low_band(x: torch.Tensor, threshold: int | tuple[int, int] = 1) -> torch.Tensor:
@@ -137,10 +189,7 @@ def low_band(x: torch.Tensor, threshold: int | tuple[int, int] = 1) -> torch.Ten
     if x.numel() == 0:
         return x.clone()
     acc = _accumulation_dtype(x.dtype)
-    if torch.compiler.is_compiling():
-        project, reconstruct = _mode_basis.__wrapped__(height, width, (rows, cols), x.device, acc, True)
-    else:
-        project, reconstruct = _mode_basis(height, width, (rows, cols), x.device, acc, True)
+    project, reconstruct = _basis(height, width, (rows, cols), x.device, acc, symmetric=True)
     flat = x.reshape(-1, height * width).to(acc)
     return ((flat @ project.T) @ reconstruct).view(x.shape).to(x.dtype)
 
@@ -411,14 +460,21 @@ def fourier_filter(
         return result if out is None else out.copy_(result)
     height, width = x.shape[-2:]
     rows, cols = threshold
-    covered = len(_axis_frequencies(height, rows)) == height and len(_axis_frequencies(width, cols)) == width
+    symbolic = _symbolic(height, width)  # sizes an exported graph varies: maps larger than the square (checked)
+    covered = not symbolic and (
+        len(_axis_frequencies(height, rows)) == height and len(_axis_frequencies(width, cols)) == width
+    )
     if covered and method != "fft" and not isinstance(scale, torch.Tensor):
         # the square holds every bin (a 2 x 2 map at t = 1, say): the filter scales the map, in one rounding
         return torch.mul(x, scale) if out is None else torch.mul(x, scale, out=out)
     chosen = method == "auto"
     if chosen:
-        count = _num_modes.__wrapped__ if torch.compiler.is_compiling() else _num_modes  # dynamo skips caches
-        method = "projection" if count(height, width, threshold) <= _MAX_PROJECTION_MODES else "fft"
+        if symbolic:
+            modes = sum(2 if sine else 1 for *_, sine in _size_free_modes(threshold, False))
+        else:
+            count = _num_modes.__wrapped__ if torch.compiler.is_compiling() else _num_modes  # dynamo skips caches
+            modes = count(height, width, threshold)
+        method = "projection" if modes <= _MAX_PROJECTION_MODES else "fft"
     if method == "fft" and chosen and not torch.compiler.is_compiling():
         try:
             result = _filter_fft(x, threshold, scale, high)

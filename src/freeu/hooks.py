@@ -147,6 +147,9 @@ class _CallState:
 
     batch: int | None = None
     timesteps: Any = None
+    #: factors given with the call (:meth:`FreeUHandle.factors_given`): ``{stage: (b, s)}``, tensors of one value
+    #: or one per sample
+    factors: Mapping[int, tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 class _ThreadCallState(_CallState, threading.local):
@@ -203,6 +206,7 @@ class FreeUHandle:
         previous: FreeUHandle | None,
         layout: CustomUNet | None = None,
         observer: Callable[[JoinObservation], None] | None = None,
+        factor_inputs: bool = False,
     ):
         self.unet = unet
         self._observer = observer
@@ -214,7 +218,9 @@ class FreeUHandle:
         self._hooks: list[tuple[RemovableHandle, tuple[str, int | None, int | None]]] = []
         self._thread_call = _ThreadCallState()
         self._traced_call = _CallState()  # under torch.compile, which does not trace thread-local state
-        self._needs_call_state = config.windowed or config.batch_size is not None
+        #: the factors come with each call (:meth:`factors_given`), as an exported graph's inputs do
+        self.factor_inputs = factor_inputs
+        self._needs_call_state = config.windowed or config.batch_size is not None or factor_inputs
         self._tensors: dict[tuple[str, torch.device], torch.Tensor] = {}
 
     @property
@@ -232,7 +238,7 @@ class FreeUHandle:
         if self._needs_call_state:
             specs += [("call", None, None), ("end", None, None)]
         for i, p in enumerate(self.plans):
-            untouched = p.stage is None or self.config.is_identity(p.stage)
+            untouched = p.stage is None or (self.config.is_identity(p.stage) and not self.factor_inputs)
             if not (untouched and self._observer is None):
                 specs.append(("join", i, None if untouched else p.stage))
         return specs
@@ -345,6 +351,18 @@ class FreeUHandle:
     def _call(self) -> _CallState:
         return self._traced_call if _compiling() else self._thread_call
 
+    def factors_given(self, factors: Mapping[int, tuple[torch.Tensor, torch.Tensor]]) -> _FactorsGiven:
+        """For a handle made with factor inputs (:func:`apply_with_factor_inputs`): while open, the U-Net's calls
+        (in this thread) take stage ``k``'s ``b`` and ``s`` from ``factors[k]``, tensors of one value or one per
+        sample of the U-Net's batch, instead of the settings' numbers; the window, the version, the convention and
+        the threshold stay the settings'. An exporter that traces a call inside it makes the factors graph inputs."""
+        if not self.factor_inputs:
+            raise ValueError("factors_given needs a handle made by apply_with_factor_inputs")
+        missing = [k for k in sorted({p.stage for p in self.plans} - {None}) if k not in factors]
+        if missing:
+            raise ValueError(f"factors_given: no factors for stage(s) {missing} of this U-Net")
+        return _FactorsGiven(self, factors)
+
     def _end_call_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         self._call.batch = None
         self._call.timesteps = None
@@ -362,6 +380,14 @@ class FreeUHandle:
         b, s, high = settings.b, settings.s, settings.high
         if not self._needs_call_state:
             return b, s, high
+        if self.factor_inputs:
+            given = self._call.factors
+            if given is None or stage not in given:
+                raise RuntimeError(
+                    f"FreeU hook on {where}: these hooks take stage {stage}'s factors with each call (an exported "
+                    "U-Net's inputs); call the U-Net inside FreeUHandle.factors_given({stage: (b, s), ...})"
+                )
+            b, s = given[stage]
         batch = self._call.batch
         if batch is None:
             raise RuntimeError(
@@ -390,7 +416,10 @@ class FreeUHandle:
                 weight = weight.repeat_interleave(frames)
 
         def expand(name: str, value: Any) -> Any:
-            if isinstance(value, tuple):
+            if isinstance(value, torch.Tensor):  # given with the call: one value, or one per sample of the batch
+                value = torch.broadcast_to(value.to(device=device, dtype=torch.float32).reshape(-1), (batch,))
+                value = value.repeat_interleave(frames) if frames != 1 else value
+            elif isinstance(value, tuple):
                 n = len(value)
                 if batch % n:
                     raise ValueError(
@@ -654,14 +683,51 @@ def apply(
                 stacklevel=2,
             )
 
+    return _install(unet, resolved, plans, layout, observer)
+
+
+def _install(
+    unet: nn.Module, config: FreeUConfig, plans: list[JoinPlan], layout: CustomUNet | None,
+    observer: Callable[[JoinObservation], None] | None, factor_inputs: bool = False,
+) -> FreeUHandle:  # fmt: skip
     with _LIFECYCLE:  # another thread's apply or remove sees the U-Net before or after this one, never between
         old: FreeUHandle | None = getattr(unet, _HANDLE_ATTR, None)
         if old is not None:
             old._uninstall()  # replaced, not released: leaving this handle's block brings it back
-        handle = FreeUHandle(unet, resolved, plans, old, layout, observer)
+        handle = FreeUHandle(unet, config, plans, old, layout, observer, factor_inputs)
         handle._install()
     logger.debug("FreeU applied: %r", handle)
     return handle
+
+
+def apply_with_factor_inputs(model: object, config: FreeUConfig, *, layout: CustomUNet | None = None) -> FreeUHandle:
+    """FreeU with the factors given at each call rather than fixed: what ``freeu export``'s "inputs" mode traces.
+
+    ``config`` sets everything but the factors (version, convention, threshold, stages beyond the factors, the
+    window); every join of a stage is hooked, and each call must run inside :meth:`FreeUHandle.factors_given`. With
+    the factors at 1 a call computes the plain U-Net's output. Validated as :func:`apply`; a handle like its."""
+    if not isinstance(config, FreeUConfig):
+        raise TypeError(f"config must be a FreeUConfig, got {type(config).__name__}")
+    unet, unet_layout = _layout(model, layout)
+    _check_no_diffusers_freeu(unet)
+    _refuse_inside_forward(unet, "freeu.apply")
+    plans = _plans(unet_layout, config.convention, config.num_stages)
+    if {p.stage for p in plans} == {None}:
+        raise ValueError(f"convention={config.convention!r} assigns no skip join of this U-Net to a FreeU stage")
+    return _install(unet, config, plans, layout, None, factor_inputs=True)
+
+
+class _FactorsGiven:
+    """The context of :meth:`FreeUHandle.factors_given` (a plain class: exporters trace through it)."""
+
+    def __init__(self, handle: FreeUHandle, factors: Mapping[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.handle, self.factors = handle, factors
+
+    def __enter__(self) -> None:
+        self.handle._call.factors = self.factors
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle._call.factors = None
 
 
 def _installed(model: object) -> FreeUHandle | None:

@@ -1,0 +1,438 @@
+"""``freeu export``: a U-Net with FreeU inside, as an ONNX graph, an OpenVINO model or a ``torch.export`` program.
+
+FreeU's filter here has no FFT and no complex numbers (:mod:`freeu.fourier`: matrix products with cosine and sine
+modes that the graph computes from the map's size), so the exported graph holds only operators every runtime has:
+ONNX Runtime, OpenVINO, TensorRT (from the ONNX file) and DirectML run it, where diffusers' FreeU needs a ``DFT``.
+
+Two modes:
+
+- ``baked``: the factors are constants of the graph (the plain U-Net plus FreeU's few operators);
+- ``inputs``: ``b`` and ``s`` of each stage are graph inputs (``freeu_b1``, ``freeu_s1``, ``freeu_b2``,
+  ``freeu_s2``: float32, one value per sample of the batch), so one graph serves FreeU off (all 1: the plain
+  U-Net's output), every preset, any tuned setting, a step window (the caller gives each step's factors:
+  :meth:`ExportedUNet.factors`) and per-sample factors. Version, convention, threshold and the stages beyond the
+  factors are part of the graph.
+
+Batch and image size are dynamic (sizes a multiple of the U-Net's downsampling, and large enough that the smallest
+map FreeU filters is wider than its square). ``manifest.json`` beside the graph says what each input is.
+
+:func:`export_unet` writes a folder; :class:`ExportedUNet` runs one (ONNX Runtime or OpenVINO) and feeds the factors
+of each step from a :class:`freeu.FreeUConfig` with a window, as :func:`freeu.apply` would apply them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from freeu import __version__
+from freeu.config import FreeUConfig
+from freeu.hooks import apply, apply_with_factor_inputs
+from freeu.join import blend, window_weight
+from freeu.models import class_names
+
+__all__ = ["FACTOR_INPUTS", "FORMATS", "MODES", "ExportResult", "ExportedUNet", "export_unet"]
+
+logger = logging.getLogger(__name__)
+
+#: What ``--format`` takes: an ONNX graph, an OpenVINO model (converted from that graph), a ``torch.export`` program.
+FORMATS = ("onnx", "openvino", "pt2")
+#: What ``--mode`` takes: the factors as constants of the graph, or as its inputs.
+MODES = ("baked", "inputs")
+#: The factor inputs of an ``inputs`` graph, stage by stage.
+FACTOR_INPUTS = ("freeu_b1", "freeu_s1", "freeu_b2", "freeu_s2")
+#: The ONNX operator set the graphs are written in.
+OPSET = 18
+#: Where each format's package comes from (the error that names the extra).
+_EXTRAS = {"onnx": ("onnxscript", "onnx"), "openvino": ("openvino", "openvino"), "pt2": (None, None)}
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class _Input:
+    name: str
+    shape: tuple[str | int, ...]
+    dtype: str
+    meaning: str
+
+
+@dataclass(frozen=True)
+class _Signature:
+    """What a U-Net family takes, as graph inputs, and how to call it with them."""
+
+    kind: str
+    inputs: tuple[_Input, ...]
+    call: Callable[[nn.Module, Mapping[str, torch.Tensor]], torch.Tensor]
+    downsampling: int
+    channels: int
+
+
+def _signature(unet: nn.Module) -> _Signature:
+    """The inputs of a diffusers ``UNet2DModel`` / ``UNet2DConditionModel`` or an LDM ``UNetModel``; ``ValueError``
+    for anything else."""
+    names = class_names(unet)
+    config = getattr(unet, "config", None)
+    sample = ("batch", "channels", "height", "width")
+    time = _Input("timestep", ("batch",), "float32", "the diffusion timestep of each sample (0 .. 1000)")
+    if "UNet2DModel" in names:
+        inputs = [_Input("sample", sample, "float32", "the noisy sample"), time]
+        classes = getattr(config, "num_class_embeds", None)
+        if classes:
+            inputs.append(_Input("class_labels", ("batch",), "int64", f"the class of each sample, 0 .. {classes - 1}"))
+
+        def call(u: nn.Module, x: Mapping[str, torch.Tensor]) -> torch.Tensor:
+            return u(x["sample"], x["timestep"], class_labels=x.get("class_labels")).sample
+
+        return _Signature("diffusers-unet2d", tuple(inputs), call, 2 ** (len(config.down_block_types) - 1),
+                          int(config.in_channels))  # fmt: skip
+    if "UNet2DConditionModel" in names:
+        inputs = [
+            _Input("sample", sample, "float32", "the noisy latent"), time,
+            _Input("encoder_hidden_states", ("batch", "tokens", int(config.cross_attention_dim)), "float32",
+                   "the text encoder's hidden states"),
+        ]  # fmt: skip
+        added = getattr(config, "addition_embed_type", None)
+        if added == "text_time":
+            width = int(config.projection_class_embeddings_input_dim) - 6 * int(config.addition_time_embed_dim)
+            inputs += [
+                _Input("text_embeds", ("batch", width), "float32", "the pooled text embedding (SDXL)"),
+                _Input("time_ids", ("batch", 6), "float32", "original size, crop, target size (SDXL)"),
+            ]
+        elif added is not None or getattr(config, "class_embed_type", None) is not None:
+            raise ValueError(f"freeu export: a UNet2DConditionModel with addition_embed_type={added!r} / "
+                             f"class_embed_type={config.class_embed_type!r} is not supported yet")  # fmt: skip
+
+        def call(u: nn.Module, x: Mapping[str, torch.Tensor]) -> torch.Tensor:
+            extra = {"text_embeds": x["text_embeds"], "time_ids": x["time_ids"]} if "time_ids" in x else None
+            return u(x["sample"], x["timestep"], x["encoder_hidden_states"], added_cond_kwargs=extra).sample
+
+        return _Signature("diffusers-unet2d-condition", tuple(inputs), call,
+                          2 ** (len(config.down_block_types) - 1), int(config.in_channels))  # fmt: skip
+    if "UNetModel" in names and hasattr(unet, "input_blocks") and hasattr(unet, "output_blocks"):
+        context = getattr(unet, "context_dim", None)
+        inputs = [_Input("sample", sample, "float32", "the noisy latent"), time]
+        if context is not None:
+            inputs.append(_Input("encoder_hidden_states", ("batch", "tokens", int(context)), "float32",
+                                 "the cross-attention context"))  # fmt: skip
+        if getattr(unet, "num_classes", None) is not None:
+            raise ValueError("freeu export: an LDM UNetModel with class or ADM conditioning (y) is not supported yet")
+
+        def call(u: nn.Module, x: Mapping[str, torch.Tensor]) -> torch.Tensor:
+            if "encoder_hidden_states" in x:
+                return u(x["sample"], x["timestep"], context=x["encoder_hidden_states"])
+            return u(x["sample"], x["timestep"])
+
+        levels = len(getattr(unet, "channel_mult", (1,)))
+        return _Signature("ldm-unet", tuple(inputs), call, 2 ** (levels - 1), int(unet.in_channels))
+    raise ValueError(f"freeu export takes a diffusers UNet2DModel or UNet2DConditionModel or an LDM UNetModel, got "
+                     f"{type(unet).__name__}")  # fmt: skip
+
+
+class _Graph(nn.Module):
+    """The module that is traced: the U-Net called with the graph's inputs by name, and in ``inputs`` mode the
+    factors passed to FreeU's hooks."""
+
+    def __init__(self, unet: nn.Module, signature: _Signature, handle: Any, names: Sequence[str]) -> None:
+        super().__init__()
+        self.unet, self.signature, self.handle, self.names = unet, signature, handle, tuple(names)
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        inputs = dict(zip(self.names, args, strict=True))
+        if self.handle is None or not self.handle.factor_inputs:
+            return self.signature.call(self.unet, inputs)
+        stages = {1: (inputs["freeu_b1"], inputs["freeu_s1"]), 2: (inputs["freeu_b2"], inputs["freeu_s2"])}
+        with self.handle.factors_given(stages):
+            return self.signature.call(self.unet, inputs)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_unet` wrote: the folder, each format's file, and the manifest."""
+
+    out: Path
+    files: Mapping[str, Path]
+    manifest: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _require(format: str) -> None:
+    module, extra = _EXTRAS[format]
+    if module is None:
+        return
+    try:
+        __import__(module)
+        if format == "onnx":
+            __import__("onnx")
+    except ImportError:
+        raise ValueError(f"--format {format} needs the {module} package: pip install 'freeu[{extra}]'") from None
+
+
+def _check_out(out: Path) -> None:
+    """The output folder: new, empty, or an earlier export (its manifest) to replace."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise ValueError(f"--out {out}: the folder holds other files (no {MANIFEST} of an earlier export); give a new "
+                         "or empty folder")  # fmt: skip
+
+
+def _examples(signature: _Signature, inputs: Sequence[_Input], batch: int, size: int) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    examples = []
+    for spec in inputs:
+        if spec.name == "sample":
+            examples.append(torch.randn(batch, signature.channels, size, size, generator=generator))
+        elif spec.name == "timestep":
+            examples.append(torch.full((batch,), 500.0))
+        elif spec.name == "class_labels":
+            examples.append(torch.zeros(batch, dtype=torch.int64))
+        elif spec.name in FACTOR_INPUTS:
+            examples.append(torch.full((batch,), 1.2))
+        else:
+            shape = [batch if d == "batch" else 8 if d == "tokens" else d for d in spec.shape]
+            examples.append(torch.randn(*shape, generator=generator))
+    return examples
+
+
+def _dims(signature: _Signature, inputs: Sequence[_Input], min_size: int) -> dict[str, Any]:
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    height = torch.export.Dim("height", min=min_size, max=max(min_size, 4096 // signature.downsampling))
+    width = torch.export.Dim("width", min=min_size, max=max(min_size, 4096 // signature.downsampling))
+    tokens = torch.export.Dim("tokens", min=1, max=4096)
+    per_input = []
+    for spec in inputs:
+        dims = {}
+        for axis, name in enumerate(spec.shape):
+            if name == "batch":
+                dims[axis] = batch
+            elif name == "height":
+                dims[axis] = signature.downsampling * height
+            elif name == "width":
+                dims[axis] = signature.downsampling * width
+            elif name == "tokens":
+                dims[axis] = tokens
+        per_input.append(dims)
+    return {"args": tuple(per_input)}
+
+
+def export_unet(
+    unet: nn.Module,
+    out: str | Path,
+    config: FreeUConfig | None,
+    *,
+    formats: Sequence[str] = ("onnx",),
+    mode: str = "baked",
+    description: str = "",
+) -> ExportResult:
+    """Write ``unet`` with FreeU (``config``; ``None``: the plain U-Net) into the folder ``out``.
+
+    ``formats``: any of :data:`FORMATS` (``openvino`` is converted from the ONNX graph, which is kept);
+    ``mode``: ``"baked"`` (``config``'s factors as constants) or ``"inputs"`` (the factors as graph inputs,
+    ``config`` giving the rest: version, convention, threshold, stages beyond two are refused). A step window needs
+    ``inputs`` (the caller gives each step's factors). ``ValueError`` names what is wrong: a model of another
+    family, a format whose package is missing (and the extra that installs it), an output folder that holds
+    something else, a failure of the exporter (with the operator it names)."""
+    if isinstance(formats, str):
+        formats = [formats]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"--format must be one or more of {', '.join(FORMATS)}, got {list(formats)}")
+    if mode not in MODES:
+        raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if config is not None and config.windowed and mode == "baked":
+        raise ValueError("a step window needs the timestep at every call: export with --mode inputs and let the "
+                         "sampler give each step's factors (ExportedUNet.factors)")  # fmt: skip
+    if mode == "inputs" and config is None:
+        raise ValueError("--mode inputs needs FreeU settings (version, convention, threshold): give --preset")
+    if config is not None and any(config.stage(k).cutoff is not None for k in range(1, config.num_stages + 1)):
+        raise ValueError("a stage's cutoff (a square that grows with the map) is not supported by freeu export yet; "
+                         "use threshold")  # fmt: skip
+    if config is not None and mode == "inputs" and config.num_stages > 2:
+        raise ValueError("--mode inputs takes the factors of stages 1 and 2 as inputs; stages beyond two are not "
+                         "supported yet (export with --mode baked)")  # fmt: skip
+    for f in formats:
+        _require("onnx" if f == "openvino" else f)
+        _require(f)
+    out = Path(out)
+    _check_out(out)
+    signature = _signature(unet)
+    inputs = list(signature.inputs) + (
+        [_Input(n, ("batch",), "float32", f"FreeU's {n[6]} of stage {n[7]} for each sample (1: off)")
+         for n in FACTOR_INPUTS] if mode == "inputs" else []
+    )  # fmt: skip
+    # the deepest joins run at the sample's size over the downsampling: their maps must be wider than the square
+    min_size = 2 * (config.threshold if config is not None else 1) + 1
+    unet = unet.eval()
+    handle: Any = None
+    if config is not None:
+        if mode == "inputs":  # the window is the caller's: each step's factors come in as inputs
+            handle = apply_with_factor_inputs(unet, config.replace(start=0.0, stop=1.0, ramp=0.0))
+        else:
+            handle = apply(unet, config)
+    try:
+        graph = _Graph(unet, signature, handle, [i.name for i in inputs])
+        examples = _examples(signature, inputs, 2, signature.downsampling * max(min_size, 4))
+        files = _write(graph, examples, inputs, _dims(signature, inputs, min_size), out, formats)
+    finally:
+        if handle is not None:
+            handle.remove()
+    manifest = {
+        "format": 1, "freeu": __version__, "model": description or type(unet).__name__, "kind": signature.kind,
+        "mode": mode, "settings": None if config is None else config.to_dict(),
+        "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": i.dtype, "meaning": i.meaning} for i in inputs],
+        "output": {"name": "out_sample", "shape": ["batch", "channels", "height", "width"], "dtype": "float32"},
+        "sizes": {"multiple_of": signature.downsampling, "at_least": signature.downsampling * min_size},
+        "opset": OPSET, "files": {k: v.name for k, v in files.items()},
+    }  # fmt: skip
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return ExportResult(out, files, manifest)
+
+
+def _write(graph: nn.Module, examples: list[torch.Tensor], inputs: Sequence[_Input], dims: dict[str, Any],
+           out: Path, formats: Sequence[str]) -> dict[str, Path]:  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    names = [i.name for i in inputs]
+    with torch.no_grad():
+        if "pt2" in formats:
+            program = _torch_export(graph, examples, dims)
+            files["pt2"] = out / "unet.pt2"
+            torch.export.save(program, files["pt2"])
+        if "onnx" in formats or "openvino" in formats:
+            files["onnx"] = out / "unet.onnx"
+            _onnx_export(graph, examples, dims, names, files["onnx"])
+        if "openvino" in formats:
+            import openvino
+
+            files["openvino"] = out / "unet.xml"
+            openvino.save_model(openvino.convert_model(files["onnx"]), files["openvino"], compress_to_fp16=False)
+            if "onnx" not in formats:
+                files.pop("onnx").unlink()
+                data = out / "unet.onnx.data"
+                if data.exists():
+                    data.unlink()
+    return files
+
+
+def _exporter_error(error: Exception, what: str) -> ValueError:
+    text = str(error).strip().splitlines()
+    summary = next((line for line in text if "Error" in line or "error" in line), text[0] if text else repr(error))
+    return ValueError(f"{what} failed: {summary[:500]} (run with -v for the exporter's full message; an operator it "
+                      "names is one it cannot translate: try --format pt2 or a newer torch)")  # fmt: skip
+
+
+def _torch_export(graph: nn.Module, examples: list[torch.Tensor], dims: dict[str, Any]) -> Any:
+    try:
+        return torch.export.export(graph, tuple(examples), dynamic_shapes=dims)
+    except Exception as error:  # the exporter's many error types
+        logger.debug("torch.export failed", exc_info=True)
+        raise _exporter_error(error, "torch.export") from None
+
+
+def _onnx_export(graph: nn.Module, examples: list[torch.Tensor], dims: dict[str, Any], names: list[str],
+                 path: Path) -> None:  # fmt: skip
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):  # the exporter prints its progress
+            program = torch.onnx.export(graph, tuple(examples), dynamo=True, input_names=names,
+                                        output_names=["out_sample"], dynamic_shapes=dims, opset_version=OPSET,
+                                        external_data=False)  # fmt: skip
+    except Exception as error:
+        logger.debug("torch.onnx.export failed: %s", buffer.getvalue(), exc_info=True)
+        raise _exporter_error(error, "torch.onnx.export") from None
+    program.save(str(path), external_data=_needs_external_data(program))
+
+
+def _needs_external_data(program: Any) -> bool:
+    """Graphs above 2 GB must keep their weights beside them (protobuf's limit)."""
+    try:
+        size = sum(t.nbytes for t in program.model.graph.initializers.values() if t.const_value is not None)
+    except AttributeError:
+        return False
+    return size > 1.8e9
+
+
+class ExportedUNet:
+    """An exported U-Net folder, run with ONNX Runtime (``runtime="onnxruntime"``, the ``unet.onnx`` graph) or
+    OpenVINO (``"openvino"``, ``unet.xml``) on the CPU: ``unet(sample=..., timestep=..., ...)`` gives the output as a
+    numpy array. :meth:`factors` gives the factor inputs of one step for a :class:`freeu.FreeUConfig`, with its
+    window, as :func:`freeu.apply`'s hooks apply them."""
+
+    def __init__(self, folder: str | Path, runtime: str = "onnxruntime") -> None:
+        self.folder = Path(folder)
+        manifest = self.folder / MANIFEST
+        if not manifest.is_file():
+            raise ValueError(f"{self.folder}: no {MANIFEST} (not a freeu export folder)")
+        self.manifest = json.loads(manifest.read_text())
+        self.names = [i["name"] for i in self.manifest["inputs"]]
+        files = self.manifest["files"]
+        if runtime == "onnxruntime":
+            if "onnx" not in files:
+                raise ValueError(f"{self.folder} holds no ONNX graph (formats {sorted(files)})")
+            import onnxruntime
+
+            options = onnxruntime.SessionOptions()
+            options.log_severity_level = 3
+            session = onnxruntime.InferenceSession(str(self.folder / files["onnx"]), options,
+                                                   providers=["CPUExecutionProvider"])  # fmt: skip
+            self._run = lambda feed: session.run(None, feed)[0]
+        elif runtime == "openvino":
+            if "openvino" not in files:
+                raise ValueError(f"{self.folder} holds no OpenVINO model (formats {sorted(files)})")
+            import openvino
+
+            compiled = openvino.Core().compile_model(str(self.folder / files["openvino"]), "CPU",
+                                                     {"INFERENCE_PRECISION_HINT": "f32"})  # fmt: skip
+            request = compiled.create_infer_request()
+            self._run = lambda feed: request.infer(feed)[compiled.output(0)].copy()
+        else:
+            raise ValueError(f"runtime must be 'onnxruntime' or 'openvino', got {runtime!r}")
+
+    @property
+    def takes_factors(self) -> bool:
+        return self.manifest["mode"] == "inputs"
+
+    def __call__(self, **inputs: Any) -> Any:
+        import numpy as np
+
+        missing = [n for n in self.names if n not in inputs]
+        extra = sorted(set(inputs) - set(self.names))
+        if missing or extra:
+            raise ValueError(f"the exported U-Net takes {self.names}; missing {missing}, unknown {extra}")
+        dtypes = {i["name"]: i["dtype"] for i in self.manifest["inputs"]}
+        feed = {}
+        for name in self.names:
+            value = inputs[name]
+            value = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+            feed[name] = np.ascontiguousarray(value.astype(dtypes[name]))
+        return self._run(feed)
+
+    def factors(self, config: FreeUConfig | None, timestep: float, batch: int) -> dict[str, Any]:
+        """The factor inputs of one call at ``timestep`` for ``batch`` samples: ``config``'s factors blended by its
+        window's weight at that point of the trajectory (``1 - timestep / num_train_timesteps``), 1 outside it and
+        for ``None``; per-sample factors (tuples) repeated over the batch as the hooks repeat them."""
+        import numpy as np
+
+        out = {}
+        for name in FACTOR_INPUTS:
+            value: Any = 1.0 if config is None else getattr(config, f"{name[6]}{name[7]}")
+            values = np.ones(batch, dtype=np.float32)
+            if config is not None:
+                progress = torch.tensor([1.0 - float(timestep) / config.num_train_timesteps], dtype=torch.float32)
+                weight = float(window_weight(progress, config.start, config.stop, config.ramp)[0])
+                per = list(value) if isinstance(value, tuple) else [value]
+                if batch % len(per):
+                    raise ValueError(f"per-sample {name[6:]} has {len(per)} values for a batch of {batch}")
+                row = torch.tensor(per * (batch // len(per)), dtype=torch.float32)
+                values = np.asarray(blend(row, torch.tensor(weight)) if weight != 1.0 else row, dtype=np.float32)
+            out[name] = values
+        return out
