@@ -20,7 +20,16 @@ from .errors import run_command
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
 #: The modules that register the commands, in the order ``freeu --help`` lists them.
-COMMAND_MODULES = (".plan", ".demo.showcase", ".generate", ".analyze.cli", ".evaluate.cli", ".tune.cli", ".ui")
+COMMAND_MODULES = (
+    ".plan",
+    ".demo.showcase",
+    ".generate",
+    ".analyze.cli",
+    ".evaluate.cli",
+    ".tune.cli",
+    ".ui",
+    ".export",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -116,7 +116,9 @@ def _signature(unet: nn.Module) -> _Signature:
         return _Signature("diffusers-unet2d-condition", tuple(inputs), call,
                           2 ** (len(config.down_block_types) - 1), int(config.in_channels))  # fmt: skip
     if "UNetModel" in names and hasattr(unet, "input_blocks") and hasattr(unet, "output_blocks"):
-        context = getattr(unet, "context_dim", None)
+        # the cross-attention's key projection takes the context (LDM keeps no context_dim of its own)
+        keys = [m.to_k for n, m in unet.named_modules() if n.endswith("attn2") and hasattr(m, "to_k")]
+        context = getattr(unet, "context_dim", None) or (keys[0].in_features if keys else None)
         inputs = [_Input("sample", sample, "float32", "the noisy latent"), time]
         if context is not None:
             inputs.append(_Input("encoder_hidden_states", ("batch", "tokens", int(context)), "float32",
@@ -129,8 +131,9 @@ def _signature(unet: nn.Module) -> _Signature:
                 return u(x["sample"], x["timestep"], context=x["encoder_hidden_states"])
             return u(x["sample"], x["timestep"])
 
-        levels = len(getattr(unet, "channel_mult", (1,)))
-        return _Signature("ldm-unet", tuple(inputs), call, 2 ** (levels - 1), int(unet.in_channels))
+        downsamples = sum(1 for m in unet.input_blocks.modules() if type(m).__name__ == "Downsample")
+        channels = unet.in_channels if hasattr(unet, "in_channels") else unet.input_blocks[0][0].in_channels
+        return _Signature("ldm-unet", tuple(inputs), call, 2**downsamples, int(channels))
     raise ValueError(f"freeu export takes a diffusers UNet2DModel or UNet2DConditionModel or an LDM UNetModel, got "
                      f"{type(unet).__name__}")  # fmt: skip
 
@@ -180,6 +183,18 @@ def _check_out(out: Path) -> None:
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise ValueError(f"--out {out}: the folder holds other files (no {MANIFEST} of an earlier export); give a new "
                          "or empty folder")  # fmt: skip
+
+
+#: Every file an export may write, besides the manifest.
+_WRITTEN = ("unet.onnx", "unet.onnx.data", "unet.xml", "unet.bin", "unet.pt2")
+
+
+def _clear_earlier(out: Path) -> None:
+    """An earlier export's files, removed before the new one is written (nothing else in the folder is touched)."""
+    for name in (*_WRITTEN, MANIFEST):
+        path = out / name
+        if path.is_file() or path.is_symlink():
+            path.unlink()
 
 
 def _examples(signature: _Signature, inputs: Sequence[_Input], batch: int, size: int) -> list[torch.Tensor]:
@@ -276,6 +291,8 @@ def export_unet(
         else:
             handle = apply(unet, config)
     try:
+        if out.is_dir():
+            _clear_earlier(out)
         graph = _Graph(unet, signature, handle, [i.name for i in inputs])
         examples = _examples(signature, inputs, 2, signature.downsampling * max(min_size, 4))
         files = _write(graph, examples, inputs, _dims(signature, inputs, min_size), out, formats)
@@ -328,8 +345,11 @@ def _exporter_error(error: Exception, what: str) -> ValueError:
 
 
 def _torch_export(graph: nn.Module, examples: list[torch.Tensor], dims: dict[str, Any]) -> Any:
+    # the ranges torch.export infers itself (a U-Net's own code may narrow them: diffusers' upsampling branches at a
+    # batch of 64), where the ONNX exporter takes the named dimensions
+    auto = {"args": tuple({axis: torch.export.Dim.AUTO for axis in d} for d in dims["args"])}
     try:
-        return torch.export.export(graph, tuple(examples), dynamic_shapes=dims)
+        return torch.export.export(graph, tuple(examples), dynamic_shapes=auto)
     except Exception as error:  # the exporter's many error types
         logger.debug("torch.export failed", exc_info=True)
         raise _exporter_error(error, "torch.export") from None
@@ -416,6 +436,31 @@ class ExportedUNet:
             feed[name] = np.ascontiguousarray(value.astype(dtypes[name]))
         return self._run(feed)
 
+    def denoise(self, scheduler: Any, noise: torch.Tensor, steps: int, config: FreeUConfig | None = None,
+                **conditioning: Any) -> torch.Tensor:  # fmt: skip
+        """A whole sampling run on the exported U-Net: ``noise`` (the initial noise, before the scheduler's
+        ``init_noise_sigma``) denoised in ``steps`` steps of a copy of the diffusers ``scheduler`` (DDIM with eta 0),
+        each step's factors from ``config`` and its window (:meth:`factors`); ``conditioning``: the graph's other
+        inputs (``encoder_hidden_states``, ``class_labels``, ...). The final sample as a float32 tensor."""
+        import copy
+        import inspect
+
+        if config is not None and not self.takes_factors:
+            raise ValueError("this U-Net was exported with its factors baked in; export with --mode inputs to give "
+                             "a FreeUConfig (a window) at sampling time")  # fmt: skip
+        scheduler = copy.deepcopy(scheduler)
+        scheduler.set_timesteps(steps)
+        kwargs = {"eta": 0.0} if "eta" in inspect.signature(scheduler.step).parameters else {}
+        x = noise.float() * scheduler.init_noise_sigma
+        batch = x.shape[0]
+        for t in scheduler.timesteps:
+            feed = dict(conditioning, sample=scheduler.scale_model_input(x, t), timestep=t.float().expand(batch))
+            if self.takes_factors:
+                feed.update(self.factors(config, float(t), batch))
+            out = torch.from_numpy(self(**feed))
+            x = scheduler.step(out, t, x, **kwargs).prev_sample
+        return x
+
     def factors(self, config: FreeUConfig | None, timestep: float, batch: int) -> dict[str, Any]:
         """The factor inputs of one call at ``timestep`` for ``batch`` samples: ``config``'s factors blended by its
         window's weight at that point of the trajectory (``1 - timestep / num_train_timesteps``), 1 outside it and
@@ -436,3 +481,75 @@ class ExportedUNet:
                 values = np.asarray(blend(row, torch.tensor(weight)) if weight != 1.0 else row, dtype=np.float32)
             out[name] = values
         return out
+
+
+# -- the command line -------------------------------------------------------------------------------------------------
+
+
+def _formats_arg(text: str) -> list[str]:
+    import argparse
+
+    formats = [f.strip() for f in text.split(",") if f.strip()]
+    wrong = [f for f in formats if f not in FORMATS]
+    if wrong or not formats:
+        raise argparse.ArgumentTypeError(f"must be one or more of {', '.join(FORMATS)} (comma-separated), got {text!r}")
+    return list(dict.fromkeys(formats))
+
+
+def register(subparsers: Any) -> None:
+    """Add ``export`` to the ``freeu`` command line."""
+    from .options import add_freeu_options, add_model_options
+    from .runtime import MODEL_HELP
+
+    p = subparsers.add_parser(
+        "export", help="write the U-Net with FreeU as an ONNX graph, an OpenVINO model or a torch.export program",
+        description="Write a model's U-Net with FreeU inside as an ONNX graph (ONNX Runtime, TensorRT, DirectML), "
+        "an OpenVINO model or a torch.export program, batch and image size dynamic; the factors baked in, or as "
+        "inputs of the graph (--mode inputs: one graph for every setting, FreeU off included). No FFT in the graph. "
+        "Writes manifest.json beside it (docs/export.md).",
+    )  # fmt: skip
+    g = add_model_options(p, model_help=MODEL_HELP, model_default="demo-classes")
+    g.add_argument("--format", dest="formats", type=_formats_arg, default=["onnx"], metavar="F1,F2",
+                   help=f"one or more of {', '.join(FORMATS)} (default onnx; openvino is converted from the ONNX "
+                   "graph)")  # fmt: skip
+    g.add_argument("--mode", choices=MODES, default="baked",
+                   help="baked: the factors are constants of the graph; inputs: graph inputs freeu_b1, freeu_s1, "
+                   "freeu_b2, freeu_s2 (one value per sample), the other settings baked (default baked)")  # fmt: skip
+    g.add_argument("--plain", action="store_true", help="export the U-Net without FreeU (to compare with)")
+    g.add_argument("--out", default="freeu-export", help="the folder to write (new, empty or an earlier export)")
+    add_freeu_options(p)
+    p.set_defaults(handler=run)
+
+
+def run(args: Any) -> int:
+    """The ``export`` handler."""
+    from .options import FACTORS, freeu_settings, resolve_freeu
+    from .runtime import load_model
+
+    if args.plain and (args.preset is not None or any(getattr(args, k) is not None for k in FACTORS)):
+        raise ValueError("--plain exports the U-Net without FreeU: leave --preset and the factors out")
+    if args.plain and args.mode == "inputs":
+        raise ValueError("--plain --mode inputs: the inputs mode carries FreeU's factors; give a --preset instead")
+    if args.device not in (None, "cpu"):
+        raise ValueError(f"--device {args.device}: freeu export traces the U-Net on the CPU; leave --device out")
+    if args.dtype not in (None, "float32"):
+        raise ValueError(f"--dtype {args.dtype}: freeu export writes float32 graphs (convert them afterwards)")
+    for f in args.formats:
+        _require("onnx" if f == "openvino" else f)
+        _require(f)
+    _check_out(Path(args.out))
+    settings = None if args.plain else freeu_settings(args)
+    model = load_model(args.model, device="cpu", dtype="float32")
+    config = None
+    if settings is not None:
+        resolved = resolve_freeu(model, settings)
+        config = resolved.config
+        if args.preset == "auto":
+            print(resolved.source)
+    print(f"exporting {model.description} ({', '.join(args.formats)}, {args.mode}) ...", flush=True)
+    result = export_unet(model.unet.float(), args.out, config, formats=args.formats, mode=args.mode,
+                         description=model.description)  # fmt: skip
+    for name in result.files.values():
+        print(f"wrote {name}")
+    print(f"wrote {result.out / MANIFEST}")
+    return 0
