@@ -110,6 +110,28 @@ def test_one_scale_mode_gives_every_prompt_the_mean(tmp_path) -> None:
     assert all(r["guidance_schedule"] is None for r in records)
 
 
+def test_the_steps_mode_follows_each_prompts_guidance_curve(tmp_path) -> None:
+    """The oracle's extra guidance is the same at every step: each prompt's curve is its scale at each of the 4
+    steps, and sampling along it gives FreeU off at that scale."""
+    from freeu.apps.evaluate import evaluate
+    from freeu.apps.evaluate.generation import load_png
+    from freeu.apps.runtime import Request, to_unit_range
+
+    model = oracle_model()
+    out = tmp_path / "s"
+    result = evaluate(_request(out, configs=["F:b1=1.5 b2=1 s1=1 s2=1"], matched_guidance=True,
+                               guidance_match="steps"), model)  # fmt: skip
+    assert result.guidance_meter["F"].mode == "steps"
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    curves = {r["prompt"]: r["guidance_schedule"]["scale"] for r in records if r["config"] == "off@F"}
+    for prompt, gain in zip(CLASSES, GAINS, strict=True):
+        assert curves[prompt] == pytest.approx([SCALE + gain * (B1 - 1)] * 4, abs=1e-4)
+    plain = model.sample([1], Request(steps=4, prompt="birch", guidance=2.6), output="tensor")
+    stored = next(r for r in records if r["config"] == "off@F" and r["prompt"] == "birch" and r["seed"] == 1)
+    expected = (to_unit_range(plain)[0] * 255).round()
+    assert (load_png(out / stored["image"]).float() - expected).abs().max() <= 1
+
+
 def test_compensated_freeu_takes_each_prompts_extra_guidance_back(tmp_path) -> None:
     """Compensated FreeU on the oracle is FreeU off: its extra guidance is all there is, and taking it back on every
     frequency leaves nothing of it (the oracle's FreeU does not change the guidance direction)."""
@@ -134,6 +156,17 @@ def test_compensated_freeu_takes_each_prompts_extra_guidance_back(tmp_path) -> N
         off = next(r for r in records if r["config"] == "off" and r["unit"] == record["unit"])
         a, b = load_png(out / record["image"]).float(), load_png(out / off["image"]).float()
         assert (a - b).abs().max() <= 1  # FreeU's only effect taken back: FreeU off, within one 8-bit level
+
+
+def test_a_matching_mode_without_anything_to_match_is_refused(tmp_path) -> None:
+    with pytest.raises(ValueError, match="--guidance-match"):
+        _request(tmp_path / "x", configs=["F:b1=1.5 b2=1 s1=1 s2=1"], guidance_match="steps")
+    with pytest.raises(ValueError, match="compensate= sets the guidance"):
+        _request(tmp_path / "x", configs=["F:b1=1.5 b2=1 s1=1 s2=1 compensate=low guidance=3"])
+    with pytest.raises(ValueError, match="compensate must be one of global, low"):
+        _request(tmp_path / "x", configs=["F:b1=1.5 b2=1 s1=1 s2=1 compensate=high"])
+    with pytest.raises(ValueError, match="'off' takes no FreeU keys"):
+        _request(tmp_path / "x", configs=["o:off compensate=low"])
 
 
 def test_a_schedule_gives_per_step_and_per_band_guidance_exactly() -> None:

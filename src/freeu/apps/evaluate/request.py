@@ -198,6 +198,10 @@ class EvalRequest:
         if not isinstance(self.statistics, StatisticsOptions):
             raise ValueError(f"statistics must be StatisticsOptions, got {self.statistics!r}")
         self.config_set([])  # unique names, 'off' not redefined: refused now, not after loading the model
+        if self.guidance_match != "auto" and not self.matched_guidance and not any(c.compensate for c in self.configs):
+            raise ValueError(f"guidance_match {self.guidance_match!r} (--guidance-match) decides how "
+                             "--guidance-baselines auto and compensate= follow the guidance meter; give one of them, "
+                             "or leave it out")  # fmt: skip
 
     def _check_numbers(self) -> None:
         if self.seeds is not None:
