@@ -375,8 +375,9 @@ def _onnx_export(graph: nn.Module, examples: list[torch.Tensor], dims: dict[str,
 def _needs_external_data(program: Any) -> bool:
     """Graphs above 2 GB must keep their weights beside them (protobuf's limit)."""
     try:
-        size = sum(t.nbytes for t in program.model.graph.initializers.values() if t.const_value is not None)
-    except AttributeError:
+        values = program.model.graph.initializers.values()
+        size = sum(v.const_value.nbytes for v in values if v.const_value is not None)
+    except AttributeError:  # another exporter's program: let save decide
         return False
     return size > 1.8e9
 
