@@ -52,6 +52,16 @@ def test_a_missing_package_names_the_extra(tmp_path, capsys, monkeypatch) -> Non
     assert "pip install 'freeu[openvino]'" in _err(capsys)
 
 
+def test_a_patched_unet_is_not_exported_as_plain_and_keeps_its_freeu(tmp_path) -> None:
+    from conftest import sd15_unet
+
+    unet = sd15_unet()
+    mine = freeu.apply(unet, b1=1.2, b2=1.3, s1=0.9, s2=0.8)
+    with pytest.raises(ValueError, match="the U-Net has FreeU applied"):
+        export_unet(unet, tmp_path / "plain", None)
+    assert freeu.active_config(unet) == mine.config and mine.active
+
+
 def test_a_model_of_another_family_is_refused() -> None:
     with pytest.raises(ValueError, match="takes a diffusers UNet2DModel or UNet2DConditionModel or an LDM"):
         export_unet(torch.nn.Conv2d(3, 3, 1), "unused", None)

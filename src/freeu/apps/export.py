@@ -34,7 +34,7 @@ from torch import nn
 
 from freeu import __version__
 from freeu.config import FreeUConfig
-from freeu.hooks import apply, apply_with_factor_inputs
+from freeu.hooks import active_config, apply, apply_with_factor_inputs
 from freeu.join import blend, window_weight
 from freeu.models import class_names
 
@@ -277,6 +277,9 @@ def export_unet(
     out = Path(out)
     _check_out(out)
     signature = _signature(unet)
+    if config is None and active_config(unet) is not None:
+        raise ValueError("the U-Net has FreeU applied: remove it (freeu.remove) to export the plain U-Net, or pass its "
+                         "settings as config")  # fmt: skip
     inputs = list(signature.inputs) + (
         [_Input(n, ("batch",), "float32", f"FreeU's {n[6]} of stage {n[7]} for each sample (1: off)")
          for n in FACTOR_INPUTS] if mode == "inputs" else []
@@ -298,7 +301,7 @@ def export_unet(
         files = _write(graph, examples, inputs, _dims(signature, inputs, min_size), out, formats)
     finally:
         if handle is not None:
-            handle.remove()
+            handle.__exit__(None, None, None)  # as leaving a with block: FreeU the caller had applied comes back
     manifest = {
         "format": 1, "freeu": __version__, "model": description or type(unet).__name__, "kind": signature.kind,
         "mode": mode, "settings": None if config is None else config.to_dict(),
