@@ -36,6 +36,8 @@ def measure(layout: str, latent: int, batch: int, repeats: int) -> bl.Section:
         export_unet(unet, folders["plain"], None)
         export_unet(unet, folders["baked"], config)
         export_unet(unet, folders["inputs"], config, mode="inputs")
+        del unet  # three runtime sessions of a full-size U-Net need the memory the PyTorch copy holds
+        bl.drop_cache()
         graphs = {name: ExportedUNet(folder) for name, folder in folders.items()}
         factors = graphs["inputs"].factors(config, 500.0, batch)
         contenders = [
