@@ -471,19 +471,18 @@ class ExportedUNet:
         for ``None``; per-sample factors (tuples) repeated over the batch as the hooks repeat them."""
         import numpy as np
 
+        if config is None:
+            return {name: np.ones(batch, dtype=np.float32) for name in FACTOR_INPUTS}
+        progress = torch.tensor([1.0 - float(timestep) / config.num_train_timesteps], dtype=torch.float32)
+        weight = float(window_weight(progress, config.start, config.stop, config.ramp)[0])
         out = {}
         for name in FACTOR_INPUTS:
-            value: Any = 1.0 if config is None else getattr(config, f"{name[6]}{name[7]}")
-            values = np.ones(batch, dtype=np.float32)
-            if config is not None:
-                progress = torch.tensor([1.0 - float(timestep) / config.num_train_timesteps], dtype=torch.float32)
-                weight = float(window_weight(progress, config.start, config.stop, config.ramp)[0])
-                per = list(value) if isinstance(value, tuple) else [value]
-                if batch % len(per):
-                    raise ValueError(f"per-sample {name[6:]} has {len(per)} values for a batch of {batch}")
-                row = torch.tensor(per * (batch // len(per)), dtype=torch.float32)
-                values = np.asarray(blend(row, torch.tensor(weight)) if weight != 1.0 else row, dtype=np.float32)
-            out[name] = values
+            value = getattr(config, f"{name[6]}{name[7]}")
+            per = list(value) if isinstance(value, tuple) else [value]
+            if batch % len(per):
+                raise ValueError(f"per-sample {name[6:]} has {len(per)} values for a batch of {batch}")
+            row = torch.tensor(per * (batch // len(per)), dtype=torch.float32)
+            out[name] = np.asarray(blend(row, torch.tensor(weight)) if weight != 1.0 else row, dtype=np.float32)
         return out
 
 

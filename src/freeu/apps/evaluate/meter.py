@@ -202,9 +202,7 @@ def _valid_entry(entry: Any, key: str) -> bool:
         return False
     if not len(runs) == len(prompts) == len(counts) or not all(isinstance(n, int) and n > 0 for n in counts):
         return False
-    try:  # what reading it back computes: each run's reading, and all runs' together (one scale, steps, cutoff)
-        for run in runs:
-            GuidanceReading.of([(1, run)])
+    try:  # what reading it back computes: every run's fields, and one scale, step count and cutoff for all
         GuidanceReading.of(list(zip(counts, runs, strict=True)))
     except (KeyError, TypeError, ValueError, IndexError, AttributeError):
         return False
