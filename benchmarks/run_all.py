@@ -12,6 +12,8 @@ Sections (each also runnable alone through its own script):
 - ``memory``  extra peak memory of a forward with FreeU (peak_memory.py)
 - ``compile`` torch.compile(fullgraph=True) with and without FreeU (compile_overhead.py)
 - ``sweep``   N settings as one batch with per-sample factors vs N runs (batch_sweep.py)
+- ``export``  one call of the exported U-Net in ONNX Runtime: plain, FreeU baked, factors as inputs (export_overhead.py;
+  CPU only, needs the ``onnx`` extra; ``--export-folder`` keeps the graphs for a later run)
 
 The document keeps one block per device (``cpu``, ``cuda-<gpu name>``) and, inside it, one block per section; a run
 replaces only the blocks of the sections it ran on its device, so CPU and GPU results sit side by side and a GPU run
@@ -34,12 +36,13 @@ from pathlib import Path
 import batch_sweep
 import benchlib as bl
 import compile_overhead
+import export_overhead
 import filter_speed
 import peak_memory
 import torch
 import unet_overhead
 
-SECTIONS = ("filter", "join", "unet", "share", "memory", "compile", "sweep", "controls")
+SECTIONS = ("filter", "join", "unet", "share", "memory", "compile", "sweep", "controls", "export")
 TITLES = {
     "filter": "a. Skip filter alone",
     "join": "b. One skip join: the work FreeU adds",
@@ -49,6 +52,7 @@ TITLES = {
     "compile": "f. torch.compile(fullgraph=True)",
     "sweep": "g. A sweep of N settings as one batch",
     "controls": "h. Skip filter with a high-frequency gain or a cutoff",
+    "export": "i. Exported U-Net in ONNX Runtime: plain, FreeU baked, FreeU's factors as inputs",
 }
 
 # settings per run kind; "device" defaults differ where a GPU affords the native latent sizes
@@ -60,6 +64,7 @@ FULL = dict(
     compile_layout="sd15", compile_latent={"cpu": 8, "cuda": 64}, compile_batch=2, compile_repeats=9,
     compile_backend="inductor",
     sweep_layout="sd15", sweep_sizes="4,8", sweep_latent={"cpu": 16, "cuda": 64}, sweep_repeats=5,
+    export_layout="sd15", export_latent=64, export_batch=2, export_repeats=10,
 )  # fmt: skip
 QUICK = dict(
     filter_models="sd15,sdxl", filter_latent=16, filter_batch=2, filter_repeats=3, dtypes="float32,bfloat16,float16",
@@ -69,6 +74,7 @@ QUICK = dict(
     compile_layout="tiny", compile_latent={"cpu": 8, "cuda": 8}, compile_batch=2, compile_repeats=2,
     compile_backend="aot_eager",  # inductor's C++ build takes minutes on a small CPU; aot_eager still checks fullgraph
     sweep_layout="sd15", sweep_sizes="2", sweep_latent={"cpu": 8, "cuda": 8}, sweep_repeats=1,
+    export_layout="tiny", export_latent=16, export_batch=2, export_repeats=1,
 )  # fmt: skip
 
 HEADER = """# Benchmarks
@@ -136,6 +142,10 @@ def _runners(s: dict, device: torch.device) -> dict[str, Callable[[], bl.Section
             s["sweep_layout"], [int(n) for n in split(s["sweep_sizes"], ",")], s["sweep_latent"],
             s["sweep_repeats"], device,
         ),
+        "export": lambda: export_overhead.export_section(
+            s["export_layout"], s["export_latent"], s["export_batch"], s["export_repeats"], device,
+            s.get("export_folder"),
+        ),
     }  # fmt: skip
 
 
@@ -195,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--compile-backend", default=None, help="torch.compile backend (default: inductor; quick: aot_eager)"
     )
+    parser.add_argument("--export-folder", default=None, help="export: where the exported graphs are kept and reused "
+                        "(default: a temporary folder)")  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     log = logging.getLogger("bench")
@@ -206,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = _settings(args.quick, device)
     if args.compile_backend:
         settings["compile_backend"] = args.compile_backend
+    settings["export_folder"] = args.export_folder
     runners = _runners(settings, device)
     command = "python benchmarks/run_all.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     kind = "**Smoke run (`--quick`): smallest settings, figures not for quoting.**" if args.quick else "Full run."

@@ -33,17 +33,17 @@ def _error(out: np.ndarray, ref: torch.Tensor) -> float:
     return float(np.abs(out - ref).max() / np.abs(ref).max())
 
 
-def _ops(folder) -> set[str]:
-    graph = onnx.load(str(folder / "unet.onnx"))
+def _ops(folder, name: str = "unet.onnx") -> set[str]:
+    graph = onnx.load(str(folder / name))
     return {node.op_type for node in graph.graph.node} | {
         node.op_type for f in graph.functions for node in f.node
     }  # fmt: skip
 
 
-def _complex_free(folder) -> None:
-    ops = _ops(folder)
+def _complex_free(folder, name: str = "unet.onnx") -> None:
+    ops = _ops(folder, name)
     assert not ops & FFT_OPS, ops
-    graph = onnx.load(str(folder / "unet.onnx"))
+    graph = onnx.load(str(folder / name))
     complex_types = {onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128}
     assert all(t.data_type not in complex_types for t in graph.graph.initializer)
 
@@ -255,3 +255,44 @@ def test_the_command_line_writes_a_folder_whose_window_and_factors_at_one_are_ex
                                  down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2)  # fmt: skip
     export_unet(tiny, out, None)
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "unet.onnx"]
+
+
+def test_an_onnx_pipeline_folder_samples_with_freeu_in_diffusers_onnx_pipeline(tmp_path, capsys) -> None:
+    """``freeu export --format onnx-pipeline`` of a Stable Diffusion pipeline folder: diffusers'
+    ``OnnxStableDiffusionPipeline`` loads the folder and its images equal the PyTorch pipeline's under
+    ``freeu.apply`` (with guidance, two prompts, a size other than the export's); the VAE encoder gives the latent
+    distribution's mean."""
+    diffusers = pytest.importorskip("diffusers")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from tiny_pipelines import sd_pipeline
+
+    from freeu.apps.cli import main
+    from freeu.apps.export import PIPELINE_PARTS
+
+    folder, out = sd_pipeline(tmp_path / "sd"), tmp_path / "onnx-sd"
+    assert main(["export", "--model", str(folder), "--format", "onnx-pipeline", "--preset", "sd15",
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert f"wrote {out / 'model_index.json'}" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == sorted([*PIPELINE_PARTS, "manifest.json"])
+    _complex_free(out, "unet/model.onnx")
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(folder)
+    onnx_pipe = diffusers.OnnxStableDiffusionPipeline.from_pretrained(out)
+    for p in (pipe, onnx_pipe):
+        p.set_progress_bar_config(disable=True)
+    noise = torch.randn(2, 4, 16, 24, generator=torch.Generator().manual_seed(0))
+    # the ONNX pipeline takes the latent size as height / 8 (SD's VAE); this tiny VAE upsamples by 2
+    call = dict(prompt=["a cat", "a dog"], guidance_scale=7.5, num_inference_steps=4, height=128, width=192,
+                output_type="np")  # fmt: skip
+    exported = onnx_pipe(latents=noise.numpy(), **call).images
+    call.update(height=32, width=48)
+    with freeu.apply(pipe.unet, preset="sd15"):
+        expected = pipe(latents=noise.clone(), **call).images
+    plain = pipe(latents=noise.clone(), **call).images
+    assert exported.shape == expected.shape == (2, 32, 48, 3)
+    assert np.abs(exported - expected).max() < 1e-4  # pixels in [0, 1]
+    assert np.abs(plain - expected).max() > 0.01  # FreeU changes the images: the check can fail
+    image = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    session = onnxruntime.InferenceSession(str(out / "vae_encoder" / "model.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        mean = pipe.vae.encode(image).latent_dist.mode()
+    assert _error(session.run(None, {"sample": image.numpy()})[0], mean) < TOLERANCE

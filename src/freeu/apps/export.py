@@ -42,8 +42,9 @@ __all__ = ["FACTOR_INPUTS", "FORMATS", "MODES", "ExportResult", "ExportedUNet", 
 
 logger = logging.getLogger(__name__)
 
-#: What ``--format`` takes: an ONNX graph, an OpenVINO model (converted from that graph), a ``torch.export`` program.
-FORMATS = ("onnx", "openvino", "pt2")
+#: What ``--format`` takes: an ONNX graph, an OpenVINO model (converted from that graph), a ``torch.export`` program,
+#: and a whole Stable Diffusion pipeline in the folder layout of diffusers' ``OnnxStableDiffusionPipeline``.
+FORMATS = ("onnx", "openvino", "pt2", "onnx-pipeline")
 #: What ``--mode`` takes: the factors as constants of the graph, or as its inputs.
 MODES = ("baked", "inputs")
 #: The factor inputs of an ``inputs`` graph, stage by stage.
@@ -51,7 +52,12 @@ FACTOR_INPUTS = ("freeu_b1", "freeu_s1", "freeu_b2", "freeu_s2")
 #: The ONNX operator set the graphs are written in.
 OPSET = 18
 #: Where each format's package comes from (the error that names the extra).
-_EXTRAS = {"onnx": ("onnxscript", "onnx"), "openvino": ("openvino", "openvino"), "pt2": (None, None)}
+_EXTRAS = {"onnx": ("onnxscript", "onnx"), "openvino": ("openvino", "openvino"), "pt2": (None, None),
+           "onnx-pipeline": ("onnxscript", "onnx")}  # fmt: skip
+#: The folders and file of an ``onnx-pipeline`` export, as diffusers' ONNX Stable Diffusion pipeline loads them.
+PIPELINE_PARTS = ("text_encoder", "vae_encoder", "vae_decoder", "unet", "tokenizer", "scheduler", "model_index.json")
+#: The latent scale diffusers' ONNX pipeline divides by (a constant of its code, not read from the folder).
+ONNX_PIPELINE_LATENT_SCALE = 0.18215
 MANIFEST = "manifest.json"
 
 
@@ -170,7 +176,7 @@ def _require(format: str) -> None:
         return
     try:
         __import__(module)
-        if format == "onnx":
+        if format in ("onnx", "onnx-pipeline"):
             __import__("onnx")
     except ImportError:
         raise ValueError(f"--format {format} needs the {module} package: pip install 'freeu[{extra}]'") from None
@@ -191,10 +197,14 @@ _WRITTEN = ("unet.onnx", "unet.onnx.data", "unet.xml", "unet.bin", "unet.pt2")
 
 def _clear_earlier(out: Path) -> None:
     """An earlier export's files, removed before the new one is written (nothing else in the folder is touched)."""
-    for name in (*_WRITTEN, MANIFEST):
+    import shutil
+
+    for name in (*_WRITTEN, *PIPELINE_PARTS, MANIFEST):
         path = out / name
         if path.is_file() or path.is_symlink():
             path.unlink()
+        elif path.is_dir():
+            shutil.rmtree(path)
 
 
 def _examples(signature: _Signature, inputs: Sequence[_Input], batch: int, size: int) -> list[torch.Tensor]:
@@ -244,6 +254,7 @@ def export_unet(
     formats: Sequence[str] = ("onnx",),
     mode: str = "baked",
     description: str = "",
+    pipeline: Any = None,
 ) -> ExportResult:
     """Write ``unet`` with FreeU (``config``; ``None``: the plain U-Net) into the folder ``out``.
 
@@ -252,7 +263,11 @@ def export_unet(
     ``config`` giving the rest: version, convention, threshold, stages beyond two are refused). A step window needs
     ``inputs`` (the caller gives each step's factors). ``ValueError`` names what is wrong: a model of another
     family, a format whose package is missing (and the extra that installs it), an output folder that holds
-    something else, a failure of the exporter (with the operator it names)."""
+    something else, a failure of the exporter (with the operator it names).
+
+    ``"onnx-pipeline"`` writes a whole Stable Diffusion 1.x/2.x ``pipeline`` (whose U-Net is ``unet``) in the folder
+    layout diffusers' ``OnnxStableDiffusionPipeline`` loads: the U-Net with FreeU baked in at ``unet/model.onnx``,
+    the text encoder and the VAE's two halves as ONNX graphs, the tokenizer and the scheduler as they are."""
     if isinstance(formats, str):
         formats = [formats]
     unknown = [f for f in formats if f not in FORMATS]
@@ -263,6 +278,12 @@ def export_unet(
     if config is not None and config.windowed and mode == "baked":
         raise ValueError("a step window needs the timestep at every call: export with --mode inputs and let the "
                          "sampler give each step's factors (ExportedUNet.factors)")  # fmt: skip
+    if "onnx-pipeline" in formats:
+        if mode != "baked":
+            raise ValueError("--format onnx-pipeline: diffusers' ONNX pipeline calls its U-Net with sample, "
+                             "timestep and encoder_hidden_states only, so the factors cannot be inputs; use --mode "
+                             "baked")  # fmt: skip
+        _check_pipeline(pipeline, unet)
     if mode == "inputs" and config is None:
         raise ValueError("--mode inputs needs FreeU settings (version, convention, threshold): give --preset")
     if config is not None and any(config.stage(k).cutoff is not None for k in range(1, config.num_stages + 1)):
@@ -299,6 +320,8 @@ def export_unet(
         graph = _Graph(unet, signature, handle, [i.name for i in inputs])
         examples = _examples(signature, inputs, 2, signature.downsampling * max(min_size, 4))
         files = _write(graph, examples, inputs, _dims(signature, inputs, min_size), out, formats)
+        if "onnx-pipeline" in formats:
+            files["onnx-pipeline"] = _write_pipeline(pipeline, out)
     finally:
         if handle is not None:
             handle.__exit__(None, None, None)  # as leaving a with block: FreeU the caller had applied comes back
@@ -324,7 +347,11 @@ def _write(graph: nn.Module, examples: list[torch.Tensor], inputs: Sequence[_Inp
             program = _torch_export(graph, examples, dims)
             files["pt2"] = out / "unet.pt2"
             torch.export.save(program, files["pt2"])
-        if "onnx" in formats or "openvino" in formats:
+        if "onnx-pipeline" in formats:  # the graph where the pipeline loads its U-Net
+            files["onnx"] = out / "unet" / "model.onnx"
+            files["onnx"].parent.mkdir()
+            _onnx_export(graph, examples, dims, names, files["onnx"])
+        elif "onnx" in formats or "openvino" in formats:
             files["onnx"] = out / "unet.onnx"
             _onnx_export(graph, examples, dims, names, files["onnx"])
         if "openvino" in formats:
@@ -332,7 +359,7 @@ def _write(graph: nn.Module, examples: list[torch.Tensor], inputs: Sequence[_Inp
 
             files["openvino"] = out / "unet.xml"
             openvino.save_model(openvino.convert_model(files["onnx"]), files["openvino"], compress_to_fp16=False)
-            if "onnx" not in formats:
+            if "onnx" not in formats and "onnx-pipeline" not in formats:
                 files.pop("onnx").unlink()
                 data = out / "unet.onnx.data"
                 if data.exists():
@@ -342,7 +369,10 @@ def _write(graph: nn.Module, examples: list[torch.Tensor], inputs: Sequence[_Inp
 
 def _exporter_error(error: Exception, what: str) -> ValueError:
     text = str(error).strip().splitlines()
-    summary = next((line for line in text if "Error" in line or "error" in line), text[0] if text else repr(error))
+    # torch's exporters end with an exception summary ("<class '...Error'>: what went wrong"); other errors say it first
+    summary = next((line for line in text if line.startswith("<class ")), None) or next(
+        (line for line in text if "Error" in line or "error" in line), text[0] if text else repr(error)
+    )
     return ValueError(f"{what} failed: {summary[:500]} (run with -v for the exporter's full message; an operator it "
                       "names is one it cannot translate: try --format pt2 or a newer torch)")  # fmt: skip
 
@@ -358,8 +388,8 @@ def _torch_export(graph: nn.Module, examples: list[torch.Tensor], dims: dict[str
         raise _exporter_error(error, "torch.export") from None
 
 
-def _onnx_export(graph: nn.Module, examples: list[torch.Tensor], dims: dict[str, Any], names: list[str],
-                 path: Path) -> None:  # fmt: skip
+def _onnx_export(graph: nn.Module, examples: list[torch.Tensor], dims: Any, names: list[str],
+                 path: Path, outputs: Sequence[str] = ("out_sample",)) -> None:  # fmt: skip
     import contextlib
     import io
 
@@ -367,12 +397,105 @@ def _onnx_export(graph: nn.Module, examples: list[torch.Tensor], dims: dict[str,
     try:
         with contextlib.redirect_stdout(buffer):  # the exporter prints its progress
             program = torch.onnx.export(graph, tuple(examples), dynamo=True, input_names=names,
-                                        output_names=["out_sample"], dynamic_shapes=dims, opset_version=OPSET,
+                                        output_names=list(outputs), dynamic_shapes=dims, opset_version=OPSET,
                                         external_data=False)  # fmt: skip
     except Exception as error:
         logger.debug("torch.onnx.export failed: %s", buffer.getvalue(), exc_info=True)
         raise _exporter_error(error, "torch.onnx.export") from None
     program.save(str(path), external_data=_needs_external_data(program))
+
+
+def _check_pipeline(pipeline: Any, unet: nn.Module) -> None:
+    """``ValueError`` unless ``pipeline`` is a Stable Diffusion 1.x/2.x pipeline whose U-Net is ``unet``: what
+    diffusers' ``OnnxStableDiffusionPipeline`` runs (one text encoder whose first output is the hidden states, a U-Net
+    called with the text's hidden states only, a VAE whose latents it scales by a fixed 0.18215)."""
+    what = ("--format onnx-pipeline writes diffusers' OnnxStableDiffusionPipeline folder, for a Stable "
+            "Diffusion 1.x/2.x pipeline (a tokenizer, a CLIP text encoder, a UNet2DConditionModel, an "
+            "AutoencoderKL)")  # fmt: skip
+    if pipeline is None:
+        raise ValueError(f"{what}; give the pipeline (a diffusers pipeline folder as --model)")
+    name = type(pipeline).__name__
+    parts = {p: getattr(pipeline, p, None) for p in ("tokenizer", "text_encoder", "vae", "scheduler", "unet")}
+    missing = [p for p, v in parts.items() if v is None]
+    if missing or getattr(pipeline, "text_encoder_2", None) is not None:
+        raise ValueError(
+            f"{what}; {name} is not one ({'no ' + ', '.join(missing) if missing else 'two text encoders'})"
+        )
+    if parts["unet"] is not unet:
+        raise ValueError(f"{what}; the U-Net given is not the pipeline's own")
+    if "UNet2DConditionModel" not in class_names(unet) or getattr(unet.config, "addition_embed_type", None):
+        raise ValueError(f"{what}; {name}'s U-Net takes more than the text's hidden states")
+    if "AutoencoderKL" not in class_names(parts["vae"]):
+        raise ValueError(f"{what}; {name}'s VAE is a {type(parts['vae']).__name__}")
+    scale = float(getattr(parts["vae"].config, "scaling_factor", ONNX_PIPELINE_LATENT_SCALE))
+    if abs(scale - ONNX_PIPELINE_LATENT_SCALE) > 1e-9:
+        raise ValueError(f"{what}; {name}'s VAE scales its latents by {scale}, and the ONNX pipeline by a fixed "
+                         f"{ONNX_PIPELINE_LATENT_SCALE}")  # fmt: skip
+
+
+class _TextEncoder(nn.Module):
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.encoder(input_ids=input_ids.long())
+        return out.last_hidden_state, out.pooler_output
+
+
+class _VaePart(nn.Module):
+    def __init__(self, vae: nn.Module, part: str) -> None:
+        super().__init__()
+        self.vae, self.part = vae, part
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.part == "decoder":
+            return self.vae.decode(x).sample
+        return self.vae.encode(x).latent_dist.mode()
+
+
+def _write_pipeline(pipeline: Any, out: Path) -> Path:
+    """The pipeline's other parts beside ``unet/model.onnx``, and its ``model_index.json``."""
+    import diffusers
+
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    tokens = int(pipeline.tokenizer.model_max_length)  # the ONNX pipeline always pads to it
+    dtypes = {part: next(getattr(pipeline, part).parameters()).dtype for part in ("text_encoder", "vae")}
+    vae = pipeline.vae.eval()
+    for part, dtype in dtypes.items():
+        if dtype != torch.float32:
+            getattr(pipeline, part).float()
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    latent_h, latent_w = torch.export.Dim("height", min=1, max=512), torch.export.Dim("width", min=1, max=512)
+    with torch.no_grad():
+        (out / "text_encoder").mkdir()
+        _onnx_export(_TextEncoder(pipeline.text_encoder.eval()), [torch.zeros(2, tokens, dtype=torch.int32)],
+                     ({0: batch},), ["input_ids"], out / "text_encoder" / "model.onnx",
+                     ("last_hidden_state", "pooler_output"))  # fmt: skip
+        channels = int(vae.config.latent_channels)
+        (out / "vae_decoder").mkdir()
+        _onnx_export(_VaePart(vae, "decoder"), [torch.randn(2, channels, 8, 8)],
+                     ({0: batch, 2: latent_h, 3: latent_w},), ["latent_sample"],
+                     out / "vae_decoder" / "model.onnx", ("sample",))  # fmt: skip
+        (out / "vae_encoder").mkdir()
+        _onnx_export(_VaePart(vae, "encoder"), [torch.randn(2, int(vae.config.in_channels), 8 * factor, 8 * factor)],
+                     ({0: batch, 2: factor * latent_h, 3: factor * latent_w},), ["sample"],
+                     out / "vae_encoder" / "model.onnx", ("latent_sample",))  # fmt: skip
+    for part, dtype in dtypes.items():  # the pipeline as it came
+        if dtype != torch.float32:
+            getattr(pipeline, part).to(dtype)
+    pipeline.tokenizer.save_pretrained(out / "tokenizer")
+    pipeline.scheduler.save_pretrained(out / "scheduler")
+    onnx_model = ["diffusers", "OnnxRuntimeModel"]
+    index = {
+        "_class_name": "OnnxStableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None], "requires_safety_checker": False, "safety_checker": [None, None],
+        "scheduler": ["diffusers", type(pipeline.scheduler).__name__], "text_encoder": onnx_model,
+        "tokenizer": ["transformers", type(pipeline.tokenizer).__name__], "unet": onnx_model,
+        "vae_decoder": onnx_model, "vae_encoder": onnx_model,
+    }  # fmt: skip
+    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return out / "model_index.json"
 
 
 def _needs_external_data(program: Any) -> bool:
@@ -465,7 +588,8 @@ class ExportedUNet:
             x = scheduler.step(out, t, x, **kwargs).prev_sample
         return x
 
-    def factors(self, config: FreeUConfig | None, timestep: float, batch: int) -> dict[str, Any]:
+    @staticmethod
+    def factors(config: FreeUConfig | None, timestep: float, batch: int) -> dict[str, Any]:
         """The factor inputs of one call at ``timestep`` for ``batch`` samples: ``config``'s factors blended by its
         window's weight at that point of the trajectory (``1 - timestep / num_train_timesteps``), 1 outside it and
         for ``None``; per-sample factors (tuples) repeated over the batch as the hooks repeat them."""
@@ -514,7 +638,8 @@ def register(subparsers: Any) -> None:
     g = add_model_options(p, model_help=MODEL_HELP, model_default="demo-classes")
     g.add_argument("--format", dest="formats", type=_formats_arg, default=["onnx"], metavar="F1,F2",
                    help=f"one or more of {', '.join(FORMATS)} (default onnx; openvino is converted from the ONNX "
-                   "graph)")  # fmt: skip
+                   "graph; onnx-pipeline: a Stable Diffusion pipeline as the folder diffusers' "
+                   "OnnxStableDiffusionPipeline loads, FreeU baked)")  # fmt: skip
     g.add_argument("--mode", choices=MODES, default="baked",
                    help="baked: the factors are constants of the graph; inputs: graph inputs freeu_b1, freeu_s1, "
                    "freeu_b2, freeu_s2 (one value per sample), the other settings baked (default baked)")  # fmt: skip
@@ -550,8 +675,11 @@ def run(args: Any) -> int:
         if args.preset == "auto":
             print(resolved.source)
     print(f"exporting {model.description} ({', '.join(args.formats)}, {args.mode}) ...", flush=True)
+    pipeline = getattr(model, "pipe", None) if "onnx-pipeline" in args.formats else None
+    if pipeline is not None and getattr(pipeline, "safety_checker", None) is not None:
+        print("note: the safety checker is not exported (the ONNX pipeline folder runs without one)")
     result = export_unet(model.unet.float(), args.out, config, formats=args.formats, mode=args.mode,
-                         description=model.description)  # fmt: skip
+                         description=model.description, pipeline=pipeline)  # fmt: skip
     for name in result.files.values():
         print(f"wrote {name}")
     print(f"wrote {result.out / MANIFEST}")
