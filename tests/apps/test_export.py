@@ -145,7 +145,7 @@ def test_baked_freeu_in_onnx_runtime_and_openvino_equals_pytorch(name, version, 
 
 @pytest.mark.parametrize(
     ("name", "version", "convention"),
-    [("demo", 1, "diffusers"), ("sd15", 1, "diffusers"), ("sd15", 2, "official"), ("ldm", 2, "official")],
+    [("demo-classes", 1, "diffusers"), ("sd15", 1, "diffusers"), ("sd15", 2, "official"), ("ldm", 2, "official")],
 )  # fmt: skip
 def test_factor_inputs_equal_pytorch_at_any_setting_and_off_at_one(name, version, convention, tmp_path) -> None:
     case = CASES[name]()

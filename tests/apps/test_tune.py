@@ -441,6 +441,44 @@ def test_tune_on_the_class_conditional_demo_model_scores_against_matched_guidanc
     assert {r["prompt"] for r in confirm} == {"brick", "grass"}
 
 
+def test_a_compensated_tune_samples_each_candidate_with_its_extra_guidance_taken_back(tmp_path, capsys) -> None:
+    """``--compensate global``: every candidate of the search, the tuned setting and the preset of the
+    confirmation sample each prompt at ``2 * scale - equivalent`` (the meter's reading of that prompt), and the search
+    scores them against FreeU off with no matched baselines; the report says so; an unguided model is refused."""
+    out = tmp_path / "tune"
+    argv = ["tune", "--model", "demo-classes", "--prompt", "brick", "--prompt", "grass", "--steps", "2", "--seeds",
+            "2", "--min-seeds", "1", "--budget", "8", "--confirm-seeds", "2", "--reference-count", "16",
+            "--fid-features", "none", "--swd-patches", "8", "--swd-projections", "16", "--bootstrap", "50",
+            "--set-bootstrap", "5", "--no-progress", "--compensate", "global", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "each candidate sampled with its extra guidance taken back (global)" in printed
+    record = json.loads((out / "tune.json").read_text())
+    assert record["fingerprint"]["compensate"] == "global" and not record["fingerprint"]["matched"]
+    for folder, names in (("search", list(record["candidates"])), ("confirm", ["tuned", record["preset"]])):
+        meter = json.loads((out / folder / "guidance.json").read_text())["configs"]
+        records = _records(out / folder)
+        assert not any(r["config"].startswith("off@") for r in records)  # compensated: no matched baselines
+        seen = 0
+        for r in records:
+            if r["config"] == "off":
+                assert r["guidance_schedule"] is None and r["guidance"] == 2.0
+            elif r["config"] in names:
+                equivalent = {
+                    p: run["equivalent"]
+                    for p, run in zip(meter[r["config"]]["prompts"], meter[r["config"]]["runs"], strict=True)
+                }
+                assert r["guidance_schedule"]["scale"] == [round(4.0 - equivalent[r["prompt"]], 4)]
+                seen += 1
+        assert seen >= 2 * len(names) if folder == "confirm" else seen >= 2
+    metrics = {c["name"]: c for c in json.loads((out / "search" / "metrics.json").read_text())["configs"]}
+    for name, score in record["rungs"][-1]["scores"].items():  # the candidate's own value: off is the comparison
+        assert score == pytest.approx(metrics[name]["set_level"]["swd"]["value"]["value"])
+    assert "- compensated (global): every candidate, the tuned setting and" in (out / "report.md").read_text()
+    assert main(["tune", "--model", "demo", "--compensate", "low", "--out", str(tmp_path / "x")]) == 2
+    assert "--compensate low: it takes back guidance that the meter measures" in capsys.readouterr().err
+
+
 # --- tune calls freeu eval's Python API ----------------------------------------------------------------------------
 
 

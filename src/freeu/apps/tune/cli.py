@@ -92,6 +92,10 @@ def _search_arguments(s: Any) -> None:
     s.add_argument("--guidance-units", type=options.positive_int, default=None, help="units the guidance meter "
                    "samples per candidate (guided pipelines; default: one per prompt, so that every prompt is "
                    "measured and matched with its own scale)")  # fmt: skip
+    s.add_argument("--compensate", choices=["global", "low"], default=None, help="guided pipelines: sample every "
+                   "candidate (and the confirmation's tuned setting and preset) with the extra guidance the meter "
+                   "measures for it taken back, on every frequency (global) or on the low band only (low), and score "
+                   "it against FreeU off: FreeU's part that is not guidance, searched alone")  # fmt: skip
 
 
 def _confirmation_arguments(c: Any) -> None:
@@ -178,7 +182,7 @@ def settings_from_args(args: argparse.Namespace, argv: Sequence[str] | None = No
         device=args.device, batch_size=args.batch_size, seeds=args.seeds, first_seed=args.first_seed,
         budget=args.budget, eta=args.eta, min_seeds=args.min_seeds, space=tuple(args.space or ()),
         version=args.version, convention=args.convention, search_seed=args.search_seed, metric=args.metric,
-        matched_guidance=not args.no_matched_guidance, guidance_units=args.guidance_units,
+        matched_guidance=not args.no_matched_guidance, guidance_units=args.guidance_units, compensate=args.compensate,
         confirm_seeds=args.confirm_seeds, confirm_first_seed=args.confirm_first_seed, guidance_baselines=scales,
         auto_guidance_baselines=auto, metrics=metrics, statistics=statistics, out=Path(args.out), name=args.name,
         progress=not args.no_progress, argv=None if argv is None else tuple(argv),

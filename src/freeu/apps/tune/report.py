@@ -140,6 +140,9 @@ def _verdict(outcome: TuneOutcome) -> _Verdict:
     label = f"{s.metric.upper()} ({better} is better)"
     search_label = (f"{s.metric.upper()} minus that of FreeU off at the candidate's equivalent guidance "
                     f"({better} is better)" if outcome.matched else label)  # fmt: skip
+    if s.compensate:
+        band = "on every frequency" if s.compensate == "global" else "on the low band"
+        search_label = f"{label}, each candidate with its extra guidance taken back {band}"
     numbers = Confirmation(outcome.confirmation.configs, s.metric, lower)
     tuned_off = numbers.versus_off("tuned")
     beats = numbers.better(tuned_off)
@@ -257,11 +260,22 @@ def _report_head(outcome: TuneOutcome, v: _Verdict) -> list[str]:
         f"- search: successive halving, eta {s.eta}, {len(outcome.schedule)} rungs, "
         f"{rung_cost(outcome.schedule, 2 if outcome.matched else 1)} images per prompt (FreeU off included) on search "
         f"seeds {v.search_seeds}; score: {v.search_label}",
+        *_compensation_lines(outcome),
         f"- confirmation: seeds {v.confirm_seeds}, never seen by the search; "
         f"{round(s.statistics.confidence * 100)}% paired bootstrap intervals (see confirm/report.md)",
         f"- command: `{v.command}`",
         "",
     ]
+
+
+def _compensation_lines(outcome: TuneOutcome) -> list[str]:
+    s = outcome.settings
+    if not s.compensate:
+        return []
+    band = "every frequency" if s.compensate == "global" else "the low band only"
+    return [f"- compensated ({s.compensate}): every candidate, the tuned setting and {outcome.preset} were sampled "
+            f"with the extra guidance the meter measured for them taken back, on {band}; preset.toml holds the factors "
+            "alone, which add that guidance again wherever they are used without it"]  # fmt: skip
 
 
 def _verdict_lines(outcome: TuneOutcome, v: _Verdict) -> list[str]:

@@ -50,9 +50,10 @@ class EvalFailed(RuntimeError):
     """An evaluation of the search or the confirmation ended with missing images (exit 1 of ``freeu tune``)."""
 
 
-def candidate_config(name: str, settings: Mapping[str, Any]) -> EvalConfig:
-    """A candidate's settings as the configuration an evaluation compares."""
-    return EvalConfig(name, FreeUConfig(**settings))
+def candidate_config(name: str, settings: Mapping[str, Any], compensate: str | None = None) -> EvalConfig:
+    """A candidate's settings as the configuration an evaluation compares (``compensate``: sampled with the extra
+    guidance the meter measures taken back)."""
+    return EvalConfig(name, FreeUConfig(**settings), compensate=compensate)
 
 
 def _atomic_json(path: Path, data: Any) -> None:
@@ -90,6 +91,11 @@ def matched_guidance(settings: TuneSettings) -> bool:
     from ..runtime import peek_takes_prompt
 
     scale = settings.guidance if settings.guidance is not None else 2.0  # every model's default is above 1
+    if settings.compensate is not None:  # the extra guidance is taken back: each candidate against FreeU off
+        if not peek_takes_prompt(settings.model) or scale <= 1:
+            raise ValueError(f"--compensate {settings.compensate}: it takes back guidance that the meter measures, so "
+                             "it needs a guided model sampled above guidance 1 (--guidance)")  # fmt: skip
+        return False
     return settings.matched_guidance and peek_takes_prompt(settings.model) and scale > 1
 
 
@@ -214,6 +220,11 @@ def run_tune(settings: TuneSettings, notes: Notes = print) -> TuneOutcome | None
         f"({', '.join(f'{r.candidates} on {r.seeds} seeds' for r in schedule)}): "
         f"{rung_cost(schedule, 2 if plan.matched else 1)} images per prompt, FreeU off included"
         + (", each candidate scored against FreeU off at its own equivalent guidance" if plan.matched else "")
+        + (
+            f", each candidate sampled with its extra guidance taken back ({settings.compensate})"
+            if settings.compensate
+            else ""
+        )
     )
     rung = _RungEvaluation(settings, plan, evaluations, say, main)
     done = [r["scores"] for r in record["rungs"]]
@@ -251,13 +262,14 @@ class _RungEvaluation:
             first_seed=settings.first_seed, statistics=StatisticsOptions(bootstrap=0, set_bootstrap=0), grid_units=0,
             metrics=metrics, matched_guidance=plan.matched,
         )  # fmt: skip
-        if plan.matched:
+        if plan.matched or settings.compensate:
             self.changes["guidance_units"] = settings.guidance_units or max(1, len(plan.prompts))  # every prompt
 
     def __call__(self, index: int, alive: Sequence[str], seeds: int) -> dict[str, float]:
         plan, metric, matched = self.plan, self.settings.metric, self.plan.matched
         self.say(f"rung {index + 1}/{len(plan.schedule)}: {len(alive)} candidates on {seeds} seeds")
-        configs = [EvalConfig(BASELINE), *(candidate_config(n, plan.candidates[n]) for n in alive)]
+        configs = [EvalConfig(BASELINE),
+                   *(candidate_config(n, plan.candidates[n], self.settings.compensate) for n in alive)]  # fmt: skip
         result = self.evaluations(Path(self.settings.out) / "search", configs, seeds=seeds, **self.changes)
         values = {r.config.name: metric_value(r, metric) for r in result.configs}
         if math.isnan(values[BASELINE]):
@@ -289,7 +301,8 @@ def _confirm(
         note = "the published preset nearest the tuned factors (the model has no preset of its own)"
     say(f"confirming {winner} ({tuned.label()}) against FreeU off and {preset} on {settings.confirm_seeds} other "
         "seeds")  # fmt: skip
-    configs = [EvalConfig(BASELINE), candidate_config("tuned", plan.candidates[winner]), *expand_spec(preset, preset)]
+    configs = [EvalConfig(BASELINE), candidate_config("tuned", plan.candidates[winner], settings.compensate),
+               *(replace(c, compensate=settings.compensate) for c in expand_spec(preset, preset))]  # fmt: skip
     result = evaluations(
         Path(settings.out) / "confirm", configs, seeds=settings.confirm_seeds, first_seed=settings.confirm_start,
         statistics=settings.statistics, metrics=settings.metrics, guidance_baselines=settings.guidance_baselines,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..evaluate.configs import COMPENSATIONS
 from ..evaluate.request import DTYPES, MetricOptions, StatisticsOptions
 from ..evaluate.results import ConfigResult
 from ..runtime import DEMO, Size
@@ -47,7 +48,8 @@ def _at_least(name: str, value: object, minimum: int) -> None:
 class TuneSettings:
     """One tune: each field is the ``freeu tune`` flag of the same name, with the same default (``prompts`` are
     those of ``--prompt`` and ``--prompts FILE``; ``matched_guidance`` is the opposite of
-    ``--no-matched-guidance``; ``guidance_baselines`` and ``auto_guidance_baselines`` are ``--guidance-baselines``
+    ``--no-matched-guidance``; ``compensate`` is ``--compensate`` (``None``, ``"global"`` or ``"low"``);
+    ``guidance_baselines`` and ``auto_guidance_baselines`` are ``--guidance-baselines``
     without and with ``auto``; ``metrics`` and ``statistics`` the flags shared with ``freeu eval``; ``argv`` the
     command line, from ``tune`` on, that the report records (``None``: this process's)). Checked when built, with
     errors that name the field and what it allows."""
@@ -73,6 +75,7 @@ class TuneSettings:
     metric: str = "swd"
     matched_guidance: bool = True
     guidance_units: int | None = None
+    compensate: str | None = None
     confirm_seeds: int = 256
     confirm_first_seed: int | None = None
     guidance_baselines: tuple[float, ...] = ()
@@ -99,7 +102,7 @@ class TuneSettings:
             _at_least("confirm_first_seed", self.confirm_first_seed, 0)
         choices: tuple[tuple[str, Sequence[Any]], ...] = (
             ("metric", tuple(METRICS)), ("eta", (2, 3, 4)), ("version", (1, 2)),
-            ("convention", ("official", "diffusers")), ("dtype", DTYPES),
+            ("convention", ("official", "diffusers")), ("dtype", DTYPES), ("compensate", (None, *COMPENSATIONS)),
         )  # fmt: skip
         for name, allowed in choices:
             if getattr(self, name) not in allowed:
@@ -139,8 +142,10 @@ class TuneSettings:
             "swd_projections": metrics.swd_projections,
         }  # fmt: skip
         out.update(space=space, prompts=list(prompts), format=1, matched=matched)
-        if matched:
+        if matched or self.compensate:
             out["guidance_units"] = self.guidance_units
+        if self.compensate:  # only where set: folders of earlier versions keep resuming
+            out["compensate"] = self.compensate
         return json.loads(json.dumps(out))
 
     def command_line(self) -> str:
