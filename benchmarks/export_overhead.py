@@ -6,8 +6,8 @@ The three graphs are written by ``freeu export``'s function (``freeu.apps.export
 on the same inputs, in a rotating order (``benchlib.interleaved``). The ratio is the median of the per-repetition
 ratios to the plain graph. Goal: FreeU adds at most 2 % to a call.
 
-The three runtime sessions share one copy of the weights (``SessionOptions.add_initializer`` with arrays mapped from
-the plain graph's weights file): three separate copies of a float32 SD 1.5 U-Net do not fit in 24 GB.
+The sessions run without ONNX Runtime's memory arena (the same for all three), so that three sessions of a float32
+SD 1.5 U-Net fit in 24 GB; before timing, each graph's output is checked against PyTorch's.
 
     python benchmarks/export_overhead.py [--layout sd15] [--latent 64] [--batch 2] [--repeats 10] [--folder DIR]
 
@@ -55,46 +55,49 @@ def _export(layout: str, folder: Path, config: freeu.FreeUConfig) -> None:
     gc.collect()
 
 
-def _shared_weights(folder: Path) -> dict[str, Any]:
-    """The plain graph's weights as ONNX Runtime values over arrays mapped from its weights file (read lazily,
-    shared by every session they are given to)."""
-    import numpy as np
-    import onnx
+def _session(path: Path) -> Any:
     import onnxruntime
-    from onnx import helper
-
-    model = onnx.load(str(folder / "unet.onnx"), load_external_data=False)
-    values: dict[str, Any] = {}
-    maps: dict[str, Any] = {}
-    for tensor in model.graph.initializer:
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        info = {entry.key: entry.value for entry in tensor.external_data}
-        path = folder / info["location"]
-        if path not in maps:
-            maps[path] = np.memmap(path, dtype=np.uint8, mode="r")
-        offset, length = int(info.get("offset", 0)), int(info["length"])
-        dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
-        array = np.frombuffer(maps[path], dtype=dtype, count=length // dtype.itemsize, offset=offset)
-        values[tensor.name] = onnxruntime.OrtValue.ortvalue_from_numpy(array.reshape(tuple(tensor.dims)))
-    return values
-
-
-def _session(path: Path, weights: dict[str, Any]) -> Any:
-    """A session of the graph at ``path``, given the shared weights it holds: the U-Net's parameters (named after
-    them), of the same shape and type (the exporter's own constants, ``val_N``, differ between graphs)."""
-    import onnx
-    import onnxruntime
-    from onnx import helper
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
-    graph = onnx.load(str(path), load_external_data=False).graph
-    own = {t.name: (tuple(t.dims), helper.tensor_dtype_to_np_dtype(t.data_type)) for t in graph.initializer}
-    for name, value in weights.items():
-        if name.startswith("unet.") and own.get(name) == (tuple(value.shape()), value.numpy().dtype):
-            options.add_initializer(name, value)
+    # no memory arena: it keeps each session's peak of activations (some GB at 512 px) reserved after a call and
+    # grows with dynamic shapes; three arenas of a float32 SD 1.5 U-Net at 512 px do not fit in 24 GB. Without it
+    # a session holds its activations only while it runs (measured here: 3.5 GB per session, 14 GB at most)
+    options.enable_cpu_mem_arena = False
+    options.enable_mem_pattern = False
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class _JoinsAlone(torch.nn.Module):
+    """FreeU's work at every join it acts on, alone: each join's concatenated input split into backbone and skip,
+    the backbone scaled, the skip filtered, the two joined again, as the baked graph does it inside the U-Net."""
+
+    def __init__(self, plans: list, config: freeu.FreeUConfig) -> None:
+        super().__init__()
+        self.plans, self.config = plans, config
+
+    def forward(self, *joined: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        from freeu.join import apply_join
+
+        out = []
+        for plan, x in zip(self.plans, joined, strict=True):
+            width = plan.join.backbone_channels
+            first, skip = apply_join(x[:, :width], x[:, width:], self.config.stage(plan.stage),
+                                     version=self.config.version, threshold=self.config.threshold)  # fmt: skip
+            out.append(torch.cat([first, skip], dim=1))
+        return tuple(out)
+
+
+def _joins_alone(unet: torch.nn.Module, config: freeu.FreeUConfig, latent: int, batch: int, path: Path) -> dict:
+    """An ONNX graph of :class:`_JoinsAlone` at the joins' sizes for this latent and batch, and its inputs."""
+    acting = [(p, size) for p, size in zip(freeu.plan(unet), bl.join_sizes(unet, latent), strict=True) if p.stage]
+    gen = torch.Generator().manual_seed(0)
+    examples = [torch.randn(batch, p.join.in_channels, size, size, generator=gen) for p, size in acting]
+    names = [f"join{i}" for i in range(len(examples))]
+    module = _JoinsAlone([p for p, _ in acting], config).eval()
+    with torch.no_grad():
+        torch.onnx.export(module, tuple(examples), path, dynamo=True, input_names=names, opset_version=18)
+    return {name: x.numpy() for name, x in zip(names, examples, strict=True)}
 
 
 def export_section(layout: str, latent: int, batch: int, repeats: int, device: torch.device,
@@ -113,12 +116,13 @@ def export_section(layout: str, latent: int, batch: int, repeats: int, device: t
         with freeu.apply(unet, config):
             with_freeu = unet(**inputs).sample.numpy()
     expected = {"plain": plain, "baked": with_freeu, "inputs": with_freeu}
-    del unet
     with tempfile.TemporaryDirectory() as tmp:
+        joins_feed = _joins_alone(unet, config, latent, batch, Path(tmp) / "joins.onnx")
+        joins = _session(Path(tmp) / "joins.onnx")
+        del unet
         root = Path(folder) if folder else Path(tmp)
         _export(layout, root, config)
-        weights = _shared_weights(root / "plain")
-        sessions = {name: _session(root / name / "unet.onnx", weights) for name in GRAPHS}
+        sessions = {name: _session(root / name / "unet.onnx") for name in GRAPHS}
         factors = ExportedUNet.factors(config, 500.0, batch)
         errors = {}
         for name, session in sessions.items():
@@ -132,22 +136,29 @@ def export_section(layout: str, latent: int, batch: int, repeats: int, device: t
             bl.Contender("inputs", lambda: sessions["inputs"].run(None, {**feed, **factors})),
         ]
         times = bl.interleaved(contenders, repeats, device)
+        # FreeU's operators alone, many times: what they add to a call, resolved below the calls' noise
+        alone = bl.interleaved([bl.Contender("joins", lambda: joins.run(None, joins_feed))], 5 * repeats, device)
     rows = []
     for name in GRAPHS:
         ratios = bl.paired_ratios(times[name], times["plain"])
         low, high = bl.quartiles(ratios)
         rows.append([name, bl.fmt_ms(bl.median(times[name])), bl.fmt_ratio(bl.median(ratios)),
                      f"{bl.fmt_ratio(low)} .. {bl.fmt_ratio(high)}"])  # fmt: skip
+    own = bl.median(alone["joins"])
+    rows.append(["FreeU's operators alone", bl.fmt_ms(own), bl.fmt_pct(own / bl.median(times["plain"])), ""])
     return bl.Section(
         key="export",
         title=f"Exported U-Net in ONNX Runtime (CPU): {layout} widths, random weights, latent {latent}, batch {batch}",
         headers=["graph", "median per call", "ratio to plain (median)", "interquartile range"],
         rows=rows,
         note=f"One call of each graph per repetition, {repeats} repetitions after one warm-up round, interleaved, "
-        "float32, ONNX Runtime's CPU provider with its default graph optimisations; FreeU = the SD 1.5 factors (v2, "
-        "official). plain: `freeu export --plain`; baked: the factors as constants; inputs: the factors as graph "
-        "inputs, fed at every call. Each graph's output equals PyTorch's (freeu.apply) within "
-        f"{max(errors.values()):.1e} of its scale.",
+        "float32, ONNX Runtime's CPU provider with its default graph optimisations and no memory arena; FreeU = "
+        "the SD 1.5 factors (v2, official). plain: `freeu export --plain`; baked: the factors as constants; "
+        "inputs: the factors as graph inputs, fed at every call. Each graph's output equals PyTorch's "
+        f"(freeu.apply) within {max(errors.values()):.1e} of its scale. FreeU's operators alone: the work the baked "
+        "graph adds at the joins FreeU acts on (split, scale, filter, join again, at the joins' sizes for this input), "
+        f"as a graph of its own in the same runtime, median of {5 * repeats} calls, over the plain graph's median: "
+        "what FreeU adds to a call, measured below the calls' own noise.",
     )
 
 

@@ -317,7 +317,7 @@ def export_unet(
     try:
         if out.is_dir():
             _clear_earlier(out)
-        graph = _Graph(unet, signature, handle, [i.name for i in inputs])
+        graph = _Graph(unet, signature, handle, [i.name for i in inputs]).eval()
         examples = _examples(signature, inputs, 2, signature.downsampling * max(min_size, 4))
         files = _write(graph, examples, inputs, _dims(signature, inputs, min_size), out, formats)
         if "onnx-pipeline" in formats:
@@ -469,16 +469,17 @@ def _write_pipeline(pipeline: Any, out: Path) -> Path:
     latent_h, latent_w = torch.export.Dim("height", min=1, max=512), torch.export.Dim("width", min=1, max=512)
     with torch.no_grad():
         (out / "text_encoder").mkdir()
-        _onnx_export(_TextEncoder(pipeline.text_encoder.eval()), [torch.zeros(2, tokens, dtype=torch.int32)],
+        _onnx_export(_TextEncoder(pipeline.text_encoder).eval(), [torch.zeros(2, tokens, dtype=torch.int32)],
                      ({0: batch},), ["input_ids"], out / "text_encoder" / "model.onnx",
                      ("last_hidden_state", "pooler_output"))  # fmt: skip
         channels = int(vae.config.latent_channels)
         (out / "vae_decoder").mkdir()
-        _onnx_export(_VaePart(vae, "decoder"), [torch.randn(2, channels, 8, 8)],
+        _onnx_export(_VaePart(vae, "decoder").eval(), [torch.randn(2, channels, 8, 8)],
                      ({0: batch, 2: latent_h, 3: latent_w},), ["latent_sample"],
                      out / "vae_decoder" / "model.onnx", ("sample",))  # fmt: skip
         (out / "vae_encoder").mkdir()
-        _onnx_export(_VaePart(vae, "encoder"), [torch.randn(2, int(vae.config.in_channels), 8 * factor, 8 * factor)],
+        pixels = torch.randn(2, int(vae.config.in_channels), 8 * factor, 8 * factor)
+        _onnx_export(_VaePart(vae, "encoder").eval(), [pixels],
                      ({0: batch, 2: factor * latent_h, 3: factor * latent_w},), ["sample"],
                      out / "vae_encoder" / "model.onnx", ("latent_sample",))  # fmt: skip
     for part, dtype in dtypes.items():  # the pipeline as it came
