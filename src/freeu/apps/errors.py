@@ -1,7 +1,8 @@
 """The errors the applications raise on purpose, and the one mapping of errors to exit codes for every command.
 
-- exit 2 (:data:`USAGE`): a value that a flag, the model or the settings refuse (``ValueError``; argparse's own
-  refusals exit 2 as well), printed as ``freeu COMMAND: error: MESSAGE``;
+- exit 2 (:data:`USAGE`): a value that a flag, the model or the settings refuse (``ValueError``; a model FreeU
+  does not apply to, :class:`freeu.UnsupportedModelError`; argparse's own refusals exit 2 as well), printed as
+  ``freeu COMMAND: error: MESSAGE``;
 - exit 1 (:data:`FAILURE`): something the command needs is not there: a model that cannot be loaded offline
   (:class:`ModelLoadError`), a file that cannot be read or written, a missing optional dependency
   (:class:`MissingExtra`), printed as ``freeu COMMAND: MESSAGE``;
@@ -14,6 +15,8 @@ import importlib
 import sys
 from collections.abc import Callable
 from typing import Any
+
+from freeu.models import UnsupportedModelError
 
 __all__ = ["FAILURE", "INTERRUPTED", "USAGE", "MissingExtra", "ModelLoadError", "require", "run_command"]
 
@@ -45,7 +48,7 @@ def run_command(command: str, handler: Callable[[Any], int | None], args: Any) -
     except (ModelLoadError, MissingExtra, OSError) as error:
         print(f"freeu {command}: {_paragraph(error)}", file=sys.stderr)
         return FAILURE
-    except ValueError as error:
+    except (ValueError, UnsupportedModelError) as error:
         print(f"freeu {command}: error: {_paragraph(error)}", file=sys.stderr)
         return USAGE
     except KeyboardInterrupt:

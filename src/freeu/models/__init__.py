@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import diffusers_unet, ldm
+from . import diffusers_unet, kandinsky3, ldm
 from .base import SkipJoin, UNetLayout, UnsupportedModelError, class_names
 from .custom import CustomUNet
 
@@ -22,12 +22,16 @@ __all__ = [
 SUPPORTED = (
     "diffusers UNet2DConditionModel and UNet2DModel (Stable Diffusion 1.x/2.x, SDXL, pixel-space DDPM models), "
     "UNet3DConditionModel (ModelScope/ZeroScope), UNetMotionModel (AnimateDiff), I2VGenXLUNet, "
-    "UNetSpatioTemporalConditionModel (Stable Video Diffusion); the LDM/SGM openaimodel.UNetModel (original Stable "
-    "Diffusion, ComfyUI, A1111); a diffusers pipeline (.unet) or an LDM wrapper (.model.diffusion_model) holding "
-    "one; or any U-Net described with freeu.CustomUNet"
+    "UNetSpatioTemporalConditionModel (Stable Video Diffusion), Kandinsky3UNet (Kandinsky 3); the LDM/SGM "
+    "openaimodel.UNetModel (original Stable Diffusion, ComfyUI, A1111); a diffusers pipeline (.unet) or an LDM "
+    "wrapper (.model.diffusion_model) holding one; or any U-Net described with freeu.CustomUNet"
 )
 
-_FAMILIES = ((diffusers_unet.is_diffusers_unet, diffusers_unet.describe), (ldm.is_ldm_unet, ldm.describe))
+_FAMILIES = (
+    (diffusers_unet.is_diffusers_unet, diffusers_unet.describe),
+    (kandinsky3.is_kandinsky3_unet, kandinsky3.describe),
+    (ldm.is_ldm_unet, ldm.describe),
+)
 
 
 def _family(module: object):
@@ -62,11 +66,57 @@ def _holder_chain(model: object) -> list[object]:
     return chain
 
 
+#: Where a diffusion transformer keeps its blocks (diffusers' DiT, PixArt, Sana: ``transformer_blocks``; SD3:
+#: ``transformer_blocks``; Flux: ``transformer_blocks`` and ``single_transformer_blocks``; ComfyUI's MMDiT:
+#: ``joint_blocks``; ComfyUI's Flux: ``double_blocks`` and ``single_blocks``; many others: ``blocks`` or ``layers``).
+_TRANSFORMER_BLOCKS = ("transformer_blocks", "single_transformer_blocks", "joint_blocks", "double_blocks",
+                       "single_blocks", "blocks", "layers")  # fmt: skip
+#: What turns an image into tokens in those models.
+_PATCH_EMBEDDINGS = ("pos_embed", "patch_embed", "x_embedder", "img_in", "patch_embedding", "proj_in")
+
+
+def _plain_transformer(module: object) -> bool:
+    """A diffusion transformer by its structure: a patch embedding and a list of transformer blocks, and no decoder
+    (``up_blocks``, ``output_blocks``). Its blocks run one after another: no block takes an earlier block's output
+    concatenated with its own, so there is no skip join."""
+    if not isinstance(module, nn.Module) or hasattr(module, "up_blocks") or hasattr(module, "output_blocks"):
+        return False
+    lists = [getattr(module, a, None) for a in _TRANSFORMER_BLOCKS]
+    return any(isinstance(m, nn.ModuleList) and len(m) > 0 for m in lists) and any(
+        hasattr(module, a) for a in _PATCH_EMBEDDINGS
+    )
+
+
+def _no_skip_joins_error(model: object) -> UnsupportedModelError | None:
+    """The error for a diffusion transformer without skip joins found in ``model`` or what holds it (a pipeline's
+    ``.transformer``, a host's ``.diffusion_model``); ``None`` where there is none."""
+    seen = _holder_chain(model)
+    for holder in list(seen):
+        inner = getattr(holder, "transformer", None)
+        if isinstance(inner, nn.Module):
+            seen.append(inner)
+    for candidate in seen:
+        if _plain_transformer(candidate):
+            name = type(candidate).__name__
+            where = "" if candidate is model else f" (in the {type(model).__name__} given)"
+            return UnsupportedModelError(
+                f"{name}{where} is a diffusion transformer with no skip joins: its blocks run one after another and "
+                "none concatenates an earlier block's features with its own, so FreeU (which scales the backbone "
+                "and filters the skip feature at such joins) has nothing to act on. This holds for SD3, Flux, "
+                "PixArt, Sana and other plain DiTs. Use FreeU with a U-Net model (Stable Diffusion 1.x/2.x, SDXL, "
+                f"their fine-tunes, the video U-Nets). Supported: {SUPPORTED}"
+            )
+    return None
+
+
 def find_unet(model: object) -> nn.Module:
     """The U-Net itself, found by structure in ``model`` or the wrappers that usually hold it."""
     candidate = _holder_chain(model)[-1]
     if isinstance(candidate, nn.Module) and _family(candidate) is not None:
         return candidate
+    error = _no_skip_joins_error(model)
+    if error is not None:
+        raise error
     raise UnsupportedModelError(
         f"model must be a supported U-Net or hold one; got {type(model).__name__}. Supported: {SUPPORTED}"
     )
@@ -76,5 +126,8 @@ def describe(unet: nn.Module) -> UNetLayout:
     """The skip joins of a U-Net returned by :func:`find_unet`."""
     describe_fn = _family(unet)
     if describe_fn is None:
+        error = _no_skip_joins_error(unet)
+        if error is not None:
+            raise error
         raise UnsupportedModelError(f"{type(unet).__name__} is not a supported U-Net. Supported: {SUPPORTED}")
     return describe_fn(unet)
