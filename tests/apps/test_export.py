@@ -296,3 +296,9 @@ def test_an_onnx_pipeline_folder_samples_with_freeu_in_diffusers_onnx_pipeline(t
     with torch.no_grad():
         mean = pipe.vae.encode(image).latent_dist.mode()
     assert _error(session.run(None, {"sample": image.numpy()})[0], mean) < TOLERANCE
+    # the manifest points at the pipeline's U-Net graph: ExportedUNet runs it
+    inputs = _sd15_case().inputs(2, (16, 24))
+    inputs["encoder_hidden_states"] = torch.randn(2, 16, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad(), freeu.apply(pipe.unet, preset="sd15"):
+        ref = pipe.unet(inputs["sample"], inputs["timestep"], inputs["encoder_hidden_states"]).sample
+    assert _error(ExportedUNet(out)(**inputs), ref) < TOLERANCE

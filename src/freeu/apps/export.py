@@ -246,30 +246,12 @@ def _dims(signature: _Signature, inputs: Sequence[_Input], min_size: int) -> dic
     return {"args": tuple(per_input)}
 
 
-def export_unet(
-    unet: nn.Module,
-    out: str | Path,
-    config: FreeUConfig | None,
-    *,
-    formats: Sequence[str] = ("onnx",),
-    mode: str = "baked",
-    description: str = "",
-    pipeline: Any = None,
-) -> ExportResult:
-    """Write ``unet`` with FreeU (``config``; ``None``: the plain U-Net) into the folder ``out``.
-
-    ``formats``: any of :data:`FORMATS` (``openvino`` is converted from the ONNX graph, which is kept);
-    ``mode``: ``"baked"`` (``config``'s factors as constants) or ``"inputs"`` (the factors as graph inputs,
-    ``config`` giving the rest: version, convention, threshold, stages beyond two are refused). A step window needs
-    ``inputs`` (the caller gives each step's factors). ``ValueError`` names what is wrong: a model of another
-    family, a format whose package is missing (and the extra that installs it), an output folder that holds
-    something else, a failure of the exporter (with the operator it names).
-
-    ``"onnx-pipeline"`` writes a whole Stable Diffusion 1.x/2.x ``pipeline`` (whose U-Net is ``unet``) in the folder
-    layout diffusers' ``OnnxStableDiffusionPipeline`` loads: the U-Net with FreeU baked in at ``unet/model.onnx``,
-    the text encoder and the VAE's two halves as ONNX graphs, the tokenizer and the scheduler as they are."""
+def _check_request(unet: nn.Module, config: FreeUConfig | None, formats: Sequence[str] | str, mode: str,
+                   pipeline: Any) -> list[str]:  # fmt: skip
+    """:func:`export_unet`'s arguments checked before any work; the formats as a list."""
     if isinstance(formats, str):
         formats = [formats]
+    formats = list(formats)
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ValueError(f"--format must be one or more of {', '.join(FORMATS)}, got {list(formats)}")
@@ -295,6 +277,32 @@ def export_unet(
     for f in formats:
         _require("onnx" if f == "openvino" else f)
         _require(f)
+    return formats
+
+
+def export_unet(
+    unet: nn.Module,
+    out: str | Path,
+    config: FreeUConfig | None,
+    *,
+    formats: Sequence[str] = ("onnx",),
+    mode: str = "baked",
+    description: str = "",
+    pipeline: Any = None,
+) -> ExportResult:
+    """Write ``unet`` with FreeU (``config``; ``None``: the plain U-Net) into the folder ``out``.
+
+    ``formats``: any of :data:`FORMATS` (``openvino`` is converted from the ONNX graph, which is kept);
+    ``mode``: ``"baked"`` (``config``'s factors as constants) or ``"inputs"`` (the factors as graph inputs,
+    ``config`` giving the rest: version, convention, threshold, stages beyond two are refused). A step window needs
+    ``inputs`` (the caller gives each step's factors). ``ValueError`` names what is wrong: a model of another
+    family, a format whose package is missing (and the extra that installs it), an output folder that holds
+    something else, a failure of the exporter (with the operator it names).
+
+    ``"onnx-pipeline"`` writes a whole Stable Diffusion 1.x/2.x ``pipeline`` (whose U-Net is ``unet``) in the folder
+    layout diffusers' ``OnnxStableDiffusionPipeline`` loads: the U-Net with FreeU baked in at ``unet/model.onnx``,
+    the text encoder and the VAE's two halves as ONNX graphs, the tokenizer and the scheduler as they are."""
+    formats = _check_request(unet, config, formats, mode, pipeline)
     out = Path(out)
     _check_out(out)
     signature = _signature(unet)
@@ -331,7 +339,7 @@ def export_unet(
         "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": i.dtype, "meaning": i.meaning} for i in inputs],
         "output": {"name": "out_sample", "shape": ["batch", "channels", "height", "width"], "dtype": "float32"},
         "sizes": {"multiple_of": signature.downsampling, "at_least": signature.downsampling * min_size},
-        "opset": OPSET, "files": {k: v.name for k, v in files.items()},
+        "opset": OPSET, "files": {k: v.relative_to(out).as_posix() for k, v in files.items()},
     }  # fmt: skip
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return ExportResult(out, files, manifest)
