@@ -95,3 +95,24 @@ def test_per_sample_factors_and_a_window(unet) -> None:
         windowed = _run(unet, timed)
     assert (windowed[0] - full_t[0]).abs().max() < 1e-5 * full_t.abs().max()
     assert torch.equal(windowed[1], plain_t[1])
+
+
+def test_freeu_plan_lists_the_full_size_joins_at_the_sizes_a_forward_gives(unet, capsys) -> None:
+    from freeu.apps.cli import main
+
+    assert main(["plan", "kandinsky3"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert rows == [["up_blocks.1", "1536", "1536", "16", "b1,s1", "b1,s1"],
+                    ["up_blocks.2", "768", "768", "32", "b2,s2", "b2,s2"],
+                    ["up_blocks.3", "384", "384", "64", "-", "-"]]  # fmt: skip
+    # the table's sizes (latent / 2 ** (levels - 1 - level)) are those of a real forward, here at 32 x 32
+    seen = {}
+
+    def size(name):
+        return lambda module, args: seen.update({name: args[0].shape[-1]})  # returns None: the inputs stay
+
+    hooks = [p.join.module.register_forward_pre_hook(size(p.join.name)) for p in freeu.plan(unet)]
+    _run(unet, _inputs(batch=1))
+    for h in hooks:
+        h.remove()
+    assert seen == {"up_blocks.1": 4, "up_blocks.2": 8, "up_blocks.3": 16}

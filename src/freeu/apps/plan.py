@@ -57,15 +57,18 @@ LAYOUTS: dict[str, dict] = {
         out_channels=6,
     ),
 }
+#: Layouts of other U-Net classes: the diffusers class and its arguments (Kandinsky 3: the class's defaults).
+OTHER_LAYOUTS: dict[str, tuple[str, dict]] = {"kandinsky3": ("Kandinsky3UNet", {})}
 #: The latent size each layout is shown at (its native resolution / 8; DeepFloyd IF's first stage is pixels, 64 px).
-LATENT = {"sd15": 64, "sd21": 96, "sdxl": 128, "kandinsky22": 96, "if-i-xl": 64}
+LATENT = {"sd15": 64, "sd21": 96, "sdxl": 128, "kandinsky22": 96, "if-i-xl": 64, "kandinsky3": 128}
 PIXELS = {"if-i-xl": 1}
 
 
 def register(subparsers: Any) -> None:
     """Add ``plan`` to the ``freeu`` command line."""
     p = subparsers.add_parser("plan", help="show which skip join gets which FreeU stage under each convention")
-    p.add_argument("layout", choices=sorted(LAYOUTS), help="a full-size U-Net layout (built without weights)")
+    p.add_argument("layout", choices=sorted([*LAYOUTS, *OTHER_LAYOUTS]), help="a full-size U-Net layout (built "
+                   "without weights)")  # fmt: skip
     p.add_argument(
         "--stages", type=_stage_count, default=2,
         help="how many FreeU stages (2: the paper's; 3 adds SD's 320-wide joins, as sd-webui-freeu does)",
@@ -92,7 +95,11 @@ def plan_table(layout: str, stages: int = 2) -> str:
     """The skip joins of a full-size layout with their widths, map size and stage under each convention."""
     diffusers = require("diffusers", "diffusers", "freeu plan")
     with torch.device("meta"):
-        unet = diffusers.UNet2DConditionModel(**LAYOUTS[layout])
+        if layout in OTHER_LAYOUTS:
+            name, kwargs = OTHER_LAYOUTS[layout]
+            unet = getattr(diffusers, name)(**kwargs)
+        else:
+            unet = diffusers.UNet2DConditionModel(**LAYOUTS[layout])
     official = freeu.plan(unet, "official", stages=stages)
     by_index = freeu.plan(unet, "diffusers", stages=stages)
     levels = len(unet.up_blocks)
