@@ -234,6 +234,7 @@ def test_the_command_line_writes_a_folder_whose_window_and_factors_at_one_are_ex
         final = exported.denoise(model.scheduler, seed_noise(seeds, (3, 32, 32)), steps, config)
         assert _error(final.numpy(), expected) < TOLERANCE, runtime
     assert _error(unwindowed.numpy(), expected) > 0.01  # the window changes the result: the check can fail
+    _check_exported(_demo_case(False), out, SD15)  # the demo's factor inputs at two sizes and batches 1 and 3
     assert all((v == 1).all() for v in exported.factors(config, 950.0, 2).values())  # before the window: off
     # factors at 1 against the exported plain U-Net
     assert main(["export", "--model", "demo", "--plain", "--out", str(plain)]) == 0
