@@ -91,6 +91,10 @@ def _layout(model: object, layout: CustomUNet | None) -> tuple[nn.Module, UNetLa
 
 def _plans(layout: UNetLayout, convention: Convention, num_stages: int = 2) -> list[JoinPlan]:
     if convention == "diffusers" and any(j.block < 0 for j in layout.joins):
+        if any(j.patch is not None for j in layout.joins):
+            raise ValueError(f"convention='diffusers' picks stages by decoder level, and the long skips of a "
+                             f"{layout.family} all run at one resolution, with no levels; use "
+                             "convention='official'")  # fmt: skip
         raise ValueError("convention='diffusers' picks stages by decoder level: give CustomUNet(levels=...)")
     return [JoinPlan(join, _stage(join, layout, convention, num_stages)) for join in layout.joins]
 
@@ -147,6 +151,8 @@ class _CallState:
 
     batch: int | None = None
     timesteps: Any = None
+    #: the input's spatial size ``(H, W)`` (a transformer's token joins lay their tokens on its patch grid)
+    size: tuple[int, int] | None = None
     #: factors given with the call (:meth:`FreeUHandle.factors_given`): ``{stage: (b, s)}``, tensors of one value
     #: or one per sample
     factors: Mapping[int, tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -221,6 +227,8 @@ class FreeUHandle:
         #: the factors come with each call (:meth:`factors_given`), as an exported graph's inputs do
         self.factor_inputs = factor_inputs
         self._needs_call_state = config.windowed or config.batch_size is not None or factor_inputs
+        # token joins read the input's size in the same hook; they need nothing else of the call state
+        self._needs_call_hook = self._needs_call_state or any(p.join.patch is not None for p in self.plans)
         self._tensors: dict[tuple[str, torch.device], torch.Tensor] = {}
 
     @property
@@ -235,7 +243,7 @@ class FreeUHandle:
         per-sample factors need its inputs, and ``("join", plan index, stage or None)`` per skip join that acts or
         is observed."""
         specs: list[tuple[str, int | None, int | None]] = []
-        if self._needs_call_state:
+        if self._needs_call_hook:
             specs += [("call", None, None), ("end", None, None)]
         for i, p in enumerate(self.plans):
             untouched = p.stage is None or (self.config.is_identity(p.stage) and not self.factor_inputs)
@@ -344,6 +352,7 @@ class FreeUHandle:
                     raise RuntimeError(_window_timestep_error(t, steps))
             self._call.batch = sample.shape[0]
             self._call.timesteps = timesteps
+            self._call.size = (int(sample.shape[-2]), int(sample.shape[-1]))
 
         return hook
 
@@ -366,6 +375,7 @@ class FreeUHandle:
     def _end_call_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         self._call.batch = None
         self._call.timesteps = None
+        self._call.size = None
 
     def _per_sample_tensor(self, name: str, values: tuple[float, ...], device: torch.device) -> torch.Tensor:
         key = (name, device)
@@ -451,6 +461,8 @@ class FreeUHandle:
             x = args[0] if from_args else kwargs.get(keyword)
             if not isinstance(x, torch.Tensor):
                 raise RuntimeError(f"FreeU hook on {join.name}: expected the concatenated features as first input")
+            if join.patch is not None:  # (B, N, C) patch tokens: FreeU acts on their grid, (B, C, H / p, W / p)
+                x = _token_grid(x, join, self._call.size)
             width_ok = x.shape[1] == in_channels if in_channels is not None else x.shape[1] > backbone_channels
             if x.dim() != 4 or not width_ok:
                 expected = in_channels if in_channels is not None else f"more than {backbone_channels}"
@@ -478,6 +490,8 @@ class FreeUHandle:
                 out = torch.cat([first, skip], dim=1)
             if observer is not None:
                 observer(JoinObservation(join, stage, backbone, skip_in, out[:, :backbone_channels], skip))
+            if join.patch is not None:  # back to the tokens' layout
+                out = out.flatten(2).transpose(1, 2).contiguous()
             if from_args:
                 return (out, *args[1:]), kwargs
             return args, {**kwargs, keyword: out}
@@ -516,6 +530,24 @@ class FreeUHandle:
         stages = [p.stage for p in self.plans]
         counts = ", ".join(f"{stages.count(k)} at stage {k}" for k in range(1, self.config.num_stages + 1))
         return f"FreeUHandle({self.config}, joins: {counts}, {stages.count(None)} untouched, active={self.active})"
+
+
+def _token_grid(x: torch.Tensor, join: SkipJoin, size: tuple[int, int] | None) -> torch.Tensor:
+    """A token join's input ``(B, N, C)`` as the grid ``(B, C, H / patch, W / patch)`` of the model's input (a
+    copy: channels first, as FreeU's maps are)."""
+    if size is None:
+        raise RuntimeError(
+            f"FreeU hook on {join.name}: a transformer's long skip needs the input's size, read by a forward pre-hook "
+            "on the model, and it did not run for this call: call the model itself, after freeu.apply"
+        )
+    assert join.patch is not None
+    rows, cols = size[0] // join.patch, size[1] // join.patch
+    if x.dim() != 3 or x.shape[1] != rows * cols:
+        raise RuntimeError(
+            f"FreeU hook on {join.name}: expected (B, {rows} x {cols} patch tokens, C) for an input of {size[0]} x "
+            f"{size[1]} in patches of {join.patch}, got shape {tuple(x.shape)}"
+        )
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], rows, cols).contiguous()
 
 
 def _resolve_config(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import diffusers_unet, kandinsky3, ldm
+from . import diffusers_unet, hunyuan_dit, kandinsky3, ldm
 from .base import SkipJoin, UNetLayout, UnsupportedModelError, class_names
 from .custom import CustomUNet
 
@@ -22,7 +22,8 @@ __all__ = [
 SUPPORTED = (
     "diffusers UNet2DConditionModel and UNet2DModel (Stable Diffusion 1.x/2.x, SDXL, pixel-space DDPM models), "
     "UNet3DConditionModel (ModelScope/ZeroScope), UNetMotionModel (AnimateDiff), I2VGenXLUNet, "
-    "UNetSpatioTemporalConditionModel (Stable Video Diffusion), Kandinsky3UNet (Kandinsky 3); the LDM/SGM "
+    "UNetSpatioTemporalConditionModel (Stable Video Diffusion), Kandinsky3UNet (Kandinsky 3), HunyuanDiT2DModel "
+    "(Hunyuan-DiT's long skips); the LDM/SGM "
     "openaimodel.UNetModel (original Stable Diffusion, ComfyUI, A1111); a diffusers pipeline (.unet) or an LDM "
     "wrapper (.model.diffusion_model) holding one; or any U-Net described with freeu.CustomUNet"
 )
@@ -30,6 +31,7 @@ SUPPORTED = (
 _FAMILIES = (
     (diffusers_unet.is_diffusers_unet, diffusers_unet.describe),
     (kandinsky3.is_kandinsky3_unet, kandinsky3.describe),
+    (hunyuan_dit.is_hunyuan_dit, hunyuan_dit.describe),
     (ldm.is_ldm_unet, ldm.describe),
 )
 

@@ -24,7 +24,11 @@ class SkipJoin:
 
     ``name`` is the consumer's qualified name in the U-Net (``"up_blocks.1.resnets.0"``); ``module`` receives the
     concatenated tensor as its first input; ``block`` and ``position`` are the up-block index and the join's index
-    inside that block.
+    inside that block (``block`` -1: the model has no decoder levels).
+
+    ``patch``: ``None`` for feature maps ``(B, C, H, W)``; for a transformer's long skip, the patch size of its
+    tokens: the join's input is then ``cat([backbone, skip], dim=-1)`` of shape ``(B, N, C)``, whose ``N`` tokens
+    are the patches of the model's input in row-major order, a grid of ``(H / patch) x (W / patch)``.
     """
 
     name: str
@@ -33,6 +37,7 @@ class SkipJoin:
     skip_channels: int
     block: int
     position: int
+    patch: int | None = None
 
     @property
     def in_channels(self) -> int:
