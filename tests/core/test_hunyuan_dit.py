@@ -120,3 +120,15 @@ def test_a_block_called_outside_the_model_is_refused_with_a_reason(model) -> Non
         with pytest.raises(RuntimeError, match="a transformer's long skip needs the input's size"):
             block(torch.randn(1, 96, 16), encoder_hidden_states=torch.randn(1, 8, 16), temb=torch.randn(1, 16),
                   skip=torch.randn(1, 96, 16))  # fmt: skip
+
+
+def test_a_pipeline_holding_it_as_transformer_gets_freeu_not_the_no_skip_error(model) -> None:
+    class Pipeline:  # what HunyuanDiTPipeline holds it as
+        transformer = model
+
+    inputs = _inputs()
+    with freeu.apply(model, preset="sd15"):
+        direct = _run(model, inputs)
+    with freeu.apply(Pipeline(), preset="sd15") as handle:
+        assert handle.unet is model
+        assert torch.equal(_run(model, inputs), direct)

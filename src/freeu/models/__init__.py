@@ -45,13 +45,13 @@ def _family(module: object):
 
 def _holder_chain(model: object) -> list[object]:
     """``model`` and what it holds, step by step, until a known U-Net: torch.compile's wrapper (``_orig_mod``), a
-    pipeline's ``.unet``, LDM's ``.diffusion_model`` / ``.model``."""
+    pipeline's ``.unet`` (or ``.transformer``), LDM's ``.diffusion_model`` / ``.model``."""
     chain = [model]
     for _ in range(5):
         if _family(model) is not None:
             break
         inner = model._orig_mod if isinstance(getattr(model, "_orig_mod", None), nn.Module) else None
-        for attr in ("unet", "diffusion_model", "model"):
+        for attr in ("unet", "transformer", "diffusion_model", "model"):
             if inner is not None:
                 break
             candidate = getattr(model, attr, None)
@@ -98,7 +98,7 @@ def _no_skip_joins_error(model: object) -> UnsupportedModelError | None:
         if isinstance(inner, nn.Module):
             seen.append(inner)
     for candidate in seen:
-        if _plain_transformer(candidate):
+        if _family(candidate) is None and _plain_transformer(candidate):
             name = type(candidate).__name__
             where = "" if candidate is model else f" (in the {type(model).__name__} given)"
             return UnsupportedModelError(
