@@ -152,7 +152,7 @@ class _CallState:
     batch: int | None = None
     timesteps: Any = None
     #: the input's spatial size ``(H, W)`` (a transformer's token joins lay their tokens on its patch grid)
-    size: tuple[int, int] | None = None
+    size: tuple[Any, Any] | None = None
     #: factors given with the call (:meth:`FreeUHandle.factors_given`): ``{stage: (b, s)}``, tensors of one value
     #: or one per sample
     factors: Mapping[int, tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -228,7 +228,8 @@ class FreeUHandle:
         self.factor_inputs = factor_inputs
         self._needs_call_state = config.windowed or config.batch_size is not None or factor_inputs
         # token joins read the input's size in the same hook; they need nothing else of the call state
-        self._needs_call_hook = self._needs_call_state or any(p.join.patch is not None for p in self.plans)
+        self._token_joins = any(p.join.patch is not None for p in self.plans)
+        self._needs_call_hook = self._needs_call_state or self._token_joins
         self._tensors: dict[tuple[str, torch.device], torch.Tensor] = {}
 
     @property
@@ -352,7 +353,8 @@ class FreeUHandle:
                     raise RuntimeError(_window_timestep_error(t, steps))
             self._call.batch = sample.shape[0]
             self._call.timesteps = timesteps
-            self._call.size = (int(sample.shape[-2]), int(sample.shape[-1]))
+            if self._token_joins:  # as they are (no int(): an exporter would fix a symbolic size to its example)
+                self._call.size = (sample.shape[-2], sample.shape[-1])
 
         return hook
 
@@ -532,7 +534,7 @@ class FreeUHandle:
         return f"FreeUHandle({self.config}, joins: {counts}, {stages.count(None)} untouched, active={self.active})"
 
 
-def _token_grid(x: torch.Tensor, join: SkipJoin, size: tuple[int, int] | None) -> torch.Tensor:
+def _token_grid(x: torch.Tensor, join: SkipJoin, size: tuple[Any, Any] | None) -> torch.Tensor:
     """A token join's input ``(B, N, C)`` as the grid ``(B, C, H / patch, W / patch)`` of the model's input (a
     copy: channels first, as FreeU's maps are)."""
     if size is None:
