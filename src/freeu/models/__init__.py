@@ -92,12 +92,7 @@ def _plain_transformer(module: object) -> bool:
 def _no_skip_joins_error(model: object) -> UnsupportedModelError | None:
     """The error for a diffusion transformer without skip joins found in ``model`` or what holds it (a pipeline's
     ``.transformer``, a host's ``.diffusion_model``); ``None`` where there is none."""
-    seen = _holder_chain(model)
-    for holder in list(seen):
-        inner = getattr(holder, "transformer", None)
-        if isinstance(inner, nn.Module):
-            seen.append(inner)
-    for candidate in seen:
+    for candidate in _holder_chain(model):  # the chain follows a pipeline's .transformer
         if _family(candidate) is None and _plain_transformer(candidate):
             name = type(candidate).__name__
             where = "" if candidate is model else f" (in the {type(model).__name__} given)"

@@ -15,6 +15,7 @@ from typing import Any
 
 from .. import options
 from ..evaluate.cli import confidence_level, eval_size_arg, guidance_baselines_arg, read_prompts, split_baselines
+from ..evaluate.configs import COMPENSATIONS
 from ..evaluate.request import MetricOptions, StatisticsOptions
 from ..runtime import DEMO, MODEL_HELP
 from .runner import EvalFailed, run_tune
@@ -92,7 +93,7 @@ def _search_arguments(s: Any) -> None:
     s.add_argument("--guidance-units", type=options.positive_int, default=None, help="units the guidance meter "
                    "samples per candidate (guided pipelines; default: one per prompt, so that every prompt is "
                    "measured and matched with its own scale)")  # fmt: skip
-    s.add_argument("--compensate", choices=["global", "low"], default=None, help="guided pipelines: sample every "
+    s.add_argument("--compensate", choices=list(COMPENSATIONS), default=None, help="guided pipelines: sample every "
                    "candidate (and the confirmation's tuned setting and preset) with the extra guidance the meter "
                    "measures for it taken back, on every frequency (global) or on the low band only (low), and score "
                    "it against FreeU off: FreeU's part that is not guidance, searched alone")  # fmt: skip
