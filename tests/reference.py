@@ -41,15 +41,19 @@ def reference_backbone(x: torch.Tensor, b: float, version: int) -> torch.Tensor:
     return x
 
 
-def reference_stage(x: torch.Tensor, h: torch.Tensor, stage, version: int, threshold: int) -> tuple:
+def reference_stage(
+    x: torch.Tensor, h: torch.Tensor, stage, version: int, threshold: int, structure: torch.Tensor | None = None
+) -> tuple:
     """A :class:`freeu.Stage` from docs/method.md section 1, in float64: the backbone channels
     ``[floor(o C), floor((o + w) C))`` (continued from channel 0) times ``b`` (version 2: the map from the mean over
-    all channels); the skip's FFT with mask ``high`` everywhere and ``s`` on the half-open rectangle around
-    ``(H//2, W//2)`` of half-widths ``max(1, floor(n // 2 * cutoff))`` (or ``threshold``), ifft, real part."""
+    all channels, of ``structure`` where given); the skip's FFT with mask ``high`` everywhere and ``s`` on the
+    half-open rectangle around ``(H//2, W//2)`` of half-widths ``max(1, floor(n // 2 * cutoff))`` (or
+    ``threshold``), ifft, real part."""
     import math
 
     dtype = x.dtype
     x64, h64 = x.double(), h.double()
+    source = x64 if structure is None else structure.double()
     channels = x.shape[1]
     offset, width = stage.window
     begin, end = math.floor(offset * channels + 1e-9), math.floor((offset + width) * channels + 1e-9)
@@ -57,7 +61,7 @@ def reference_stage(x: torch.Tensor, h: torch.Tensor, stage, version: int, thres
     if version == 1:
         factor = torch.tensor(float(stage.b), dtype=torch.float64)
     else:
-        mean = x64.mean(1, keepdim=True)
+        mean = source.mean(1, keepdim=True)
         low = mean.flatten(1).min(1).values.view(-1, 1, 1, 1)
         high = mean.flatten(1).max(1).values.view(-1, 1, 1, 1)
         factor = (stage.b - 1) * (mean - low) / (high - low) + 1

@@ -65,20 +65,44 @@ def structure_factor(x: torch.Tensor, b: float | torch.Tensor) -> torch.Tensor:
     return (_per_sample(b, x.shape[0], x.device) - 1) * normalised + 1
 
 
-def scaled_half(
-    x: torch.Tensor, b: float | torch.Tensor, version: Version = 2, *, out: torch.Tensor | None = None
-) -> torch.Tensor:
-    """The first ``C // 2`` channels of ``x`` (``(B, C, H, W)``) times FreeU's backbone factor, as a new tensor.
-
-    Version 2 reads the channel mean over *all* ``C`` channels, so it needs the whole backbone feature. ``out``
-    (``x``'s dtype, shape of the half; not differentiable): write the result there instead of a new tensor.
-    """
+def _factor(
+    x: torch.Tensor, b: float | torch.Tensor, version: Version, structure: torch.Tensor | None
+) -> float | torch.Tensor:
+    """The backbone factor of ``x``: ``b`` (version 1), or version 2's map from ``structure`` (``x`` itself unless a
+    join normalises its backbone first and gives the feature before that)."""
     if x.dim() != 4:
         raise ValueError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
     if isinstance(version, bool) or version not in (1, 2):
         raise ValueError(f"version must be 1 or 2, got {version!r}")
+    if version == 1:
+        return _per_sample(b, x.shape[0], x.device)
+    if structure is None:
+        return structure_factor(x, b)
+    if structure.dim() != 4 or structure.shape[0] != x.shape[0] or structure.shape[-2:] != x.shape[-2:]:
+        raise ValueError(
+            f"structure must be (B, C', H, W) with the batch and size of x {tuple(x.shape)}, got "
+            f"{tuple(structure.shape)}"
+        )
+    return structure_factor(structure, b)
+
+
+def scaled_half(
+    x: torch.Tensor,
+    b: float | torch.Tensor,
+    version: Version = 2,
+    *,
+    out: torch.Tensor | None = None,
+    structure: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The first ``C // 2`` channels of ``x`` (``(B, C, H, W)``) times FreeU's backbone factor, as a new tensor.
+
+    Version 2 reads the channel mean over *all* ``C`` channels, so it needs the whole backbone feature, or
+    ``structure``: the feature whose channel mean gives the map where it is not ``x`` (a backbone normalised over its
+    channels before the join has a mean of zero). ``out`` (``x``'s dtype, shape of the half; not differentiable):
+    write the result there instead of a new tensor.
+    """
+    factor = _factor(x, b, version, structure)
     half = x[:, : x.shape[1] // 2]
-    factor = _per_sample(b, x.shape[0], x.device) if version == 1 else structure_factor(x, b)
     if out is not None:  # a float32 factor multiplies in float32 and is rounded once into out, as below
         if isinstance(factor, torch.Tensor) and factor.dtype != x.dtype:
             # torch computes a mixed-precision product whole in float32 before it rounds into out: go in pieces
@@ -113,23 +137,25 @@ def channel_window(channels: int, offset: float = 0.0, width: float = 0.5) -> li
 
 
 def scale_backbone(
-    x: torch.Tensor, b: float | torch.Tensor, version: Version = 2, *, window: tuple[float, float] = (0.0, 0.5)
+    x: torch.Tensor,
+    b: float | torch.Tensor,
+    version: Version = 2,
+    *,
+    window: tuple[float, float] = (0.0, 0.5),
+    structure: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """A new ``(B, C, H, W)`` tensor: ``x`` with its first ``C // 2`` channels scaled by FreeU's backbone factor.
 
     ``b`` is a number or a tensor of shape ``(B,)`` (one factor per sample). ``x`` is not modified. ``window``:
     ``(offset, width)`` of the scaled channels as fractions of ``C`` (:func:`channel_window`); the default is the
-    first half.
+    first half. ``structure``: version 2's map from this feature's channel mean instead of ``x``'s
+    (:func:`scaled_half`).
     """
     if tuple(window) == (0.0, 0.5):
-        first = scaled_half(x, b, version)
+        first = scaled_half(x, b, version, structure=structure)
         return torch.cat([first, x[:, first.shape[1] :]], dim=1)
-    if x.dim() != 4:
-        raise ValueError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
-    if isinstance(version, bool) or version not in (1, 2):
-        raise ValueError(f"version must be 1 or 2, got {version!r}")
+    factor = _factor(x, b, version, structure)
     ranges = channel_window(x.shape[1], *window)
-    factor = _per_sample(b, x.shape[0], x.device) if version == 1 else structure_factor(x, b)
     result = x.clone()
     for begin, end in ranges:
         part = x[:, begin:end] * factor

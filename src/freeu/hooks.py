@@ -26,6 +26,7 @@ from torch.utils.hooks import RemovableHandle
 from . import join as freeu_join
 from .config import CONVENTIONS, Convention, Factor, FreeUConfig, Preset, Version
 from .models import CustomUNet, SkipJoin, UNetLayout, UnsupportedModelError, describe, find_unet
+from .models.stable_cascade import is_stable_cascade_unet
 from .settings import Settings, resolve
 
 __all__ = ["FreeUHandle", "JoinObservation", "JoinPlan", "active_config", "apply", "plan", "remove"]
@@ -156,6 +157,9 @@ class _CallState:
     #: factors given with the call (:meth:`FreeUHandle.factors_given`): ``{stage: (b, s)}``, tensors of one value
     #: or one per sample
     factors: Mapping[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+    #: version 2's structure feature of the join about to run, where a join's block normalises its backbone first
+    #: (:attr:`SkipJoin.structure`): the block's input, read by a pre-hook on the block
+    structure: torch.Tensor | None = None
 
 
 class _ThreadCallState(_CallState, threading.local):
@@ -241,8 +245,9 @@ class FreeUHandle:
 
     def _hook_specs(self) -> list[tuple[str, int | None, int | None]]:
         """What to install: ``("call", None, None)`` and ``("end", None, None)`` on the U-Net where a window or
-        per-sample factors need its inputs, and ``("join", plan index, stage or None)`` per skip join that acts or
-        is observed."""
+        per-sample factors need its inputs, ``("join", plan index, stage or None)`` per skip join that acts or is
+        observed, and ``("structure", plan index, stage)`` before each acting version-2 join whose map comes from
+        its block's input."""
         specs: list[tuple[str, int | None, int | None]] = []
         if self._needs_call_hook:
             specs += [("call", None, None), ("end", None, None)]
@@ -250,6 +255,8 @@ class FreeUHandle:
             untouched = p.stage is None or (self.config.is_identity(p.stage) and not self.factor_inputs)
             if not (untouched and self._observer is None):
                 specs.append(("join", i, None if untouched else p.stage))
+            if not untouched and p.join.structure is not None and self.config.version == 2:
+                specs.append(("structure", i, p.stage))
         return specs
 
     def _hook(self, spec: tuple[str, int | None, int | None]) -> _Hook:
@@ -263,6 +270,8 @@ class FreeUHandle:
         if kind == "end":
             return self._end_call_hook
         assert index is not None
+        if kind == "structure":
+            return self._structure_hook
         return self._join_hook(self.plans[index].join, stage)
 
     def _install(self) -> None:
@@ -274,7 +283,10 @@ class FreeUHandle:
                 handle = self.unet.register_forward_hook(self._hook(spec), always_call=True)
             else:
                 assert index is not None
-                handle = self.plans[index].join.module.register_forward_pre_hook(self._hook(spec), with_kwargs=True)
+                join = self.plans[index].join
+                module = join.structure if kind == "structure" else join.module
+                assert module is not None
+                handle = module.register_forward_pre_hook(self._hook(spec), with_kwargs=True)
             self._hooks.append((handle, spec))
         setattr(self.unet, _HANDLE_ATTR, self)
         self._guard_hooks_in_compiled_graphs()
@@ -378,6 +390,13 @@ class FreeUHandle:
         self._call.batch = None
         self._call.timesteps = None
         self._call.size = None
+        self._call.structure = None
+
+    def _structure_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Before a block that normalises its backbone and then joins the skip: keep its input for version 2's
+        map (the join runs next, inside this block's forward)."""
+        x = args[0] if args else kwargs.get(_input_name(module))
+        self._call.structure = x if isinstance(x, torch.Tensor) else None
 
     def _per_sample_tensor(self, name: str, values: tuple[float, ...], device: torch.device) -> torch.Tensor:
         key = (name, device)
@@ -465,6 +484,10 @@ class FreeUHandle:
                 raise RuntimeError(f"FreeU hook on {join.name}: expected the concatenated features as first input")
             if join.patch is not None:  # (B, N, C) patch tokens: FreeU acts on their grid, (B, C, H / p, W / p)
                 x = _token_grid(x, join, self._call.size)
+            elif join.channels_last:  # (B, H, W, C): the same numbers seen channels first, no copy
+                if x.dim() != 4:
+                    raise RuntimeError(f"FreeU hook on {join.name}: expected (B, H, W, C), got {tuple(x.shape)}")
+                x = x.permute(0, 3, 1, 2)
             width_ok = x.shape[1] == in_channels if in_channels is not None else x.shape[1] > backbone_channels
             if x.dim() != 4 or not width_ok:
                 expected = in_channels if in_channels is not None else f"more than {backbone_channels}"
@@ -480,7 +503,7 @@ class FreeUHandle:
                 return None
             assert settings is not None
             backbone, skip_in = x[:, :backbone_channels], x[:, backbone_channels:]
-            op = dict(version=version, threshold=threshold, factors=factors)
+            op = dict(version=version, threshold=threshold, factors=factors, structure=self._structure(join))
             if not _compiling() and not (torch.is_grad_enabled() and x.requires_grad):
                 # eager inference: every part written once into the one new tensor, no concatenation pass; it keeps
                 # the host's layout (contiguous, or channels-last in a U-Net moved to torch.channels_last)
@@ -494,11 +517,27 @@ class FreeUHandle:
                 observer(JoinObservation(join, stage, backbone, skip_in, out[:, :backbone_channels], skip))
             if join.patch is not None:  # back to the tokens' layout
                 out = out.flatten(2).transpose(1, 2).contiguous()
+            elif join.channels_last:  # back to (B, H, W, C); empty_like kept the input's layout, so no copy
+                out = out.permute(0, 2, 3, 1)
             if from_args:
                 return (out, *args[1:]), kwargs
             return args, {**kwargs, keyword: out}
 
         return hook
+
+    def _structure(self, join: SkipJoin) -> torch.Tensor | None:
+        """Version 2's structure feature for ``join``: ``None`` where the backbone at the join gives it; else the
+        block input its structure hook kept (taken, so that it is used once)."""
+        if join.structure is None or self.config.version != 2:
+            return None
+        kept, self._call.structure = self._call.structure, None
+        if kept is None:
+            raise RuntimeError(
+                f"FreeU hook on {join.name}: version 2 reads its map from the input of the block around this join "
+                f"({type(join.structure).__name__}), and the block did not run: call the block or the U-Net, not "
+                "the join's layer alone"
+            )
+        return kept
 
     # -- user API -------------------------------------------------------------------------------------------------
 
@@ -605,6 +644,12 @@ def _check_window_schedule(model: object, unet: nn.Module, config: FreeUConfig) 
     timestep outside ``[0, num_train_timesteps]``)."""
     if not config.windowed:
         return
+    if is_stable_cascade_unet(unet) and config.num_train_timesteps != 1:
+        raise ValueError(
+            f"start/stop/ramp: {type(unet).__name__} (Stable Cascade) receives the timestep as a ratio in [0, 1] "
+            f"(1: pure noise), not a step of {config.num_train_timesteps}: give num_train_timesteps=1 so that the "
+            "window reads the position 1 - ratio"
+        )
     edm = _edm_timesteps(model, unet)
     if edm is not None:
         raise ValueError(

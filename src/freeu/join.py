@@ -91,6 +91,7 @@ def apply_join(
     threshold: int,
     factors: tuple[Factor, Factor, Factor] | None = None,
     out: torch.Tensor | None = None,
+    structure: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """FreeU at one join: ``(backbone scaled by b, skip filtered by s and high)``. The inputs are never written to;
     a part FreeU leaves as it is (``b`` of 1; ``s`` and ``high`` of 1) may come back as the input itself.
@@ -105,6 +106,8 @@ def apply_join(
             window's blend): python floats or float32 tensors with one value per row.
         out: a ``(B, C_backbone + C_skip, H, W)`` tensor to write both results into (eager inference: no
             concatenation pass afterwards); the two results are then views of it.
+        structure: version 2's map from this feature instead of the backbone (a join whose backbone was normalised
+            over its channels first: the feature before that).
     """
     b, s, high = (stage.b, stage.s, stage.high) if factors is None else factors
     square = skip_square(stage, threshold, skip.shape[-2], skip.shape[-1])
@@ -112,7 +115,7 @@ def apply_join(
     plain = stage.window == FIRST_HALF and isinstance(high, float)
     channels = backbone.shape[1]
     if out is None or not plain:
-        scaled = backbone if unit_b else scale_backbone(backbone, b, version, window=stage.window)
+        scaled = backbone if unit_b else scale_backbone(backbone, b, version, window=stage.window, structure=structure)
         filtered = fourier_filter(skip, square, _rows(s), high=_rows(high))
         if out is None:
             return scaled, filtered
@@ -123,7 +126,7 @@ def apply_join(
     if unit_b:
         out[:, :half].copy_(backbone[:, :half])
     else:
-        scaled_half(backbone, b, version, out=out[:, :half])
+        scaled_half(backbone, b, version, out=out[:, :half], structure=structure)
     out[:, half:channels].copy_(backbone[:, half:])
     fourier_filter(skip, square, _rows(s), high=high, out=out[:, channels:])
     return out[:, :channels], out[:, channels:]

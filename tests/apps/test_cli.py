@@ -54,7 +54,10 @@ def test_unknown_command_exits_with_usage(capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["plan", "sd3"])
     assert exc.value.code == 2
-    assert "invalid choice: 'sd3'" in capsys.readouterr().err
+    assert (
+        "'sd3' is neither a layout (if-i-xl, kandinsky22, kandinsky3, sd15, sd21, sdxl, stable-cascade-b, "
+        "stable-cascade-c) nor a folder" in capsys.readouterr().err
+    )
 
 
 def test_analyze_is_a_freeu_command(tmp_path, capsys) -> None:

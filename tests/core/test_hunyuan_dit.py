@@ -68,12 +68,22 @@ class _TokenReferenceCat:
         return torch.cat(tensors, dim=dim, **kwargs)
 
 
-def test_the_long_skips_and_their_stages(model) -> None:
+def test_the_long_skips_and_their_stages(model, tmp_path, capsys) -> None:
+    from freeu.apps.cli import main
+
     plans = freeu.plan(model)
     assert [(p.join.name, p.join.backbone_channels, p.join.skip_channels, p.join.patch, p.stage) for p in plans] == [
         ("blocks.4.skip_norm", 16, 16, 2, 1), ("blocks.5.skip_norm", 16, 16, 2, 1)]  # fmt: skip
     with pytest.raises(ValueError, match="all run at one resolution, with no levels; use convention='official'"):
         freeu.plan(model, "diffusers")
+    # freeu plan on a pipeline folder: the transformer's config.json, diffusers' convention shown as not applying
+    model.save_config(tmp_path / "transformer")
+    assert main(["plan", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert [line.split() for line in text.splitlines() if line.startswith("blocks")] == [
+        ["blocks.4.skip_norm", "16", "16", "-", "b1,s1", "n/a"],
+        ["blocks.5.skip_norm", "16", "16", "-", "b1,s1", "n/a"]]  # fmt: skip
+    assert "diffusers' convention: n/a, the joins all run at one resolution" in text
 
 
 @pytest.mark.parametrize("version", [1, 2])

@@ -62,7 +62,7 @@ def test_the_operator_has_one_home(sd15, monkeypatch) -> None:
     off = run(sd15, unet_inputs(sd15))
     calls = []
 
-    def untouched(backbone, skip, stage, *, version, threshold, factors=None, out=None):
+    def untouched(backbone, skip, stage, *, version, threshold, factors=None, out=None, structure=None):
         calls.append(stage)
         if out is None:
             return backbone, skip

@@ -97,8 +97,15 @@ def test_per_sample_factors_and_a_window(unet) -> None:
     assert torch.equal(windowed[1], plain_t[1])
 
 
-def test_freeu_plan_lists_the_full_size_joins_at_the_sizes_a_forward_gives(unet, capsys) -> None:
+def test_freeu_plan_lists_the_full_size_joins_at_the_sizes_a_forward_gives(unet, capsys, tmp_path) -> None:
     from freeu.apps.cli import main
+
+    unet.save_config(tmp_path / "unet")  # a pipeline folder: the U-Net's config.json, its weights never read
+    assert main(["plan", str(tmp_path)]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert rows == [["up_blocks.1", "64", "64", "-", "b1,s1", "b1,s1"],
+                    ["up_blocks.2", "32", "32", "-", "b2,s2", "b2,s2"],
+                    ["up_blocks.3", "16", "16", "-", "-", "-"]]  # fmt: skip
 
     assert main(["plan", "kandinsky3"]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]

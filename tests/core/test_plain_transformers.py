@@ -67,3 +67,6 @@ def test_the_command_line_refuses_a_dit_pipeline(tmp_path, capsys) -> None:
     assert "DiTTransformer2DModel (in the DiTPipeline given) is a diffusion transformer with no skip joins" in (
         capsys.readouterr().err)  # fmt: skip
     assert not any((tmp_path / "out").glob("*"))  # nothing written (the folder is made before the model loads)
+    # freeu plan on the pipeline folder reads the transformer's config.json and refuses it the same way
+    assert main(["plan", str(tmp_path / "dit")]) == 2
+    assert "DiTTransformer2DModel is a diffusion transformer with no skip joins" in capsys.readouterr().err

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import diffusers_unet, hunyuan_dit, kandinsky3, ldm
+from . import diffusers_unet, hunyuan_dit, kandinsky3, ldm, stable_cascade
 from .base import SkipJoin, UNetLayout, UnsupportedModelError, class_names
 from .custom import CustomUNet
 
@@ -22,8 +22,8 @@ __all__ = [
 SUPPORTED = (
     "diffusers UNet2DConditionModel and UNet2DModel (Stable Diffusion 1.x/2.x, SDXL, pixel-space DDPM models), "
     "UNet3DConditionModel (ModelScope/ZeroScope), UNetMotionModel (AnimateDiff), I2VGenXLUNet, "
-    "UNetSpatioTemporalConditionModel (Stable Video Diffusion), Kandinsky3UNet (Kandinsky 3), HunyuanDiT2DModel "
-    "(Hunyuan-DiT's long skips); the LDM/SGM "
+    "UNetSpatioTemporalConditionModel (Stable Video Diffusion), Kandinsky3UNet (Kandinsky 3), StableCascadeUNet "
+    "(Stable Cascade's stages C and B), HunyuanDiT2DModel (Hunyuan-DiT's long skips); the LDM/SGM "
     "openaimodel.UNetModel (original Stable Diffusion, ComfyUI, A1111); a diffusers pipeline (.unet) or an LDM "
     "wrapper (.model.diffusion_model) holding one; or any U-Net described with freeu.CustomUNet"
 )
@@ -32,6 +32,7 @@ _FAMILIES = (
     (diffusers_unet.is_diffusers_unet, diffusers_unet.describe),
     (kandinsky3.is_kandinsky3_unet, kandinsky3.describe),
     (hunyuan_dit.is_hunyuan_dit, hunyuan_dit.describe),
+    (stable_cascade.is_stable_cascade_unet, stable_cascade.describe),
     (ldm.is_ldm_unet, ldm.describe),
 )
 
@@ -45,13 +46,14 @@ def _family(module: object):
 
 def _holder_chain(model: object) -> list[object]:
     """``model`` and what it holds, step by step, until a known U-Net: torch.compile's wrapper (``_orig_mod``), a
-    pipeline's ``.unet`` (or ``.transformer``), LDM's ``.diffusion_model`` / ``.model``."""
+    pipeline's ``.unet`` (``.transformer``; Stable Cascade's ``.prior`` or ``.decoder``), LDM's ``.diffusion_model``
+    / ``.model``."""
     chain = [model]
     for _ in range(5):
         if _family(model) is not None:
             break
         inner = model._orig_mod if isinstance(getattr(model, "_orig_mod", None), nn.Module) else None
-        for attr in ("unet", "transformer", "diffusion_model", "model"):
+        for attr in ("unet", "transformer", "prior", "decoder", "diffusion_model", "model"):
             if inner is not None:
                 break
             candidate = getattr(model, attr, None)
@@ -108,6 +110,12 @@ def _no_skip_joins_error(model: object) -> UnsupportedModelError | None:
 
 def find_unet(model: object) -> nn.Module:
     """The U-Net itself, found by structure in ``model`` or the wrappers that usually hold it."""
+    if hasattr(model, "prior_pipe") and hasattr(model, "decoder_pipe"):
+        raise UnsupportedModelError(
+            f"{type(model).__name__} runs two U-Nets, one after the other (Stable Cascade: the prior, stage C, then "
+            "the decoder, stage B): give FreeU the one to act on, pipe.prior_pipe or pipe.decoder_pipe (or both, one "
+            "at a time)"
+        )
     candidate = _holder_chain(model)[-1]
     if isinstance(candidate, nn.Module) and _family(candidate) is not None:
         return candidate

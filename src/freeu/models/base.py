@@ -29,6 +29,11 @@ class SkipJoin:
     ``patch``: ``None`` for feature maps ``(B, C, H, W)``; for a transformer's long skip, the patch size of its
     tokens: the join's input is then ``cat([backbone, skip], dim=-1)`` of shape ``(B, N, C)``, whose ``N`` tokens
     are the patches of the model's input in row-major order, a grid of ``(H / patch) x (W / patch)``.
+
+    ``channels_last``: the consumer receives the concatenation channels-last, ``(B, H, W, C)`` (an MLP over
+    channels, as in Stable Cascade's residual blocks). ``structure``: where the backbone is normalised over its
+    channels before the join (its channel mean is then zero), the module whose first input gives version 2's
+    structure map instead (the block that normalises it); ``None``: the backbone at the join gives it.
     """
 
     name: str
@@ -38,6 +43,8 @@ class SkipJoin:
     block: int
     position: int
     patch: int | None = None
+    channels_last: bool = False
+    structure: nn.Module | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def in_channels(self) -> int:
