@@ -8,7 +8,11 @@ server cannot make it read anything else.
 The node clones the MODEL and registers one ``output_block_patch`` on the clone (what ComfyUI's built-in FreeU nodes
 do), built by :func:`freeu.output_block_patch`: nothing is installed on the shared diffusion model, a branch without
 the node samples as if the node did not exist, and a second FreeU (freeu) node later in the chain replaces the
-first one's patch instead of stacking. The maths is the library's (no FFT at the published threshold, so every device
+first one's patch instead of stacking. Stable Cascade (stages C and B) and Hunyuan-DiT have no patch point at their
+joins: there the clone gets an ``APPLY_MODEL`` wrapper that puts the library's hooks on the diffusion model for
+each of the clone's model calls and takes them off when it returns (:func:`freeu.hosts.hooked_call`), so between
+calls, and in every other branch, the shared model carries nothing. Models without skip joins (SD3, Flux, PixArt,
+...) are refused, naming the model. The maths is the library's (no FFT at the published threshold, so every device
 ComfyUI runs on works without a CPU fallback, and a larger square falls back to the exact projection where a device
 has no FFT; a constant feature map gets the full factor where the authors' version 2 divides by zero).
 """
@@ -42,20 +46,43 @@ ADVANCED = {"advanced": True}
 NO_FILE = "none"
 #: The node's words for FreeU's fields where they differ (errors name the input the user sees).
 NAMES = {"start": "start_percent", "stop": "end_percent"}
+#: The key of the node's model-call wrapper on a clone (a later FreeU (freeu) node replaces it).
+WRAPPER_KEY = "freeu"
 
 
-def _unet_config(model: Any) -> dict[str, Any]:
-    """The LDM U-Net's config of a MODEL, or a ``ValueError`` naming what was found instead."""
+def _target(model: Any) -> tuple[dict[str, Any] | None, Any]:
+    """``(unet_config, diffusion_model)`` of a MODEL: the LDM U-Net's config for ComfyUI's ``UNetModel`` (patched at
+    its output blocks), ``None`` for a model whose joins the library finds by structure (hooked per call), or a
+    ``ValueError`` naming the model and why FreeU cannot act on it."""
     base = model.model
     diffusion = getattr(base, "diffusion_model", None)
     config = dict(getattr(getattr(base, "model_config", None), "unet_config", None) or {})
-    kind = type(diffusion).__name__
-    if kind != "UNetModel" or "model_channels" not in config:
+    kind = f"{type(diffusion).__name__} ({type(base).__name__})"
+    if type(diffusion).__name__ == "UNetModel" and "model_channels" in config:
+        return config, diffusion
+    try:
+        freeu.plan(diffusion)
+    except freeu.UnsupportedModelError as error:
         raise ValueError(
-            f"FreeU (freeu) needs a U-Net with skip joins (ComfyUI's UNetModel: SD 1.x, SD 2.x, SDXL and their "
-            f"fine-tunes); this model's diffusion model is {kind} ({type(base).__name__}), which has none"
-        )
-    return config
+            f"FreeU (freeu) acts at skip joins: ComfyUI's UNetModel (SD 1.x, SD 2.x, SDXL and their fine-tunes), "
+            f"Stable Cascade (stages C and B) and Hunyuan-DiT have them. This model's diffusion model is {kind}: "
+            f"{str(error).split(' Supported: ')[0]}"  # the library's list of diffusers classes means nothing here
+        ) from None
+    return None, diffusion
+
+
+def _set_call_wrapper(clone: Any, run: Any) -> None:
+    """Register ``run`` (:func:`freeu.hosts.hooked_call`) around each model call of ``clone``, in place of an earlier
+    FreeU (freeu) wrapper."""
+    from comfy.patcher_extension import WrappersMP
+
+    def wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
+        # apply_model(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+        options = kwargs.get("transformer_options", args[5] if len(args) > 5 else {})
+        return run(executor.class_obj.diffusion_model, options, lambda: executor(*args, **kwargs))
+
+    clone.remove_wrappers_with_key(WrappersMP.APPLY_MODEL, WRAPPER_KEY)
+    clone.add_wrapper_with_key(WrappersMP.APPLY_MODEL, WRAPPER_KEY, wrapper)
 
 
 def _register_preset_folder() -> None:
@@ -198,7 +225,7 @@ class FreeUNode(IO.ComfyNode):
         threshold: int, start_percent: float, end_percent: float, ramp: float, stages: str = "",
         preset_file: str = NO_FILE,
     ) -> IO.NodeOutput:  # fmt: skip
-        unet = _unet_config(model)
+        unet, diffusion = _target(model)
         path = _path(preset_file)
         config = resolve(
             settings_of(
@@ -216,13 +243,18 @@ class FreeUNode(IO.ComfyNode):
                 stop=end_percent,
                 ramp=ramp,
             ),
-            unet,
+            diffusion if unet is None else unet,
             names=dict(NAMES, preset="preset_file" if path else "preset"),
         ).config
         # start/end_percent mean what they mean in every ComfyUI node: the inverse of the model's percent_to_sigma
         sampling = model.get_model_object("model_sampling")
-        patch = hosts.ldm_output_block_patch(config, unet, percent_to_sigma=sampling.percent_to_sigma)
         clone = model.clone()
+        if unet is None:
+            # what the model cannot take is refused now (a convention, a stage none of its joins has: warned once)
+            freeu.apply(diffusion, config.replace(start=0.0, stop=1.0, ramp=0.0)).remove()
+            _set_call_wrapper(clone, hosts.hooked_call(config, percent_to_sigma=sampling.percent_to_sigma))
+            return IO.NodeOutput(clone)
+        patch = hosts.ldm_output_block_patch(config, unet, percent_to_sigma=sampling.percent_to_sigma)
         hosts.set_output_block_patch(clone, patch)  # replaces an earlier FreeU (freeu) patch, never stacks
         return IO.NodeOutput(clone)
 

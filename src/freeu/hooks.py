@@ -583,6 +583,8 @@ def _token_grid(x: torch.Tensor, join: SkipJoin, size: tuple[Any, Any] | None) -
         )
     assert join.patch is not None
     rows, cols = size[0] // join.patch, size[1] // join.patch
+    if x.dim() == 3 and x.shape[1] != rows * cols:  # a host that pads the input to whole patches (ComfyUI)
+        rows, cols = -(-size[0] // join.patch), -(-size[1] // join.patch)
     if x.dim() != 3 or x.shape[1] != rows * cols:
         raise RuntimeError(
             f"FreeU hook on {join.name}: expected (B, {rows} x {cols} patch tokens, C) for an input of {size[0]} x "

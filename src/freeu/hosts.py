@@ -14,6 +14,12 @@ convention by the decoder level of the output block (``index // (num_res_blocks 
 position along the trajectory, which only the host knows: ``progress(transformer_options)`` returns it in ``[0, 1]``
 (0 = pure noise), one value or one per latent sample, with the meaning :class:`freeu.FreeUConfig` gives it.
 
+Models whose joins have no patch point in the host (Stable Cascade's, inside its residual blocks; Hunyuan-DiT's long
+skips) get :func:`freeu.apply`'s hooks for one model call at a time: :func:`hooked_call` runs a call with the hooks
+on the host's diffusion model and takes them off when it returns or fails, so the shared model carries nothing
+between calls, and a branch of the workflow without FreeU calls the model as it is. The host runs it from a
+per-clone wrapper around its model call (ComfyUI's ``APPLY_MODEL`` wrapper).
+
 Both hosts keep the U-Net's settings as a dict (ComfyUI's ``model_config.unet_config``, Forge's
 ``diffusion_model.config``) and give each model a ``percent_to_sigma`` (the noise level at a fraction of the schedule).
 :func:`ldm_output_block_patch` builds the patch from those two, and :func:`set_output_block_patch` registers a patch on
@@ -23,16 +29,19 @@ the host's clone in place of an earlier one. The settings dict is also what ``pr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import torch
 
 from . import join as freeu_join
-from .config import FreeUConfig
+from .config import FreeUConfig, Stage
 
 __all__ = [
     "Progress",
+    "at_strength",
+    "hooked_call",
     "ldm_output_block_patch",
     "output_block_patch",
     "schedule_progress",
@@ -42,6 +51,7 @@ __all__ = [
 #: ``progress(transformer_options)``: the trajectory position of this call in ``[0, 1]``, a number or one per sample.
 Progress = Callable[[dict[str, Any]], "float | torch.Tensor"]
 Patch = Callable[[torch.Tensor, torch.Tensor, dict[str, Any]], tuple[torch.Tensor, torch.Tensor]]
+T = TypeVar("T")
 
 
 def output_block_patch(
@@ -203,3 +213,75 @@ def set_output_block_patch(patcher: Any, patch: Patch) -> None:
     patches = options.setdefault("patches", {})
     patches["output_block_patch"] = [p for p in patches.get("output_block_patch", []) if not hasattr(p, "freeu_config")]
     patcher.set_model_output_block_patch(patch)
+
+
+def at_strength(config: FreeUConfig, weights: Sequence[float]) -> FreeUConfig | None:
+    """``config`` without its window, at the window strength of each sample of a call (``weights`` in ``[0, 1]``,
+    one per sample, or one for all): ``None`` where every weight is 0 (leave the model alone), the config's own
+    factors where every weight is 1, else each stage's ``b``, ``s`` and ``high`` as ``1 + w (v - 1)``, per sample
+    where the weights differ (``high`` takes one value: it needs one weight for all)."""
+    values = [float(w) for w in weights]
+    plain = config.replace(start=0.0, stop=1.0, ramp=0.0)
+    if not values or all(w == 0.0 for w in values):
+        return None
+    if all(w == 1.0 for w in values):
+        return plain
+    same = len(set(values)) == 1
+
+    def blend(v: Any) -> Any:
+        return 1.0 + values[0] * (v - 1.0) if same else tuple(1.0 + w * (v - 1.0) for w in values)
+
+    stages = []
+    for k in range(1, config.num_stages + 1):
+        stage = config.stage(k)
+        if not same and stage.high != 1.0:
+            raise ValueError(
+                f"stage {k}'s high={stage.high:g} takes one value, and this call's samples are at different points of "
+                "the window's ramp; use ramp=0 or leave high at 1"
+            )
+        stages.append(Stage(blend(stage.b), blend(stage.s), blend(stage.high) if same else 1.0, stage.window,
+                            stage.cutoff))  # fmt: skip
+    return FreeUConfig.from_stages(stages, version=config.version, convention=config.convention,
+                                   threshold=config.threshold)  # fmt: skip
+
+
+def hooked_call(
+    config: FreeUConfig, *, percent_to_sigma: Callable[[float], float] | None = None
+) -> Callable[[torch.nn.Module, dict[str, Any], Callable[[], T]], T]:
+    """``run(model, transformer_options, call)``: ``call()`` with :func:`freeu.apply`'s hooks on ``model`` (the
+    host's diffusion model, of a family :func:`freeu.plan` knows) at this call's window strength, taken off when
+    the call returns or fails; outside the window, ``call()`` alone. The window's position comes from
+    ``transformer_options["sigmas"]`` and the model's ``percent_to_sigma`` (:func:`schedule_progress`), as in
+    :func:`ldm_output_block_patch`.
+
+    Raises:
+        ValueError: per-sample factors (a host takes one value per factor), a window without ``percent_to_sigma``.
+    """
+    from . import hooks
+
+    if not isinstance(config, FreeUConfig):
+        raise TypeError(f"config must be a freeu.FreeUConfig, got {type(config).__name__}")
+    if config.batch_size is not None:
+        raise ValueError("a host takes one value per factor; per-sample factors are for freeu.apply")
+    if config.windowed and percent_to_sigma is None:
+        raise ValueError("a step window (start, stop, ramp) needs percent_to_sigma: the model's noise schedule")
+    progress = schedule_progress(percent_to_sigma) if config.windowed and percent_to_sigma is not None else None
+
+    def run(model: torch.nn.Module, transformer_options: dict[str, Any], call: Callable[[], T]) -> T:
+        settings: FreeUConfig | None = config
+        if progress is not None:
+            position = torch.tensor(progress(transformer_options), dtype=torch.float32)
+            weights = freeu_join.window_weight(position, config.start, config.stop, config.ramp)
+            settings = at_strength(config, weights.tolist())
+        if settings is None:
+            return call()
+        with warnings.catch_warnings():  # a stage with no join here was said once, when the host built the patch
+            warnings.simplefilter("ignore")
+            handle = hooks.apply(model, settings)
+        try:
+            return call()
+        finally:
+            handle.remove()
+
+    run.freeu_config = config  # type: ignore[attr-defined]
+    return run

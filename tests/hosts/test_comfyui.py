@@ -15,14 +15,46 @@ import pytest
 from comfy_host import PACK, subprocess_env
 
 
-@pytest.fixture(scope="module")
-def measured(comfyui) -> dict:
+def _probe(comfyui, script: str) -> dict:
     done = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("comfy_probe.py")), str(comfyui), str(PACK)],
+        [sys.executable, str(Path(__file__).with_name(script)), str(comfyui), str(PACK)],
         capture_output=True, text=True, timeout=600, env=subprocess_env(),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def measured(comfyui) -> dict:
+    return _probe(comfyui, "comfy_probe.py")
+
+
+@pytest.fixture(scope="module")
+def families(comfyui) -> dict:
+    """The node on ComfyUI's Stable Cascade (stages C and B) and Hunyuan-DiT classes (comfy_probe_families.py)."""
+    return _probe(comfyui, "comfy_probe_families.py")
+
+
+@pytest.mark.parametrize("family", ["hunyuan", "stage_c", "stage_b"])
+def test_the_node_on_stable_cascade_and_hunyuan_dit_equals_the_reference(families, family) -> None:
+    found = families[family]
+    for version in (1, 2):
+        assert found[f"v{version}_vs_reference"] <= 1e-5  # float64 reference at ComfyUI's own torch.cat
+        assert found[f"v{version}_vs_off"] > 1e-3  # and it does something
+        assert found[f"v{version}_reference_joins"] >= len(found["joins"])  # every join (a repeated level: more)
+    assert found["identity_equals_off"] and found["branch_without_node_equals_off"]
+    assert found["no_hook_left"] and found["no_hook_left_after_all"]  # the shared model carries nothing after a call
+    assert found["second_node_replaces"]
+    assert found["window_inside_equals_node"] and found["window_outside_equals_off"]
+    assert found["window_changes_inside"] > 1e-3
+
+
+def test_the_node_refuses_what_a_family_cannot_take_and_a_transformer_without_skip_joins(families) -> None:
+    assert "long skips of a Hunyuan-DiT (HunYuanDiT) all run at one resolution" in families[
+        "hunyuan_diffusers_convention"]  # fmt: skip
+    flux = families["flux"]
+    assert "This model's diffusion model is Flux (Flux): Flux is a diffusion transformer with no skip joins" in flux
+    assert "Supported:" not in flux
 
 
 def test_the_node_equals_the_builtin_nodes(measured) -> None:
@@ -52,7 +84,7 @@ def test_no_fft_and_no_complex_tensor_in_a_run_with_the_node(measured) -> None:
 
 
 def test_an_unsupported_model_is_refused_naming_what_was_found(measured) -> None:
-    assert "needs a U-Net with skip joins" in measured["unsupported"] and "Linear" in measured["unsupported"]
+    assert "FreeU (freeu) acts at skip joins" in measured["unsupported"] and "Linear" in measured["unsupported"]
 
 
 def test_stages_and_controls_in_the_node_equal_freeu_apply_on_comfyuis_unet(measured) -> None:

@@ -1,4 +1,5 @@
-"""Hunyuan-DiT (diffusers ``HunyuanDiT2DModel``): a diffusion transformer with U-Net-style long skips.
+"""Hunyuan-DiT (diffusers ``HunyuanDiT2DModel``, ComfyUI's ``HunYuanDiT``): a diffusion transformer with U-Net-style
+long skips, recognised by its structure: a list of blocks of which some have ``skip_linear`` and ``skip_norm``.
 
 Its forward keeps the output of each block of the first half and hands it, last kept first, to each block of the
 second half, which runs ``skip_linear(skip_norm(cat([hidden_states, skip], dim=-1)))`` before its attention: a skip
@@ -25,14 +26,32 @@ __all__ = ["describe", "is_hunyuan_dit"]
 
 
 def is_hunyuan_dit(module: object) -> bool:
-    return "HunyuanDiT2DModel" in class_names(module)
+    if "HunyuanDiT2DModel" in class_names(module):
+        return True
+    blocks = getattr(module, "blocks", None)
+    return isinstance(blocks, nn.ModuleList) and any(
+        getattr(b, "skip_linear", None) is not None and getattr(b, "skip_norm", None) is not None for b in blocks
+    )
+
+
+def _patch_size(model: nn.Module) -> int:
+    """The side of a patch token: diffusers' ``pos_embed.patch_size`` (a number), ComfyUI's ``x_embedder.patch_size``
+    (a pair)."""
+    for holder in ("pos_embed", "x_embedder"):
+        size = getattr(getattr(model, holder, None), "patch_size", None)
+        if isinstance(size, (tuple, list)) and len(size) == 2 and size[0] == size[1]:
+            size = size[0]
+        if isinstance(size, int) and not isinstance(size, bool) and size >= 1:
+            return size
+    raise UnsupportedModelError(
+        f"{type(model).__name__}: no square patch size (pos_embed.patch_size or x_embedder.patch_size) to lay its "
+        "tokens on a grid"
+    )
 
 
 def describe(model: nn.Module) -> UNetLayout:
-    """The long-skip joins of a ``HunyuanDiT2DModel``, in the order the forward runs them."""
-    patch = int(getattr(model.pos_embed, "patch_size", 0) or 0)
-    if patch < 1:
-        raise UnsupportedModelError(f"{type(model).__name__}: no pos_embed.patch_size to lay its tokens on a grid")
+    """The long-skip joins of a Hunyuan-DiT, in the order the forward runs them."""
+    patch = _patch_size(model)
     joins: list[SkipJoin] = []
     width = None
     for i, block in enumerate(model.blocks):
@@ -52,4 +71,4 @@ def describe(model: nn.Module) -> UNetLayout:
         joins.append(SkipJoin(name, norm, dim, dim, block=-1, position=len(joins), patch=patch))
     if not joins or width is None:
         raise UnsupportedModelError(f"{type(model).__name__}: no block with a long skip (skip_linear)")
-    return UNetLayout(family=f"diffusers {type(model).__name__}", base_channels=width // 4, joins=tuple(joins))
+    return UNetLayout(family=f"Hunyuan-DiT ({type(model).__name__})", base_channels=width // 4, joins=tuple(joins))

@@ -1,4 +1,5 @@
-"""Stable Cascade's U-Nets (diffusers ``StableCascadeUNet``: stage C, the prior, and stage B, the decoder).
+"""Stable Cascade's U-Nets (diffusers ``StableCascadeUNet``, ComfyUI's ``StageC`` and ``StageB``: stage C, the prior,
+and stage B, the decoder), recognised by their structure: decoder levels with upscalers and repeat mappers.
 
 The decoder's levels run deepest first. The first residual block of every level but the deepest takes the encoder's
 output of that level as ``x_skip``, and joins it inside the block::
@@ -38,15 +39,22 @@ from .base import SkipJoin, UNetLayout, UnsupportedModelError, class_names
 __all__ = ["describe", "is_stable_cascade_unet"]
 
 
+#: What a Stable Cascade U-Net has, in diffusers and in ComfyUI: its decoder's levels, their upscalers and the 1x1
+#: convolutions that run a level's blocks again.
+_DECODER = ("up_blocks", "up_upscalers", "up_repeat_mappers")
+
+
 def is_stable_cascade_unet(module: object) -> bool:
-    return "StableCascadeUNet" in class_names(module)
+    return "StableCascadeUNet" in class_names(module) or all(
+        isinstance(getattr(module, name, None), nn.ModuleList) for name in _DECODER
+    )
 
 
 def _join_widths(block: nn.Module, where: str) -> tuple[int, int] | None:
     """``(backbone, skip)`` widths of a residual block that joins a skip (``None`` for one that does not), read from
     its depthwise convolution and the first layer of its channel MLP."""
-    if not {"SDCascadeResBlock", "ResBlock"} & class_names(block):
-        return None
+    if not (hasattr(block, "depthwise") and hasattr(block, "channelwise")):
+        return None  # an attention or timestep block
     try:
         backbone = int(block.depthwise.in_channels)
         total = int(block.channelwise[0].in_features)
@@ -84,4 +92,4 @@ def describe(unet: nn.Module) -> UNetLayout:
     if not joins:
         raise UnsupportedModelError(f"{type(unet).__name__}: no decoder block joins a skip feature")
     widest = max(j.backbone_channels for j in joins)
-    return UNetLayout(family=f"diffusers {type(unet).__name__}", base_channels=widest // 4, joins=tuple(joins))
+    return UNetLayout(family=f"Stable Cascade ({type(unet).__name__})", base_channels=widest // 4, joins=tuple(joins))
