@@ -213,3 +213,66 @@ def test_a_host_patch_filters_exactly_on_a_device_without_an_fft(monkeypatch, th
     assert (filtered.double() - expected).abs().max().item() <= 1e-5
     # threshold 5 tried the FFT first (faster there); 1 is the projection, 12 covers the whole 24 x 24 map (a product)
     assert bool(calls) == (threshold == 5)
+
+
+# -- hooked_call: the library's hooks for one host call (joins with no patch point in the host) ------------------------
+
+
+def test_at_strength_blends_each_stage_and_refuses_high_at_two_strengths() -> None:
+    from freeu.hosts import at_strength
+
+    config = freeu.FreeUConfig(1.5, 1.2, 0.5, 0.9, version=1, threshold=2, start=0.2, stop=0.8, ramp=0.1)
+    assert at_strength(config, [0.0, 0.0]) is None
+    assert at_strength(config, [1.0]) == config.replace(start=0.0, stop=1.0, ramp=0.0)
+    half = at_strength(config, [0.5, 0.5])
+    assert (half.b1, half.s1, half.b2, half.s2) == (1.25, 0.75, 1.1, 0.95)
+    assert (half.version, half.threshold, half.windowed) == (1, 2, False)
+    mixed = at_strength(config, [0.0, 1.0])
+    assert (mixed.b1, mixed.s1) == ((1.0, 1.5), (1.0, 0.5))
+    staged = config.with_stages(freeu.config.parse_stage_settings("1:high=1.2"))
+    assert at_strength(staged, [0.5]).stage(1).high == pytest.approx(1.1)
+    with pytest.raises(ValueError, match="stage 1's high=1.2 takes one value"):
+        at_strength(staged, [0.0, 1.0])
+
+
+def test_hooked_call_puts_the_hooks_on_for_the_call_only(unet) -> None:
+    from freeu.hosts import hooked_call
+
+    config = freeu.FreeUConfig(1.3, 1.4, 0.9, 0.2)
+    run = hooked_call(config)
+    with torch.no_grad():
+        plain = unet(**inputs())
+        seen = []
+
+        def call() -> torch.Tensor:
+            seen.append(freeu.active_config(unet))
+            return unet(**inputs())
+
+        ours = run(unet, {}, call)
+    assert seen == [config] and freeu.active_config(unet) is None  # on inside the call, off after it
+    assert torch.equal(ours, through_hooks(unet, config))
+    assert torch.equal(unet(**inputs()), plain)
+
+    def fails() -> None:
+        raise KeyError("the host's call failed")
+
+    with pytest.raises(KeyError):
+        run(unet, {}, fails)
+    assert freeu.active_config(unet) is None  # taken off when the call fails too
+
+
+def test_hooked_call_reads_the_window_from_the_hosts_noise_level(unet) -> None:
+    from freeu.hosts import hooked_call
+
+    config = freeu.FreeUConfig(1.3, 1.4, 0.9, 0.2, start=0.0, stop=0.5)
+    with pytest.raises(ValueError, match="needs percent_to_sigma"):
+        hooked_call(config)
+    run = hooked_call(config, percent_to_sigma=lambda percent: 10.0 * (1.0 - percent))  # 10 at the start, 0 at the end
+    full = through_hooks(unet, config.replace(stop=1.0))
+    with torch.no_grad():
+        plain = unet(**inputs())
+        early = run(unet, {"sigmas": torch.tensor([8.0, 8.0])}, lambda: unet(**inputs()))  # 20 % of the way
+        late = run(unet, {"sigmas": torch.tensor([2.0, 2.0])}, lambda: unet(**inputs()))  # 80 %
+    assert torch.equal(early, full) and torch.equal(late, plain)
+    with pytest.raises(ValueError, match="one value per factor"):
+        hooked_call(config.replace(b1=(1.3, 1.0)), percent_to_sigma=lambda p: 1.0 - p)

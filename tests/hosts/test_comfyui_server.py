@@ -59,14 +59,15 @@ def _post(port: int, prompt: dict) -> tuple[int, str]:
 
 
 def run_workflow(
-    comfyui: Path, base: Path, model: Path, prompt: dict | None, with_pack: bool,
+    comfyui: Path, base: Path, model: Path, prompt: dict | list[dict] | None, with_pack: bool,
     refused: dict[str, dict] | None = None, seen: dict | None = None, python: str | Path = sys.executable,
     copy_pack: bool = True,
 ) -> dict[str, torch.Tensor]:  # fmt: skip
     """Start ComfyUI on 127.0.0.1 with ``base`` as its folder (run by ``python``), queue ``prompt``, return the saved
     latents by name. Each of ``refused`` is queued first and must be refused; ``seen`` gets their answers, the node
     list and the server's log. ``copy_pack=False``: the pack is already in ``base/custom_nodes`` (or must not load);
-    ``prompt=None``: only start, list the nodes and stop."""
+    ``prompt=None``: only start, list the nodes and stop; a list of prompts: queued one after the other, each once
+    the one before has finished (ComfyUI keeps the loaded model between them)."""
     from safetensors.torch import load_file
 
     for sub in ("custom_nodes", "models/diffusion_models", "models/freeu_presets", "frontend", "output"):
@@ -101,17 +102,18 @@ def run_workflow(
         if seen is not None:
             seen["nodes"] = nodes
             seen["refused"] = {name: _post(port, other) for name, other in (refused or {}).items()}
+        for one in [] if prompt is None else prompt if isinstance(prompt, list) else [prompt]:
+            status_code, answer = _post(port, one)
+            assert status_code == 200, answer[-3000:]
+            prompt_id = json.loads(answer)["prompt_id"]
+            deadline = time.monotonic() + 900
+            while prompt_id not in (history := _get(port, f"/history/{prompt_id}")):
+                assert server.poll() is None and time.monotonic() < deadline, (base / "server.log").read_text()[-3000:]
+                time.sleep(1)
+            status = history[prompt_id]["status"]
+            assert status["status_str"] == "success", json.dumps(status)[-3000:]
         if prompt is None:
             return {}
-        status_code, answer = _post(port, prompt)
-        assert status_code == 200, answer[-3000:]
-        prompt_id = json.loads(answer)["prompt_id"]
-        deadline = time.monotonic() + 900
-        while prompt_id not in (history := _get(port, f"/history/{prompt_id}")):
-            assert server.poll() is None and time.monotonic() < deadline, (base / "server.log").read_text()[-3000:]
-            time.sleep(1)
-        status = history[prompt_id]["status"]
-        assert status["status_str"] == "success", json.dumps(status)[-3000:]
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -187,6 +189,73 @@ def test_the_node_in_a_running_comfyui(comfyui, model_file, tmp_path) -> None:
     without = run_workflow(comfyui, tmp_path / "without", model_file, workflow(model_file.name, {"off": None}),
                            with_pack=False)  # fmt: skip
     assert torch.equal(without["off"], latents["off"])  # a branch without the node = a workflow without the pack
+
+
+# -- Stable Cascade and Hunyuan-DiT -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hydit_file(comfyui, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "hydit_random.safetensors"
+    done = subprocess.run([sys.executable, str(HERE / "write_hydit.py"), str(comfyui), str(path)],
+                          capture_output=True, text=True, timeout=600, env=subprocess_env())  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return path
+
+
+#: Each family's model and conditioning nodes: Hunyuan-DiT from a file through ComfyUI's UNETLoader, Stable Cascade's
+#: stages built by the test pack (ComfyUI's loader takes them only at their published sizes).
+_TINY = "FreeUTestTinyStableCascade"
+FAMILIES = {
+    "hydit": ({"class_type": "UNETLoader", "inputs": {"unet_name": "hydit_random.safetensors",
+                                                      "weight_dtype": "default"}}, {"width": 1024, "kind": "hunyuan"}),
+    "stagec": ({"class_type": _TINY, "inputs": {"stage": "c"}}, {"width": 12, "kind": "cascade"}),
+    "stageb": ({"class_type": _TINY, "inputs": {"stage": "b"}}, {"width": 12, "kind": "cascade"}),
+}  # fmt: skip
+
+
+def family_workflow(branches: dict[str, tuple[str, dict | None]]) -> dict:
+    """``{name: (family, node inputs or None)}``: each branch samples its family's model (the same loader node in every
+    prompt, so ComfyUI keeps the model it loaded) through the node or as it is, 3 Euler steps at 128 px, the latent
+    saved as ``latents/NAME``."""
+    prompt: dict = {"latent": {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 128,
+                                                                            "batch_size": 1}}}  # fmt: skip
+    for family, (loader, cond) in FAMILIES.items():
+        prompt[f"{family}-model"] = loader
+        prompt[f"{family}-cond"] = {"class_type": "FreeUTestZeroConditioning", "inputs": cond}
+    for name, (family, inputs) in branches.items():
+        source = [f"{family}-model", 0]
+        if inputs is not None:
+            prompt[f"{name}-node"] = {"class_type": "FreeU_freeu", "inputs": {"model": source, **OURS, **inputs}}
+            source = [f"{name}-node", 0]
+        prompt[f"{name}-sample"] = {"class_type": "KSampler", "inputs": {
+            "model": source, "seed": 1, "steps": 3, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal",
+            "positive": [f"{family}-cond", 0], "negative": [f"{family}-cond", 0], "latent_image": ["latent", 0],
+            "denoise": 1.0}}  # fmt: skip
+        prompt[f"{name}-save"] = {
+            "class_type": "SaveLatent",
+            "inputs": {"samples": [f"{name}-sample", 0], "filename_prefix": f"latents/{name}"},
+        }
+    return prompt
+
+
+def test_the_node_on_stable_cascade_and_hunyuan_dit_in_a_running_comfyui(comfyui, hydit_file, tmp_path) -> None:
+    """Queued first: each family through the node (and at b = s = 1); then, in a second prompt on the same server
+    (the same loaded models), each family without it; then a server without the pack. The models the node patched
+    sample afterwards exactly as in a ComfyUI that never loaded the pack: nothing stayed on the shared model."""
+    identity = {"b1": 1.0, "b2": 1.0, "s1": 1.0, "s2": 1.0}
+    first = family_workflow({**{f"{f}-on": (f, {}) for f in FAMILIES}, **{f"{f}-one": (f, identity) for f in FAMILIES}})
+    after = family_workflow({f"{f}-after": (f, None) for f in FAMILIES})
+    latents = run_workflow(comfyui, tmp_path / "with", hydit_file, [first, after], with_pack=True)
+    without = run_workflow(comfyui, tmp_path / "without", hydit_file, family_workflow(
+        {f"{f}-off": (f, None) for f in FAMILIES}), with_pack=False)  # fmt: skip
+    for family in FAMILIES:
+        off = without[f"{family}-off"]
+        scale = off.abs().max().item()
+        assert torch.isfinite(latents[f"{family}-on"]).all()
+        assert (latents[f"{family}-on"] - off).abs().max().item() > 1e-3 * scale, family  # the node acts
+        assert torch.equal(latents[f"{family}-one"], off), family  # b = s = 1: as without the node
+        assert torch.equal(latents[f"{family}-after"], off), family  # the shared model untouched after the run
 
 
 # -- installed the way ComfyUI Manager installs it -------------------------------------------------------------------
