@@ -132,3 +132,74 @@ def ddpm_pipeline(folder: Path) -> Path:
     scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000)
     diffusers.DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder)
     return folder
+
+
+def _t5(max_length: int):
+    """A T5 tokenizer (a Unigram model over letters, built in code: no sentencepiece file) and a 16-wide encoder."""
+    transformers = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), *((c, -1.0) for c in "abcdefghijklmnopqrstuvwxyz ")]
+    core = tokenizers.Tokenizer(tokenizers.models.Unigram(pieces, unk_id=2))
+    tokenizer = transformers.T5TokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>",
+                                             unk_token="<unk>", model_max_length=max_length, extra_ids=0)  # fmt: skip
+    config = transformers.T5Config(vocab_size=32, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
+    return tokenizer, transformers.T5EncoderModel(config).eval()
+
+
+def _vae8():
+    """A tiny VAE with Stable Diffusion's 8x downsampling (four levels), which Hunyuan-DiT's pipeline assumes."""
+    diffusers = pytest.importorskip("diffusers")
+    return diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8,
+        sample_size=128,
+    )  # fmt: skip
+
+
+def hunyuan_pipeline(folder: Path) -> Path:
+    """A Hunyuan-DiT text-to-image pipeline: a 6-block transformer 16 wide (two long skips), patches of 2, a BERT and
+    a T5 encoder 16 wide with their tokenizers (a letter vocabulary); 128 px images, 16x16 latents, 8x8 tokens."""
+    diffusers = pytest.importorskip("diffusers")
+    transformers = pytest.importorskip("transformers")
+    (folder / "_bert").mkdir(parents=True, exist_ok=True)
+    vocab = folder / "_bert" / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz"]) + "\n")
+    bert = transformers.BertModel(transformers.BertConfig(
+        vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=80)).eval()  # fmt: skip
+    t5_tokenizer, t5 = _t5(256)
+    torch.manual_seed(0)
+    transformer = diffusers.HunyuanDiT2DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, patch_size=2, sample_size=16, hidden_size=16,
+        num_layers=6, mlp_ratio=2.0, learn_sigma=True, cross_attention_dim=16, cross_attention_dim_t5=16,
+        pooled_projection_dim=8, text_len=77, text_len_t5=256, use_style_cond_and_image_meta_size=False,
+    )  # fmt: skip
+    pipe = diffusers.HunyuanDiTPipeline(
+        vae=_vae8(), text_encoder=bert, tokenizer=transformers.BertTokenizer(str(vocab), model_max_length=77),
+        transformer=transformer, scheduler=diffusers.DDIMScheduler(prediction_type="v_prediction"),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False, text_encoder_2=t5,
+        tokenizer_2=t5_tokenizer,
+    )  # fmt: skip
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def kandinsky3_pipeline(folder: Path) -> Path:
+    """A Kandinsky 3 text-to-image pipeline: a tiny Kandinsky3UNet (widths 16 to 128: both official stages), a T5
+    encoder 16 wide with its tokenizer, a MoVQ of four levels (8x: 64 px images, 8x8 latents)."""
+    diffusers = pytest.importorskip("diffusers")
+    tokenizer, t5 = _t5(128)
+    torch.manual_seed(0)
+    unet = diffusers.Kandinsky3UNet(
+        in_channels=4, time_embedding_dim=32, groups=4, attention_head_dim=8, layers_per_block=2,
+        block_out_channels=(16, 32, 64, 128), cross_attention_dim=32, encoder_hid_dim=16,
+    )  # fmt: skip
+    movq = diffusers.VQModel(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8,
+        num_vq_embeddings=16, vq_embed_dim=4,
+    )  # fmt: skip
+    pipe = diffusers.Kandinsky3Pipeline(tokenizer=tokenizer, text_encoder=t5, unet=unet,
+                                        scheduler=diffusers.DDIMScheduler(), movq=movq)  # fmt: skip
+    pipe.save_pretrained(folder)
+    return folder

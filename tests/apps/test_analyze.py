@@ -422,3 +422,41 @@ def test_demo_model_skip_carries_the_high_frequencies_and_b_raises_the_curve() -
     )
     band = sweep["spaces"]["pixel"]["high_band"]
     assert band[1] - band[0] > 0.5, band
+
+
+@pytest.mark.parametrize(
+    "family, joins",
+    [
+        ("kandinsky3", [("up_blocks.1", 1, [2, 2]), ("up_blocks.2", 2, [4, 4]), ("up_blocks.3", None, [8, 8])]),
+        ("hunyuan", [("blocks.4.skip_norm", 1, [8, 8]), ("blocks.5.skip_norm", 1, [8, 8])]),
+    ],
+)
+def test_analyze_runs_on_kandinsky3_and_hunyuan_dit_pipelines(family, joins, tmp_path) -> None:
+    """Every analysis on a tiny Kandinsky 3 pipeline (its U-Net's up blocks) and a tiny Hunyuan-DiT one (its long
+    skips, on the 8 x 8 token grid of a 128 px image); b = 1 is the pipeline's own result for seed 0's noise (for
+    Hunyuan-DiT at the size asked for: the runtime turns off its rounding to trained sizes)."""
+    pytest.importorskip("transformers")
+    import tiny_pipelines
+
+    folder = getattr(tiny_pipelines, f"{family}_pipeline")(tmp_path / family)
+    out = tmp_path / "analysis"
+    code = analyze("--model", str(folder), "--prompt", "a cat", "--steps", "2", "--count", "1", "--size", "128",
+                   "--b-values", "1,1.6", "--b1", "1.3", "--s1", "0.9", "--b2", "1.2", "--s2", "0.5",
+                   "--out", str(out))  # fmt: skip
+    assert code == 0
+    data = json.loads((out / "analysis.json").read_text())
+    assert [(j["name"], j["stage"], j["size"]) for j in data["features"]["joins"]] == joins
+    assert data["guidance"]["scale"] == 7.5 and len(data["guidance"]["steps"]) == 2
+    for name in ("trajectory-strip-latent.png", "b-sweep-latent.png", "features.png", "guidance.png"):
+        assert (out / name).is_file(), name
+    from freeu.apps.runtime import load_pipeline
+
+    pipe = load_pipeline(str(folder))
+    pipe.set_progress_bar_config(disable=True)
+    noise = torch.randn((1, 4, 16, 16), generator=torch.Generator().manual_seed(0))
+    extra = {"use_resolution_binning": False} if family == "hunyuan" else {}
+    latents = pipe(prompt=["a cat"], num_inference_steps=2, guidance_scale=7.5, height=128, width=128, latents=noise,
+                   output_type="latent", **extra).images  # fmt: skip
+    expected = relative_log_amplitude(latents.float())[1]
+    got = torch.tensor(data["b"]["spaces"]["latent"]["curves"][0], dtype=torch.float64)
+    assert (got - expected).abs().max().item() < 1e-4

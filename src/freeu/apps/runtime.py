@@ -410,6 +410,31 @@ class UNetModel(Model):
         return [to_pil(image) for image in to_unit_range(final)]
 
 
+def _latent_factor(pipe: Any) -> int:
+    """Pixels per latent position: the pipeline's ``vae_scale_factor``; Kandinsky 3's MoVQ (no such attribute: its
+    pipeline works in 8 x 8 blocks) by its levels; 1 without an autoencoder."""
+    factor = getattr(pipe, "vae_scale_factor", None)
+    if factor:
+        return int(factor)
+    movq = getattr(pipe, "movq", None)
+    if movq is not None:
+        return 2 ** (len(movq.config.block_out_channels) - 1)
+    return 1
+
+
+def _default_size(pipe: Any, unet: Any, factor: int, params: Any) -> Size:
+    """The size a pipeline samples without ``--size``: its U-Net's ``sample_size`` in pixels, or (a U-Net that does
+    not say, Kandinsky 3's) the default ``height`` and ``width`` of the pipeline's call."""
+    sample = getattr(unet.config, "sample_size", None)
+    if sample is not None:
+        sample = sample if isinstance(sample, int) else sample[0]
+        return Size(height=sample * factor, width=sample * factor)
+    defaults = [params[name].default if name in params else None for name in ("height", "width")]
+    if all(isinstance(d, int) and not isinstance(d, bool) for d in defaults):
+        return Size(height=defaults[0], width=defaults[1])
+    raise ModelLoadError(f"{type(pipe).__name__}: neither its U-Net nor its call says what size it samples")
+
+
 class PipelineModel(Model):
     """A diffusers pipeline (text-to-image, or text-to-video) from a local folder or the offline cache.
 
@@ -426,13 +451,13 @@ class PipelineModel(Model):
         self.scheduler = pipe.scheduler
         self.video = bool(class_names(self.unet) & set(VIDEO_UNETS))
         params = inspect.signature(pipe.__call__).parameters
+        #: pipelines that round the size to one they were trained at (Hunyuan-DiT, PixArt) sample the size asked for
+        self.binning = "use_resolution_binning" in params
         self.takes_prompt = "prompt" in params
         self.guided = "guidance_scale" in params
         self.spaces = ("latent", "pixel") if getattr(pipe, "vae", None) is not None else ("latent",)
-        self.factor = int(getattr(pipe, "vae_scale_factor", 1) or 1)
-        sample = self.unet.config.sample_size
-        sample = sample if isinstance(sample, int) else sample[0]
-        self.size = Size(height=sample * self.factor, width=sample * self.factor)
+        self.factor = _latent_factor(pipe)
+        self.size = _default_size(pipe, self.unet, self.factor, params)
         self.fingerprint = _pipeline_fingerprint(pipe, name)
         self.description = f"{type(pipe).__name__} {name}"
 
@@ -440,7 +465,8 @@ class PipelineModel(Model):
     def downsampling(self) -> int:
         """How many pixels one step of the deepest U-Net level spans: sizes must be multiples of it."""
         levels = len(getattr(self.unet, "down_blocks", [])) or 1
-        return self.factor * 2 ** (levels - 1)
+        patch = getattr(self.unet.config, "patch_size", None)  # a transformer's patch tokens (Hunyuan-DiT)
+        return self.factor * 2 ** (levels - 1) * (patch if isinstance(patch, int) and patch > 0 else 1)
 
     def check(self, request: Request) -> Request:
         if self.takes_prompt and request.prompt is None:
@@ -514,6 +540,8 @@ class PipelineModel(Model):
                 kwargs["negative_prompt"] = [request.negative_prompt] * len(chunk)
             if request.frames is not None:
                 kwargs["num_frames"] = request.frames
+            if self.binning:
+                kwargs["use_resolution_binning"] = False
             with self._steps_reported(on_step):
                 out = self.pipe(**kwargs)
             if output == "tensor":
