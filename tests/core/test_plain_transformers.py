@@ -31,9 +31,14 @@ TINY = {
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
-def test_a_plain_transformer_is_refused_naming_it(name) -> None:
+def test_a_plain_transformer_is_refused_naming_it(name, tmp_path, capsys) -> None:
+    from freeu.apps.cli import main
+
     torch.manual_seed(0)
     model = getattr(diffusers, name)(**TINY[name])
+    model.save_config(tmp_path / "transformer")  # the command line on a pipeline folder holding it
+    assert main(["plan", str(tmp_path)]) == 2
+    assert f"{name} is a diffusion transformer with no skip joins" in capsys.readouterr().err
     for call in (lambda: freeu.apply(model, preset="sd15"), lambda: freeu.plan(model)):
         with pytest.raises(UnsupportedModelError, match=f"{name} is a diffusion transformer with no skip joins"):
             call()

@@ -195,14 +195,25 @@ flux = comfy.ldm.flux.model.Flux(
 )  # fmt: skip
 
 
-class FluxModel:
-    def __init__(self) -> None:
-        self.model = type("Flux", (), {"diffusion_model": flux, "model_config": None})()
+import comfy.ldm.modules.diffusionmodules.mmdit  # noqa: E402
+import comfy.ldm.pixart.pixartms  # noqa: E402
 
-
-try:
-    node(FluxModel())
-    out["flux"] = "accepted"
-except ValueError as error:
-    out["flux"] = str(error)
+transformers = {
+    "flux": flux,
+    "pixart": comfy.ldm.pixart.pixartms.PixArtMS(
+        input_size=8, patch_size=2, in_channels=4, hidden_size=16, depth=1, num_heads=2, caption_channels=16,
+        model_max_length=8, operations=comfy.ops.disable_weight_init),
+    "sd3": comfy.ldm.modules.diffusionmodules.mmdit.OpenAISignatureMMDITWrapper(
+        input_size=None, patch_size=2, in_channels=4, depth=1, num_patches=64, pos_embed_max_size=8,
+        adm_in_channels=16, context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": 16,
+        "out_features": 64}}, operations=comfy.ops.disable_weight_init),
+}  # fmt: skip
+out["transformers"] = {}
+for name, diffusion in transformers.items():
+    holder = type("Model", (), {"model": type("Base", (), {"diffusion_model": diffusion, "model_config": None})()})
+    try:
+        node(holder())
+        out["transformers"][name] = "accepted"
+    except ValueError as error:
+        out["transformers"][name] = str(error)
 print(json.dumps(out))

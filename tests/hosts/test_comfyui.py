@@ -52,9 +52,12 @@ def test_the_node_on_stable_cascade_and_hunyuan_dit_equals_the_reference(familie
 def test_the_node_refuses_what_a_family_cannot_take_and_a_transformer_without_skip_joins(families) -> None:
     assert "long skips of a Hunyuan-DiT (HunYuanDiT) all run at one resolution" in families[
         "hunyuan_diffusers_convention"]  # fmt: skip
-    flux = families["flux"]
-    assert "This model's diffusion model is Flux (Flux): Flux is a diffusion transformer with no skip joins" in flux
-    assert "Supported:" not in flux
+    # ComfyUI's own Flux, PixArt and SD3 (MMDiT) classes, tiny
+    for name, kind in (("flux", "Flux"), ("pixart", "PixArtMS"), ("sd3", "OpenAISignatureMMDITWrapper")):
+        error = families["transformers"][name]
+        assert f"This model's diffusion model is {kind} (Base): {kind} is a diffusion transformer with no skip " \
+               "joins" in error, error  # fmt: skip
+        assert "Supported:" not in error
 
 
 def test_the_node_equals_the_builtin_nodes(measured) -> None:
