@@ -125,25 +125,33 @@ def _holm(table: list[dict], keys: list[str]) -> int:
     return len(cells)
 
 
+def _common(weights: Path, out: Path, seeds: int, first: int, steps: int, classes: int, replicates: int) -> list[str]:
+    """The arguments every ``freeu eval`` run of the card shares."""
+    return ["eval", "--model", str(weights), "--seeds", str(seeds), "--first-seed", str(first),
+            "--steps", str(steps), "--guidance-baselines", "auto", "--guidance-units", str(classes),
+            "--fid-features", "none", "--out", str(out), "--no-progress",
+            "--bootstrap", str(replicates), "--set-bootstrap", str(replicates)]  # fmt: skip
+
+
+def _compensated(rows: dict) -> list[str]:
+    """The two compensated FreeU configurations (every band, low band) of the SD 1.5 factors."""
+    spec = _spec(rows["FreeU"])
+    return [f"FreeU-compensated:{spec} compensate=global", f"FreeU-compensated-low:{spec} compensate=low"]
+
+
 def freeu_table(weights: Path, out: Path, seeds: int, first: int, steps: int, classes: int) -> dict | None:
     """The FreeU tables: ``freeu eval`` of the demo's settings with FreeU off at each one's equivalent guidance
     (``--guidance-baselines auto``, measured on one seed of every class), matched per class, with one scale for all
     classes and per class and step, and FreeU with its extra guidance taken back; every difference with the eval's
     paired bootstrap interval and a Holm-adjusted p-value over all the differences of the card. ``None`` when an
     eval fails."""
-    common = ["eval", "--model", str(weights), "--seeds", str(seeds), "--first-seed", str(first),
-              "--steps", str(steps), "--guidance-baselines", "auto", "--guidance-units", str(classes),
-              "--fid-features", "none", "--out", str(out), "--no-progress",
-              # enough replicates that a p-value can pass Holm's correction over the card's ~56 differences
-              "--bootstrap", str(BOOTSTRAP), "--set-bootstrap", str(BOOTSTRAP)]  # fmt: skip
+    common = _common(weights, out, seeds, first, steps, classes, BOOTSTRAP)
     rows = {row.label.replace(" ", "-"): row for row in ROWS}
     settings = [f"{name}:{_spec(row)}" for name, row in rows.items()]
-    freeu_spec = _spec(rows["FreeU"])
     runs = {
-        "prompt": _eval(out, common, "prompt", [*settings, f"FreeU-compensated:{freeu_spec} compensate=global",
-                                                 f"FreeU-compensated-low:{freeu_spec} compensate=low"]),
+        "prompt": _eval(out, common, "prompt", [*settings, *_compensated(rows)]),
         "global": _eval(out, common, "global", settings),
-        "steps": _eval(out, common, "steps", [f"FreeU:{freeu_spec}"]),
+        "steps": _eval(out, common, "steps", [f"FreeU:{_spec(rows['FreeU'])}"]),
     }  # fmt: skip
     if any(r is None for r in runs.values()):
         return None
@@ -178,6 +186,57 @@ def freeu_table(weights: Path, out: Path, seeds: int, first: int, steps: int, cl
     }
 
 
+#: The set-level SWD intervals the replicate check compares, each ``(label, configuration, baseline)``: a
+#: configuration's own value (no baseline) or its paired difference from the baseline.
+SWD_CHECK = [
+    ("FreeU off", "off", None),
+    ("FreeU", "FreeU", None),
+    ("FreeU vs FreeU off", "FreeU", "off"),
+    ("FreeU vs FreeU off at each class's matched scale", "FreeU", "off@FreeU"),
+    ("FreeU, extra guidance taken back (every band), vs FreeU off", "FreeU-compensated", "off"),
+    ("FreeU, extra guidance taken back (low band), vs FreeU off", "FreeU-compensated-low", "off"),
+]
+
+
+def _swd_interval(metrics: dict, name: str, baseline: str | None) -> dict:
+    if baseline is None:
+        return next(c for c in metrics["configs"] if c["name"] == name)["set_level"]["swd"]["value"]
+    return _difference(metrics, name, baseline)["set_swd"]
+
+
+def swd_replicate_check(
+    weights: Path, out: Path, seeds: int, first: int, steps: int, classes: int, replicates: int
+) -> dict | None:
+    """The card's set-level SWD intervals with linear (first-order) and exact (recomputed) replicates, on the same
+    ``replicates`` resamplings of the same images: a copy of the card's eval folder ``out`` scored twice, for the
+    configurations of :data:`SWD_CHECK` (exact replicates sort every level's projections once per replicate and
+    image set, so the check holds fewer sets and replicates than the card). ``None`` when an eval fails."""
+    import shutil
+
+    check = out.with_name(out.name + "-swd-check")
+    if not check.is_dir():
+        shutil.copytree(out, check)
+    rows = {row.label.replace(" ", "-"): row for row in ROWS}
+    configs = [f"FreeU:{_spec(rows['FreeU'])}", *_compensated(rows)]
+    common = _common(weights, check, seeds, first, steps, classes, replicates)
+    runs = {}
+    for method in ("linear", "exact"):
+        started = time.perf_counter()
+        runs[method] = _eval(check, [*common, "--swd-replicates", method], "prompt", configs)
+        if runs[method] is None:
+            return None
+        print(f"{method} replicates: {time.perf_counter() - started:.0f} s", flush=True)
+    table = []
+    for label, name, baseline in SWD_CHECK:
+        linear, exact = (_swd_interval(runs[m], name, baseline) for m in ("linear", "exact"))
+        width = exact["high"] - exact["low"]
+        shift = max(abs(linear["low"] - exact["low"]), abs(linear["high"] - exact["high"]))
+        table.append({"label": label, "linear": linear, "exact": exact,
+                      "width_ratio": (linear["high"] - linear["low"]) / width, "end_shift": shift / width})  # fmt: skip
+    return {"replicates": replicates, "units": f"{seeds} seeds ({first}-{first + seeds - 1}) x {classes} classes",
+            "rows": table}  # fmt: skip
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", default="runs/demo-classes", help="the training run folder (logs, train_config.json)")
@@ -187,11 +246,25 @@ def main() -> int:
     p.add_argument("--table-only", action="store_true", help="only the FreeU table, into the card.json there is "
                    "(needs no training run)")  # fmt: skip
     p.add_argument("--eval-out", default="runs/demo-classes-eval", help="the freeu eval folder of the FreeU table")
+    p.add_argument("--swd-replicate-check", type=int, metavar="N", default=0,
+                   help="only compare the table's set-level SWD intervals from linear and exact replicates (N of "
+                   "each) on a copy of --eval-out, into card.json")  # fmt: skip
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     run, weights = Path(args.run), Path(args.weights)
     torch.set_num_threads(args.threads)
+    if args.swd_replicate_check:
+        card = json.loads((weights / "card.json").read_text())
+        first = int(card["distance"]["seeds"].split("-")[0])
+        check = swd_replicate_check(weights, Path(args.eval_out), args.eval_seeds, first, args.steps,
+                                    len(card["classes"]), args.swd_replicate_check)  # fmt: skip
+        if check is None:
+            return 1
+        card["swd_replicate_check"] = check
+        (weights / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+        print(json.dumps(check, indent=2))
+        return 0
     if args.table_only:
         card = json.loads((weights / "card.json").read_text())
         first = int(card["distance"]["seeds"].split("-")[0])
