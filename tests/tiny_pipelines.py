@@ -203,3 +203,53 @@ def kandinsky3_pipeline(folder: Path) -> Path:
                                         scheduler=diffusers.DDIMScheduler(), movq=movq)  # fmt: skip
     pipe.save_pretrained(folder)
     return folder
+
+
+def _cascade_unet(channels: int, **conditioning):
+    """A tiny two-level ``StableCascadeUNet`` 32 wide (one skip join), random weights."""
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    return diffusers.StableCascadeUNet(
+        in_channels=channels, out_channels=channels, timestep_ratio_embedding_dim=8, conditioning_dim=32,
+        block_out_channels=(32, 32), num_attention_heads=(2, 2), down_num_layers_per_block=(1, 1),
+        up_num_layers_per_block=(1, 1), down_blocks_repeat_mappers=(1, 1), up_blocks_repeat_mappers=(1, 1),
+        block_types_per_layer=(("SDCascadeResBlock", "SDCascadeTimestepBlock", "SDCascadeAttnBlock"),) * 2,
+        dropout=(0.0, 0.0), switch_level=(False,), **conditioning,
+    )  # fmt: skip
+
+
+def _clip_with_projection():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.CLIPTextConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=16, projection_dim=24, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    )  # fmt: skip
+    return transformers.CLIPTextModelWithProjection(config).eval()
+
+
+def stable_cascade_prior_pipeline(folder: Path) -> Path:
+    """Stable Cascade's prior (stage C) as diffusers saves it: a tiny ``StableCascadeUNet`` with 8 latent channels, a
+    CLIP text encoder with projection, its Wuerstchen DDPM scheduler; latents of ``ceil(size / 42.67)``."""
+    diffusers = pytest.importorskip("diffusers")
+    prior = _cascade_unet(8, clip_text_in_channels=32, clip_text_pooled_in_channels=24, clip_image_in_channels=12,
+                          clip_seq=2, timestep_conditioning_type=("sca", "crp"))  # fmt: skip
+    pipe = diffusers.StableCascadePriorPipeline(tokenizer=_tokenizer(folder / "_tokenizer"),
+                                                text_encoder=_clip_with_projection(), prior=prior,
+                                                scheduler=diffusers.DDPMWuerstchenScheduler())  # fmt: skip
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def stable_cascade_decoder_pipeline(folder: Path):
+    """Stable Cascade's decoder (stage B), in memory: a tiny ``StableCascadeUNet`` that takes image embeddings and a
+    tiny Paella VQ model (diffusers 0.42 cannot load a decoder folder it saved: that class is not exported)."""
+    diffusers = pytest.importorskip("diffusers")
+    from diffusers.pipelines.deprecated.wuerstchen import PaellaVQModel
+
+    decoder = _cascade_unet(4, clip_text_pooled_in_channels=24, clip_seq=2, effnet_in_channels=8,
+                            pixel_mapper_in_channels=4, timestep_conditioning_type=("sca",))  # fmt: skip
+    vqgan = PaellaVQModel(levels=2, bottleneck_blocks=1, embed_dim=16, latent_channels=4, num_vq_embeddings=16)
+    return diffusers.StableCascadeDecoderPipeline(
+        decoder=decoder, tokenizer=_tokenizer(folder), text_encoder=_clip_with_projection(),
+        scheduler=diffusers.DDPMWuerstchenScheduler(), vqgan=vqgan,
+    )  # fmt: skip

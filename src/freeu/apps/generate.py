@@ -78,7 +78,8 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     g.add_argument("--negative-prompt", default=None, help="the negative prompt")
     g.add_argument("--seed", type=seed, default=None, help="noise seed, the same for every setting (default 0)")
     g.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default 25)")
-    g.add_argument("--guidance", type=non_negative, default=None, help="classifier-free guidance scale (default 7.5)")
+    g.add_argument("--guidance", type=non_negative, default=None, help="classifier-free guidance scale "
+                   "(default: the pipeline's own, 7.5 for SD 1.5)")  # fmt: skip
     g.add_argument("--size", type=vae_size, default=None, help="SIZE or WIDTHxHEIGHT (default: the model's own)")
     g.add_argument("--frames", type=positive_int, default=None, help="frames per clip, video pipelines (default 8)")
     g.add_argument("--out", default="freeu-out", help="output folder (default freeu-out)")

@@ -40,7 +40,7 @@ from freeu.config import FreeUConfig
 from freeu.fourier import cutoff_threshold, low_band
 from freeu.hooks import apply
 
-from .runtime import Model, Request
+from .runtime import Model, Request, timestep_number
 from .schedule import GuidanceSchedule
 
 __all__ = [
@@ -55,6 +55,9 @@ __all__ = [
     "guided_change_by_band",
     "measure_guidance",
 ]
+
+#: where a U-Net call gives its timestep by keyword (diffusers' U-Nets and transformers; Stable Cascade's ratio)
+_TIMESTEP_KEYWORDS = ("timestep", "timesteps", "timestep_ratio")
 
 #: The bands :func:`guided_change_by_band` reports, in order.
 BANDS = ("low", "high")
@@ -127,7 +130,8 @@ class GuidanceStep:
     """One denoising step: its index and timestep, and the means over the batch's samples."""
 
     index: int
-    timestep: int
+    #: the scheduler's timestep (a ratio in [0, 1] for Stable Cascade's; -1 where the call does not say)
+    timestep: int | float
     extra: float
     equivalent: float
     orthogonal_share: float
@@ -260,10 +264,15 @@ class GuidanceReading:
 
 @contextlib.contextmanager
 def _metered(
-    unet: torch.nn.Module, scale: float, record: Callable[[GuidanceStep], None], band_cutoff: float = 0.0
+    unet: torch.nn.Module,
+    scale: float,
+    record: Callable[[GuidanceStep], None],
+    band_cutoff: float = 0.0,
+    unconditional_first: bool = True,
 ) -> Iterator[None]:
-    """While open, every call of ``unet`` on a classifier-free-guidance batch (the unconditional half first, as
-    diffusers' pipelines build it) is repeated with FreeU off on the same inputs, and the step is recorded."""
+    """While open, every call of ``unet`` on a classifier-free-guidance batch (the unconditional half first, as most
+    of diffusers' pipelines build it; the conditional half first with ``unconditional_first=False``, as Stable
+    Cascade's do) is repeated with FreeU off on the same inputs, and the step is recorded."""
     state = {"inside": False, "index": 0}
 
     def hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
@@ -280,13 +289,14 @@ def _metered(
         finally:
             state["inside"] = False
         off = again[0] if isinstance(again, tuple) else getattr(again, "sample", again)
-        uncond_on, cond_on = on.chunk(2)
-        uncond_off, cond_off = off.chunk(2)
+        order = slice(None) if unconditional_first else slice(None, None, -1)
+        uncond_on, cond_on = on.chunk(2)[order]
+        uncond_off, cond_off = off.chunk(2)[order]
         extra, share, size = guided_change(uncond_off, cond_off, uncond_on, cond_on, scale)
         bands = guided_change_by_band(uncond_off, cond_off, uncond_on, cond_on, scale, band_cutoff)
         norm = (cond_off.double() - uncond_off.double()).flatten(1).norm(dim=1).mean().item()
-        timestep = args[1] if len(args) > 1 else kwargs.get("timestep", kwargs.get("timesteps"))
-        t = int(torch.as_tensor(timestep).flatten()[0]) if timestep is not None else -1
+        timestep = args[1] if len(args) > 1 else next((kwargs[k] for k in _TIMESTEP_KEYWORDS if k in kwargs), None)
+        t = timestep_number(timestep) if timestep is not None else -1
         record(GuidanceStep(state["index"], t, extra.mean().item(), scale + extra.mean().item(), share.mean().item(),
                             size.mean().item(), extra.tolist(), norm, bands["low"][0].mean().item(),
                             bands["high"][0].mean().item()))  # fmt: skip
@@ -329,6 +339,6 @@ def measure_guidance(
             on_step(1)
 
     cutoff_threshold(2, 2, band_cutoff)  # a cutoff out of [0, 1] is refused before sampling
-    with _metered(model.unet, scale, record, band_cutoff):
+    with _metered(model.unet, scale, record, band_cutoff, model.unconditional_first):
         model.sample(list(seeds), request, freeu=config, output="tensor")
     return GuidanceTrace(scale, steps, config.to_dict(), band_cutoff)

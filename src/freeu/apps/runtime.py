@@ -24,6 +24,7 @@ import hashlib
 import inspect
 import json
 import logging
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,7 @@ __all__ = [
     "peek_takes_prompt",
     "predicted_x0",
     "seed_noise",
+    "timestep_number",
     "to_pil",
     "to_unit_range",
 ]
@@ -105,7 +107,22 @@ def default_device() -> str:
 
 def seed_noise(seeds: Sequence[int], shape: Sequence[int]) -> torch.Tensor:
     """``(len(seeds), *shape)`` standard normal noise; sample ``i`` from a CPU generator seeded with ``seeds[i]``."""
-    return torch.stack([torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+    return seed_streams(seeds, shape)[0]
+
+
+def seed_streams(seeds: Sequence[int], shape: Sequence[int]) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """:func:`seed_noise` and, per sample, its CPU generator after drawing that noise: a stochastic sampler that draws
+    its later noise from these gives each sample one random stream from its own seed, whatever the batch."""
+    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    return torch.stack([torch.randn(tuple(shape), generator=g) for g in generators]), generators
+
+
+def timestep_number(timestep: Any) -> int | float:
+    """A scheduler's timestep (a number, or a tensor of one value per sample: the first) as a plain number: an
+    integer where it is whole (the usual 0..999), else a float (Stable Cascade's ratio in [0, 1], Euler's
+    fractional timesteps)."""
+    value = float(torch.as_tensor(timestep).flatten()[0])
+    return int(value) if value.is_integer() else value
 
 
 def to_unit_range(x: torch.Tensor) -> torch.Tensor:
@@ -144,7 +161,7 @@ class Step:
     """One denoising step as the sampler saw it: its index, the timestep, the noisy input ``sample`` (x_t) and the
     clean sample the model predicts, ``x0`` (computed when first read)."""
 
-    def __init__(self, index: int, timestep: int, sample: torch.Tensor, x0: Callable[[], torch.Tensor]) -> None:
+    def __init__(self, index: int, timestep: int | float, sample: torch.Tensor, x0: Callable[[], torch.Tensor]) -> None:
         self.index, self.timestep, self.sample = index, timestep, sample
         self._x0: Callable[[], torch.Tensor] | torch.Tensor = x0
 
@@ -167,6 +184,14 @@ def predicted_x0(
     x0 = getattr(output, "pred_original_sample", None)
     if x0 is not None:
         return x0
+    continuous = getattr(scheduler, "_alpha_cumprod", None)
+    if getattr(scheduler, "alphas_cumprod", None) is None and callable(continuous):
+        # Stable Cascade's (Wuerstchen's) scheduler: a cosine schedule over a timestep ratio in [0, 1] and a noise
+        # (epsilon) prediction, one ratio per sample
+        t = torch.as_tensor(timestep, dtype=torch.float32).flatten().to(sample.device)
+        a = continuous(t.expand(sample.shape[0]) if t.numel() == 1 else t, sample.device).float()
+        a = a.view(-1, *[1] * (sample.dim() - 1))
+        return (sample.float() - (1 - a).sqrt() * model_output.float()) / a.sqrt()
     alphas = getattr(scheduler, "alphas_cumprod", None)
     logger.debug("%s.step gives no pred_original_sample: x0 from alphas_cumprod", type(scheduler).__name__)
     if alphas is None:
@@ -224,6 +249,8 @@ class Model:
     classes: tuple[str, ...] | None = None
     default_prompt: str | None = None
     default_guidance: float = 7.5
+    #: the order of a classifier-free-guidance batch: the unconditional half first (diffusers' usual), or not
+    unconditional_first: bool = True
 
     # -- what the model can do ----------------------------------------------------------------------------------
 
@@ -282,7 +309,8 @@ class Model:
             if not self.guided or not isinstance(unet, torch.nn.Module):
                 raise ValueError(f"a guidance schedule needs a model sampled with classifier-free guidance; "
                                  f"{self.name} takes no guidance scale")  # fmt: skip
-            scheduled = scheduled_guidance(unet, float(request.guidance or 0.0), schedule)
+            scheduled = scheduled_guidance(unet, float(request.guidance or 0.0), schedule,
+                                           unconditional_first=self.unconditional_first)  # fmt: skip
         finite = unet.register_forward_hook(_refuse_non_finite) if isinstance(unet, torch.nn.Module) else None
         try:
             with context, scheduled:
@@ -435,11 +463,19 @@ def _default_size(pipe: Any, unet: Any, factor: int, params: Any) -> Size:
     raise ModelLoadError(f"{type(pipe).__name__}: neither its U-Net nor its call says what size it samples")
 
 
+#: pipelines whose classifier-free-guidance batch puts the conditional half first (their code decides it, not the
+#: model's structure): Stable Cascade's
+_CONDITIONAL_FIRST = frozenset({"StableCascadePriorPipeline", "StableCascadeDecoderPipeline"})
+
+
 class PipelineModel(Model):
-    """A diffusers pipeline (text-to-image, or text-to-video) from a local folder or the offline cache.
+    """A diffusers pipeline (text-to-image, text-to-video, or Stable Cascade's prior: text to image embeddings) from
+    a local folder or the offline cache.
 
     Each step is read from the pipeline's scheduler (its ``step`` is wrapped for the duration of one call and
-    restored after); latents are decoded with the pipeline's VAE for the pixel space.
+    restored after); latents are decoded with the pipeline's VAE for the pixel space. A pipeline whose call takes a
+    ``generator`` gets one per sample, seeded with its seed (after its starting noise), so that a stochastic
+    sampler's images depend on their seeds alone. Guided pipelines default to their own guidance scale.
     """
 
     kind = "pipeline"
@@ -451,10 +487,19 @@ class PipelineModel(Model):
         self.scheduler = pipe.scheduler
         self.video = bool(class_names(self.unet) & set(VIDEO_UNETS))
         params = inspect.signature(pipe.__call__).parameters
+        _refuse_required_inputs(pipe, params)
+        self.unconditional_first = type(pipe).__name__ not in _CONDITIONAL_FIRST
+        #: Stable Cascade's prior: its latents are ``ceil(size / resolution_multiple)`` (42.67) positions wide
+        multiple = getattr(getattr(pipe, "config", None), "resolution_multiple", None)
+        self.resolution_multiple = float(multiple) if isinstance(multiple, (int, float)) and multiple > 0 else None
+        self.generators = "generator" in params
         #: pipelines that round the size to one they were trained at (Hunyuan-DiT, PixArt) sample the size asked for
         self.binning = "use_resolution_binning" in params
         self.takes_prompt = "prompt" in params
         self.guided = "guidance_scale" in params
+        default = params["guidance_scale"].default if self.guided else None
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and default > 0:
+            self.default_guidance = float(default)
         self.spaces = ("latent", "pixel") if getattr(pipe, "vae", None) is not None else ("latent",)
         self.factor = _latent_factor(pipe)
         self.size = _default_size(pipe, self.unet, self.factor, params)
@@ -463,7 +508,11 @@ class PipelineModel(Model):
 
     @property
     def downsampling(self) -> int:
-        """How many pixels one step of the deepest U-Net level spans: sizes must be multiples of it."""
+        """How many pixels one step of the deepest U-Net level spans: sizes must be multiples of it (any size for
+        Stable Cascade's prior: its pipeline rounds the latent up, and its U-Net resizes a level that does not
+        halve evenly)."""
+        if self.resolution_multiple is not None:
+            return 1
         levels = len(getattr(self.unet, "down_blocks", [])) or 1
         patch = getattr(self.unet.config, "patch_size", None)  # a transformer's patch tokens (Hunyuan-DiT)
         return self.factor * 2 ** (levels - 1) * (patch if isinstance(patch, int) and patch > 0 else 1)
@@ -479,20 +528,25 @@ class PipelineModel(Model):
         step = self.downsampling
         if size.width % step or size.height % step:
             raise ValueError(f"--size {size} must be a multiple of {step} for this model (its downsampling)")
-        guidance = request.guidance if request.guidance is not None or not self.guided else 7.5
+        guidance = request.guidance if request.guidance is not None or not self.guided else self.default_guidance
         frames = (request.frames or 8) if self.video else None
         return Request(request.steps, request.prompt, request.negative_prompt, guidance, size, frames)
 
-    def _noise(self, seeds: list[int], size: Size, frames: int | None) -> torch.Tensor:
+    def _noise(self, seeds: list[int], size: Size, frames: int | None) -> tuple[torch.Tensor, list[torch.Generator]]:
+        """The starting latents of ``seeds`` and each sample's generator after them (:func:`seed_streams`)."""
         channels = self.unet.config.in_channels
-        height, width = size.height // self.factor, size.width // self.factor
+        if self.resolution_multiple is not None:
+            height, width = (math.ceil(n / self.resolution_multiple) for n in (size.height, size.width))
+        else:
+            height, width = size.height // self.factor, size.width // self.factor
         shape: tuple[int, ...] = (channels, height, width)
         if frames is not None:
             if "UNetSpatioTemporalConditionModel" in class_names(self.unet):
                 shape = (frames, channels // 2, height, width)
             else:
                 shape = (channels, frames, height, width)
-        return seed_noise(seeds, shape).to(device=self.pipe.device, dtype=self.unet.dtype)
+        noise, generators = seed_streams(seeds, shape)
+        return noise.to(device=self.pipe.device, dtype=self.unet.dtype), generators
 
     @contextlib.contextmanager
     def _steps_reported(self, on_step: OnStep | None) -> Iterator[None]:
@@ -507,8 +561,8 @@ class PipelineModel(Model):
 
         def step(model_output, timestep, sample, *args, return_dict: bool = True, **kwargs):
             out = original(model_output, timestep, sample, *args, return_dict=True, **kwargs)
-            on_step(Step(index[0], int(timestep), sample, lambda: predicted_x0(scheduler, out, model_output,
-                                                                               timestep, sample)))  # fmt: skip
+            on_step(Step(index[0], timestep_number(timestep), sample,
+                         lambda: predicted_x0(scheduler, out, model_output, timestep, sample)))  # fmt: skip
             index[0] += 1
             return out if return_dict else out.to_tuple()
 
@@ -523,15 +577,20 @@ class PipelineModel(Model):
 
     def _sample(self, seeds: list[int], request: Request, on_step: OnStep | None, output: Output,
                 batch_size: int) -> Any:  # fmt: skip
+        if output == "pil" and "pixel" not in self.spaces:
+            raise ValueError(f"{self.name}: {type(self.pipe).__name__} has no VAE; it makes latents (Stable Cascade's "
+                             "prior: image embeddings for its decoder), not pictures")  # fmt: skip
         results: list[Any] = []
         for start in range(0, len(seeds), batch_size):
             chunk = seeds[start : start + batch_size]
             assert request.size is not None
+            latents, generators = self._noise(chunk, request.size, request.frames)
             kwargs: dict[str, Any] = dict(
                 num_inference_steps=request.steps, height=request.size.height, width=request.size.width,
-                latents=self._noise(chunk, request.size, request.frames),
-                output_type="latent" if output == "tensor" else "pil",
+                latents=latents, output_type="latent" if output == "tensor" else "pil",
             )  # fmt: skip
+            if self.generators:
+                kwargs["generator"] = generators
             if self.takes_prompt:
                 kwargs["prompt"] = [request.prompt] * len(chunk)
             if self.guided:
@@ -545,7 +604,8 @@ class PipelineModel(Model):
             with self._steps_reported(on_step):
                 out = self.pipe(**kwargs)
             if output == "tensor":
-                results.append(out.frames if hasattr(out, "frames") else out.images)
+                results.append(next(getattr(out, key) for key in ("frames", "images", "image_embeddings")
+                                    if hasattr(out, key)))  # fmt: skip
             elif hasattr(out, "frames"):
                 results += [list(clip) for clip in out.frames]
             else:
@@ -568,6 +628,22 @@ class PipelineModel(Model):
 
 
 # -- loading --------------------------------------------------------------------------------------------------------
+
+
+def _refuse_required_inputs(pipe: Any, params: Any) -> None:
+    """:class:`ModelLoadError` for a pipeline whose call needs an input the applications do not give (they sample
+    from seeds, a prompt and settings): Stable Cascade's decoder needs the prior's image embeddings."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    required = [n for n, p in params.items() if p.default is inspect.Parameter.empty and p.kind in kinds]
+    if not required:
+        return
+    hint = ""
+    if "image_embeddings" in required:
+        hint = (" Stable Cascade's decoder (stage B) turns the prior's image embeddings into pictures: give "
+                "the prior pipeline's folder (stage C), or apply FreeU to stage B in Python: "
+                "freeu.apply(pipe.decoder)")  # fmt: skip
+    raise ModelLoadError(f"{type(pipe).__name__} needs {', '.join(required)} in every call, which the applications "
+                         f"do not give (they sample from seeds, a prompt and settings).{hint}")  # fmt: skip
 
 
 def _pipeline_fingerprint(pipe: Any, name: str) -> str:

@@ -96,10 +96,13 @@ class GuidanceSchedule:
 
 
 @contextlib.contextmanager
-def scheduled_guidance(unet: torch.nn.Module, base: float, schedule: GuidanceSchedule) -> Iterator[None]:
-    """While open, a sampler that runs ``unet`` on classifier-free-guidance batches (the unconditional half first)
-    and combines them at scale ``base`` (above 1) follows ``schedule`` (see the module docstring). The calls are
-    counted from the first one after entering."""
+def scheduled_guidance(
+    unet: torch.nn.Module, base: float, schedule: GuidanceSchedule, *, unconditional_first: bool = True
+) -> Iterator[None]:
+    """While open, a sampler that runs ``unet`` on classifier-free-guidance batches (the unconditional half first,
+    or with ``unconditional_first=False`` the conditional half first, as Stable Cascade's pipelines build them) and
+    combines them at scale ``base`` (above 1) follows ``schedule`` (see the module docstring). The calls are counted
+    from the first one after entering."""
     if not (isinstance(base, (int, float)) and base > 1):
         raise ValueError(f"a guidance schedule needs the sampler's own guidance scale above 1 (where it runs the "
                          f"unconditional branch), got {base!r}")  # fmt: skip
@@ -112,7 +115,7 @@ def scheduled_guidance(unet: torch.nn.Module, base: float, schedule: GuidanceSch
                                f"conditional half), got a batch of {sample.shape[0]}")  # fmt: skip
         low, high = schedule.at(count[0])
         count[0] += 1
-        uncond, cond = sample.chunk(2)
+        uncond, cond = sample.chunk(2) if unconditional_first else sample.chunk(2)[::-1]
         acc = torch.float64 if sample.dtype == torch.float64 else torch.float32
         u, d = uncond.to(acc), cond.to(acc) - uncond.to(acc)
         shaped = u + (high / base) * d

@@ -156,7 +156,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--prompt", default=None, help="text prompt (text-to-image pipelines), or the class of a "
                    "class-conditional demo model (default: its default class, brick for demo-classes)")  # fmt: skip
     g.add_argument("--guidance", type=non_negative, default=None, help="classifier-free guidance of guided models "
-                   "(default: the model's, 7.5 for pipelines, 2 for demo-classes)")  # fmt: skip
+                   "(default: the model's own: 7.5 for SD 1.5 pipelines, 2 for demo-classes)")  # fmt: skip
     g.add_argument("--size", type=size, default=None, help="SIZE or WIDTHxHEIGHT, pipelines (default: the model's)")
     g.add_argument("--seed", type=seed, default=0, help="first seed; seeds are seed .. seed+count-1 (default 0)")
     g.add_argument("--count", type=positive_int, default=None,

@@ -110,7 +110,7 @@ def _protocol_arguments(g: Any) -> None:
         type=options.non_negative,
         default=None,
         help="guidance scale of every configuration unless it sets its own (guided models; default: the model's, "
-        "7.5 for pipelines, the class-conditional demo model's own)",
+        "e.g. 7.5 for SD 1.5 pipelines, 2 for the class-conditional demo model)",
     )
     g.add_argument("--size", type=options.vae_size, default=None, help="size SIZE or WIDTHxHEIGHT (pipelines)")
     g.add_argument("--dtype", choices=list(DTYPES), default="float32", help="default float32")

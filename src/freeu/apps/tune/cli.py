@@ -44,7 +44,7 @@ def _protocol_arguments(g: Any) -> None:
     g.add_argument("--prompts", default=None, help="a text file with one prompt per line")
     g.add_argument("--negative-prompt", default=None, help="the negative prompt (pipelines)")
     g.add_argument("--guidance", type=options.non_negative, default=None, help="guidance scale (guided models; "
-                   "default: the model's, 7.5 for pipelines)")  # fmt: skip
+                   "default: the model's own, e.g. 7.5 for SD 1.5)")  # fmt: skip
     g.add_argument("--size", type=options.vae_size, default=None, help="size SIZE or WIDTHxHEIGHT (pipelines)")
     g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32", help="default float32")
     g.add_argument("--device", type=options.device, default=None, help="torch device (default: this process's "
