@@ -19,15 +19,8 @@ from backend.nn.unet import IntegratedUNet2DConditionModel  # noqa: E402
 import freeu  # noqa: E402
 from freeu import hosts  # noqa: E402
 
-#: the LDM UNetModel of tests/core/test_ldm_unet.py in Forge's arguments (attention at the middle two levels)
-SMALL = dict(
-    in_channels=4, model_channels=32, out_channels=4, num_res_blocks=2, channel_mult=(1, 2, 4, 4), num_heads=-1,
-    num_head_channels=8, use_spatial_transformer=True, transformer_depth=[0, 0, 1, 1, 1, 1, 0, 0],
-    transformer_depth_output=[0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0], transformer_depth_middle=1, context_dim=32,
-)  # fmt: skip
-
 torch.manual_seed(0)
-unet = forge_setup.randomise(IntegratedUNet2DConditionModel(**SMALL), seed=0, std=0.05).eval()
+unet = forge_setup.randomise(IntegratedUNet2DConditionModel(**forge_setup.SMALL_UNET), seed=0, std=0.05).eval()
 gen = torch.Generator().manual_seed(1)
 x = torch.randn(2, 4, 16, 16, generator=gen)
 timesteps = torch.tensor([999.0, 400.0])

@@ -26,6 +26,14 @@ SD15_UNET: dict[str, Any] = dict(
 )  # fmt: skip
 
 
+#: the LDM UNetModel of tests/core/test_ldm_unet.py in Forge's arguments (attention at the middle two levels)
+SMALL_UNET: dict[str, Any] = dict(
+    in_channels=4, model_channels=32, out_channels=4, num_res_blocks=2, channel_mult=(1, 2, 4, 4), num_heads=-1,
+    num_head_channels=8, use_spatial_transformer=True, transformer_depth=[0, 0, 1, 1, 1, 1, 0, 0],
+    transformer_depth_output=[0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0], transformer_depth_middle=1, context_dim=32,
+)  # fmt: skip
+
+
 def define_torchvision_schemas() -> None:
     if not _kept:
         library = torch.library.Library("torchvision", "DEF")
