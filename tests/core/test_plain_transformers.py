@@ -67,11 +67,14 @@ def test_the_command_line_refuses_a_dit_pipeline(tmp_path, capsys) -> None:
     transformer = diffusers.DiTTransformer2DModel(**TINY["DiTTransformer2DModel"])
     diffusers.DiTPipeline(transformer=transformer, vae=_vae(), scheduler=diffusers.DDIMScheduler()).save_pretrained(
         tmp_path / "dit")  # fmt: skip
-    code = main(["generate", "--model", str(tmp_path / "dit"), "--preset", "sd15", "--out", str(tmp_path / "out")])
-    assert code == 2
-    assert "DiTTransformer2DModel (in the DiTPipeline given) is a diffusion transformer with no skip joins" in (
-        capsys.readouterr().err)  # fmt: skip
-    assert not any((tmp_path / "out").glob("*"))  # nothing written (the folder is made before the model loads)
+    (tmp_path / "kept").mkdir()
+    for out in (tmp_path / "out" / "nested", tmp_path / "kept"):
+        code = main(["generate", "--model", str(tmp_path / "dit"), "--preset", "sd15", "--out", str(out)])
+        assert code == 2
+        assert "DiTTransformer2DModel (in the DiTPipeline given) is a diffusion transformer with no skip joins" in (
+            capsys.readouterr().err)  # fmt: skip
+    # the folders the refused command made before loading the model are gone again; the one that was there stays
+    assert not (tmp_path / "out").exists() and (tmp_path / "kept").is_dir() and not any((tmp_path / "kept").iterdir())
     # freeu plan on the pipeline folder reads the transformer's config.json and refuses it the same way
     assert main(["plan", str(tmp_path / "dit")]) == 2
     assert "DiTTransformer2DModel is a diffusion transformer with no skip joins" in capsys.readouterr().err

@@ -11,9 +11,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from freeu.models import UnsupportedModelError
@@ -41,19 +43,47 @@ def require(module: str, extra: str, what: str) -> Any:
         raise MissingExtra(f"{what} needs {module.split('.')[0]}: pip install 'freeu[{extra}]'") from error
 
 
+#: Output folders the running command made (:func:`freeu.apps.options.writable_folder`), outermost first.
+_made_folders: list[Path] = []
+
+
+def note_made_folders(folders: Sequence[Path]) -> None:
+    """Record folders a command made for its output (outermost first), so that a command that fails removes those
+    it left empty."""
+    _made_folders.extend(folders)
+
+
+def _remove_empty_made_folders() -> None:
+    """The folders the failed command made and wrote nothing into, removed (innermost first; a folder holding
+    anything stays)."""
+    while _made_folders:
+        folder = _made_folders.pop()
+        with contextlib.suppress(OSError):  # not empty (or gone): kept as it is
+            folder.rmdir()
+
+
 def run_command(command: str, handler: Callable[[Any], int | None], args: Any) -> int:
-    """``handler(args)`` with every expected failure turned into a one-paragraph message and an exit code."""
+    """``handler(args)`` with every expected failure turned into a one-paragraph message and an exit code; a
+    failed command leaves no empty output folder of its own making behind."""
+    _made_folders.clear()
     try:
-        return handler(args) or 0
+        code = handler(args) or 0
     except (ModelLoadError, MissingExtra, OSError) as error:
         print(f"freeu {command}: {_paragraph(error)}", file=sys.stderr)
-        return FAILURE
+        code = FAILURE
     except (ValueError, UnsupportedModelError) as error:
         print(f"freeu {command}: error: {_paragraph(error)}", file=sys.stderr)
-        return USAGE
+        code = USAGE
     except KeyboardInterrupt:
         print(f"freeu {command}: interrupted", file=sys.stderr)
-        return INTERRUPTED
+        code = INTERRUPTED
+    except BaseException:
+        _remove_empty_made_folders()
+        raise
+    if code:
+        _remove_empty_made_folders()
+    _made_folders.clear()
+    return code
 
 
 def _paragraph(error: BaseException) -> str:

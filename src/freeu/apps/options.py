@@ -20,6 +20,7 @@ from typing import Any
 from freeu.config import CONVENTIONS, PRESETS, FreeUConfig, Preset, check_field
 from freeu.settings import Resolved, Settings, check_settings, check_stages, resolve
 
+from .errors import note_made_folders
 from .runtime import DTYPES, Model, Size, default_device
 
 __all__ = [
@@ -199,10 +200,14 @@ def file_stem(text: str) -> str:
 
 
 def writable_folder(flag: str, folder: str | Path) -> Path:
-    """``folder`` created if missing and checked writable, before any long work; ``ValueError`` naming ``flag``."""
+    """``folder`` created if missing and checked writable, before any long work; ``ValueError`` naming ``flag``.
+    The folders made here are removed again, if still empty, when the command fails
+    (:func:`freeu.apps.errors.run_command`)."""
     path = Path(folder).expanduser()
     if path.exists() and not path.is_dir():
         raise ValueError(f"{flag} {folder}: exists and is not a folder")
+    missing = [p for p in (path, *path.parents) if not p.exists()][::-1]  # outermost first
+    note_made_folders(missing)  # a command refused later removes them again where it wrote nothing there
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".freeu-write-test-"):
