@@ -22,13 +22,16 @@ def _tokenizer(folder: Path):
     return transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
 
 
-def _text_encoder():
+def _text_encoder(projection: bool = False):
+    """A tiny CLIP text encoder 32 wide; with ``projection`` its pooled output is projected (32 wide), as Stable
+    Cascade's pipelines take it."""
     transformers = pytest.importorskip("transformers")
     config = transformers.CLIPTextConfig(
         vocab_size=64, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
         max_position_embeddings=16, projection_dim=32, bos_token_id=0, eos_token_id=1, pad_token_id=1,
     )  # fmt: skip
-    return transformers.CLIPTextModel(config).eval()
+    model = transformers.CLIPTextModelWithProjection if projection else transformers.CLIPTextModel
+    return model(config).eval()
 
 
 def _vae():
@@ -218,23 +221,14 @@ def _cascade_unet(channels: int, **conditioning):
     )  # fmt: skip
 
 
-def _clip_with_projection():
-    transformers = pytest.importorskip("transformers")
-    config = transformers.CLIPTextConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=16, projection_dim=24, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-    )  # fmt: skip
-    return transformers.CLIPTextModelWithProjection(config).eval()
-
-
 def stable_cascade_prior_pipeline(folder: Path) -> Path:
     """Stable Cascade's prior (stage C) as diffusers saves it: a tiny ``StableCascadeUNet`` with 8 latent channels, a
     CLIP text encoder with projection, its Wuerstchen DDPM scheduler; latents of ``ceil(size / 42.67)``."""
     diffusers = pytest.importorskip("diffusers")
-    prior = _cascade_unet(8, clip_text_in_channels=32, clip_text_pooled_in_channels=24, clip_image_in_channels=12,
+    prior = _cascade_unet(8, clip_text_in_channels=32, clip_text_pooled_in_channels=32, clip_image_in_channels=12,
                           clip_seq=2, timestep_conditioning_type=("sca", "crp"))  # fmt: skip
     pipe = diffusers.StableCascadePriorPipeline(tokenizer=_tokenizer(folder / "_tokenizer"),
-                                                text_encoder=_clip_with_projection(), prior=prior,
+                                                text_encoder=_text_encoder(projection=True), prior=prior,
                                                 scheduler=diffusers.DDPMWuerstchenScheduler())  # fmt: skip
     pipe.save_pretrained(folder)
     return folder
@@ -246,10 +240,10 @@ def stable_cascade_decoder_pipeline(folder: Path):
     diffusers = pytest.importorskip("diffusers")
     from diffusers.pipelines.deprecated.wuerstchen import PaellaVQModel
 
-    decoder = _cascade_unet(4, clip_text_pooled_in_channels=24, clip_seq=2, effnet_in_channels=8,
+    decoder = _cascade_unet(4, clip_text_pooled_in_channels=32, clip_seq=2, effnet_in_channels=8,
                             pixel_mapper_in_channels=4, timestep_conditioning_type=("sca",))  # fmt: skip
     vqgan = PaellaVQModel(levels=2, bottleneck_blocks=1, embed_dim=16, latent_channels=4, num_vq_embeddings=16)
     return diffusers.StableCascadeDecoderPipeline(
-        decoder=decoder, tokenizer=_tokenizer(folder), text_encoder=_clip_with_projection(),
+        decoder=decoder, tokenizer=_tokenizer(folder), text_encoder=_text_encoder(projection=True),
         scheduler=diffusers.DDPMWuerstchenScheduler(), vqgan=vqgan,
     )  # fmt: skip
